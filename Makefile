@@ -1,0 +1,38 @@
+# notifier — the two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test services services-stop services-status install bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run a handful of notifications through real workers on the embedded setup.
+demo: $(STAMP)
+	$(VENV)/bin/notifier demo
+
+## The whole suite against real Redis, PostgreSQL and Kafka, started here.
+test: $(STAMP) services
+	. .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test \
+	  && $(PY) -m pytest $(PYTEST_ARGS)
+
+services: $(STAMP)
+	PYTHON=$(PY) bash scripts/services.sh start
+
+services-stop:
+	bash scripts/services.sh stop
+
+services-status:
+	bash scripts/services.sh status
+
+bench: $(STAMP) services
+	. .services/env && $(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf var

@@ -1,0 +1,50 @@
+"""Celery settings, read from the environment through notifier's settings.
+
+Queues are named by workload and lane in one place (QUEUES); routing reads from it.
+"""
+from __future__ import annotations
+
+from kombu import Queue
+
+from notifier.redis_conn import broker_url as _broker_url
+
+LANES = ("high", "low")
+# Stages route/filter/dedup share one pipeline queue per lane; each channel has its own
+# send queue per lane, so a low-lane backlog never sits in front of high-lane work.
+WORKLOADS = ("pipeline", "push", "email", "sms")
+QUEUES = tuple(f"{w}.{lane}" for w in WORKLOADS for lane in LANES) + ("scheduler",)
+
+
+def queue_for(workload: str, lane: str) -> str:
+    """Name the queue for a workload ('pipeline' or a channel) in a lane."""
+    name = f"{workload}.{lane}"
+    if name not in QUEUES:
+        raise ValueError(f"no queue for workload {workload!r} in lane {lane!r}")
+    return name
+
+
+broker_url = _broker_url()
+broker_connection_retry_on_startup = True
+# Countdowns (retries, short ETAs) must stay below this, or Redis redelivers them.
+VISIBILITY_TIMEOUT_S = 3600
+broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+
+task_queues = [Queue(name) for name in QUEUES]
+task_default_queue = "pipeline.low"
+task_create_missing_queues = False
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+result_backend = None
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 4
+
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+timezone = "UTC"
+enable_utc = True

@@ -1,0 +1,54 @@
+"""Database engine and sessions, one engine per process."""
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from notifier.settings import Settings, get_settings
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """Return the configured database URL, or the embedded SQLite file."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{settings.sqlite_path.resolve()}"
+
+
+def _tune_sqlite(dbapi_conn, _record) -> None:
+    # Several worker processes share the file: WAL lets readers run beside the writer,
+    # and the busy timeout makes a writer wait for the lock instead of failing.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+_engines: dict[str, Engine] = {}
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """Return the process's engine for `url` (default: the configured database)."""
+    url = url or database_url()
+    if url in _engines:
+        return _engines[url]
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _tune_sqlite)
+    else:
+        engine = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    _engines[url] = engine
+    return engine
+
+
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    """Return a sessionmaker bound to the engine for `url`."""
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def dispose_engines() -> None:
+    """Forget pooled connections after fork: a child must not share its parent's sockets."""
+    for engine in _engines.values():
+        engine.dispose(close=False)

@@ -1,0 +1,105 @@
+"""Start and stop the local processes of a development stack: sandbox, Celery workers, beat.
+
+Used by the demo, the tests and the benchmark, so all three run the system the same way:
+real processes, talking over real sockets.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from celeryconfig import QUEUES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for_port(host: str, port: int, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
+
+
+def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start `python -m notifier.sandbox` and wait until its control and APNs ports answer."""
+    from notifier.settings import Settings
+
+    # The sandbox trusts the key and serves the certificate that the senders are configured with.
+    settings = Settings(**{k[len("NOTIFIER_"):].lower(): v for k, v in env.items() if k.startswith("NOTIFIER_")
+                           and k[len("NOTIFIER_"):].lower() in Settings.model_fields})
+    env = env | {
+        "NOTIFIER_SANDBOX_CERT_PATH": settings.apns_ca_file,
+        "NOTIFIER_SANDBOX_APNS_KEY_PATH": str(settings.apns_key_path),
+        "NOTIFIER_SANDBOX_APNS_KEY_ID": settings.apns_key_id,
+        "NOTIFIER_SANDBOX_APNS_TEAM_ID": settings.apns_team_id,
+        "NOTIFIER_SANDBOX_APNS_TOPIC": settings.apns_topic,
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "notifier.sandbox"],
+        env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+    )
+    host = env.get("NOTIFIER_SANDBOX_HOST", "127.0.0.1")
+    for key, default in (("NOTIFIER_SANDBOX_CONTROL_PORT", 8790), ("NOTIFIER_SANDBOX_APNS_PORT", 8791)):
+        wait_for_port(host, int(env.get(key, default)), proc=proc)
+    return proc
+
+
+def start_worker(
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    queues: tuple[str, ...] = QUEUES,
+    concurrency: int = 2,
+    name: str = "worker",
+    timeout_s: float = 60.0,
+) -> subprocess.Popen:
+    """Start a Celery worker process on `queues` and wait until it answers a ping."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    node = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
+            "-Q", ",".join(queues), "-c", str(concurrency), "-n", node,
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-E",
+        ],
+        env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+    )
+    _wait_for_ready(proc, log_path, timeout_s)
+    return proc
+
+
+def _wait_for_ready(proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}; log:\n{log_path.read_text()[-3000:]}")
+        if b" ready." in log_path.read_bytes():
+            return
+        time.sleep(0.2)
+    stop(proc)
+    raise TimeoutError(f"worker not ready after {timeout_s:.0f}s; log:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
+    """Stop a process politely (SIGTERM), then firmly."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

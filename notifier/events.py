@@ -1,0 +1,72 @@
+"""The notification event: what producers hand us, validated before anything is queued."""
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_EVENT_BYTES = 64 * 1024
+
+
+class Priority(str, enum.Enum):
+    """How urgent an event is; critical bypasses quiet hours."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def lane(self) -> str:
+        """The queue lane ('high' or 'low') this priority travels in."""
+        return "high" if self in (Priority.CRITICAL, Priority.HIGH) else "low"
+
+
+class ChannelName(str, enum.Enum):
+    PUSH = "push"
+    EMAIL = "email"
+    SMS = "sms"
+
+
+class NotificationEvent(BaseModel):
+    """One notification for one user, as a producer sends it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    notification_id: str = Field(min_length=1, max_length=128, description="Producer's id; the idempotency key.")
+    user_id: str = Field(min_length=1, max_length=128)
+    type: str = Field(min_length=1, max_length=64, description="What happened, e.g. order_shipped.")
+    category: str = Field(min_length=1, max_length=64, description="e.g. transactional, marketing, security.")
+    priority: Priority = Priority.NORMAL
+    channels: list[ChannelName] | None = Field(None, description="Channels to use; default from type/category.")
+    title: str = Field(min_length=1, max_length=256)
+    body: str = Field(min_length=1, max_length=16_384)
+    data: dict[str, Any] | None = None
+    send_at: datetime | None = Field(None, description="Deliver no earlier than this instant (timezone-aware).")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_not_empty(cls, v: list[ChannelName] | None) -> list[ChannelName] | None:
+        if v is not None and not v:
+            raise ValueError("channels must name at least one channel, or be omitted")
+        return list(dict.fromkeys(v)) if v else v
+
+    @field_validator("send_at")
+    @classmethod
+    def _send_at_aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("send_at must carry a timezone offset, e.g. 2026-01-01T09:00:00Z")
+        return v.astimezone(timezone.utc) if v else v
+
+    @property
+    def lane(self) -> str:
+        return self.priority.lane
+
+
+def parse_event(raw: dict[str, Any] | NotificationEvent) -> NotificationEvent:
+    """Validate one event; raises pydantic.ValidationError naming the bad field."""
+    if isinstance(raw, NotificationEvent):
+        return raw
+    return NotificationEvent.model_validate(raw)

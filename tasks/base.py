@@ -1,0 +1,44 @@
+"""Task policy in one place: a base class every notifier task uses."""
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from notifier.db import dispose_engines
+
+
+class NotifierTask(Task):
+    """Base task: late acks (set in celeryconfig), JSON args, short reprs for Flower."""
+
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+    # Retries are decided per delivery by notifier.sending, never by Celery's autoretry.
+    max_retries = None
+
+    def apply_async(self, args=None, kwargs=None, **options: Any):
+        if "argsrepr" not in options:
+            options["argsrepr"] = self.describe(args or (), kwargs or {})
+        return super().apply_async(args, kwargs, **options)
+
+    def describe(self, args, kwargs) -> str:
+        """What Flower shows as the task's arguments: ids and counts, never addresses or tokens."""
+        ids = args[0] if args else kwargs.get("ids", [])
+        head = ",".join(str(i) for i in ids[:5])
+        more = f",…+{len(ids) - 5}" if len(ids) > 5 else ""
+        return f"deliveries=[{head}{more}] n={len(ids)}"
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    """A forked worker child must not share its parent's database or HTTP/2 connections."""
+    dispose_engines()
+
+
+@worker_process_shutdown.connect
+def _close_providers(**_: Any) -> None:
+    from notifier.providers import close_all
+
+    close_all()

@@ -1,0 +1,146 @@
+"""The delivery chain as Celery tasks: route -> filter -> dedup -> send_<channel>.
+
+Each task opens a transaction, calls one function in notifier/, commits, and only then
+enqueues the next stage on the same lane (high or low), so a queued message never
+points at rows that are not there.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from celeryconfig import queue_for
+from notifier.db import session_factory
+from notifier.delivery_log import utcnow
+from notifier.events import NotificationEvent, parse_event
+from notifier.filtering import filter_deliveries
+from notifier.redis_conn import get_redis
+from notifier.routing import route
+from notifier.sending import claim_deliveries, send_deliveries
+from notifier.settings import get_settings
+from tasks.app import app
+from tasks.base import NotifierTask
+
+
+class EventTask(NotifierTask):
+    """Validates events in the producer, before anything is queued, and picks the lane's queue."""
+
+    abstract = True
+
+    def apply_async(self, args=None, kwargs=None, **options: Any):
+        events = [parse_event(e) for e in self.raw_events(args or (), kwargs or {})]
+        lanes: dict[str, list[NotificationEvent]] = {}
+        for event in events:
+            lanes.setdefault(event.lane, []).append(event)
+        result = None
+        for lane, group in lanes.items():
+            payload = [e.model_dump(mode="json", exclude_none=True) for e in group]
+            result = super().apply_async(
+                self.pack(payload),
+                None,
+                queue=options.pop("queue", None) or queue_for("pipeline", lane),
+                argsrepr=_describe_events(group),
+                **options,
+            )
+        return result
+
+    def raw_events(self, args, kwargs) -> list:
+        raise NotImplementedError
+
+    def pack(self, payload: list[dict]) -> tuple:
+        raise NotImplementedError
+
+
+def _describe_events(events: list[NotificationEvent]) -> str:
+    first = events[0]
+    text = f"notification_id={first.notification_id} user={first.user_id} type={first.type} priority={first.priority.value}"
+    return text if len(events) == 1 else f"{text} (+{len(events) - 1} more events)"
+
+
+class SingleEventTask(EventTask):
+    abstract = True
+
+    def raw_events(self, args, kwargs):
+        return [args[0] if args else kwargs["event"]]
+
+    def pack(self, payload):
+        return (payload[0],)
+
+
+class ManyEventsTask(EventTask):
+    abstract = True
+
+    def raw_events(self, args, kwargs):
+        return list(args[0] if args else kwargs["events"])
+
+    def pack(self, payload):
+        return (payload,)
+
+
+def _route_and_continue(raw_events: Iterable[dict]) -> None:
+    events = [parse_event(e) for e in raw_events]
+    with session_factory()() as session, session.begin():
+        result = route(session, events)
+    for lane, ids in result.queued.items():
+        if ids:
+            filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane))
+
+
+@app.task(base=SingleEventTask, name="notifier.send_notification")
+def send_notification(event: dict) -> None:
+    """Accept one notification event and route it."""
+    _route_and_continue([event])
+
+
+@app.task(base=ManyEventsTask, name="notifier.send_notifications")
+def send_notifications(events: list[dict]) -> None:
+    """Accept many notification events at once and route them as one batch."""
+    _route_and_continue(events)
+
+
+@app.task(base=NotifierTask, name="notifier.filter")
+def filter_stage(ids: list[int], lane: str) -> None:
+    """Apply preferences and schedules; pass on what may be sent now."""
+    with session_factory()() as session, session.begin():
+        result = filter_deliveries(session, ids, utcnow())
+    if result.proceed:
+        dedup_stage.apply_async((result.proceed, lane), queue=queue_for("pipeline", lane))
+
+
+@app.task(base=NotifierTask, name="notifier.dedup", bind=True)
+def dedup_stage(self, ids: list[int], lane: str) -> None:
+    """Claim each delivery's lease; hand what we hold to its channel's send queue."""
+    claim_id = self.request.id or "local"
+    with session_factory()() as session, session.begin():
+        claimed = claim_deliveries(session, get_redis(), ids, claim_id, get_settings().lease_ttl_s)
+    for channel, channel_ids in claimed.by_channel.items():
+        SEND_TASKS[channel].apply_async((channel_ids, lane, claim_id), queue=queue_for(channel, lane))
+
+
+def _send(ids: list[int], lane: str, claim_id: str) -> None:
+    settings = get_settings()
+    with session_factory()() as session, session.begin():
+        report = send_deliveries(session, get_redis(), ids, claim_id, settings)
+    if report.retry:
+        # Back to dedup after the backoff: the lease was released, a fresh claim is taken.
+        dedup_stage.apply_async((report.retry, lane), queue=queue_for("pipeline", lane), countdown=report.retry_in_s)
+
+
+@app.task(base=NotifierTask, name="notifier.send_push")
+def send_push(ids: list[int], lane: str, claim_id: str) -> None:
+    """Send push deliveries (APNs, FCM)."""
+    _send(ids, lane, claim_id)
+
+
+@app.task(base=NotifierTask, name="notifier.send_email")
+def send_email(ids: list[int], lane: str, claim_id: str) -> None:
+    """Send email deliveries (SendGrid, SMTP)."""
+    _send(ids, lane, claim_id)
+
+
+@app.task(base=NotifierTask, name="notifier.send_sms")
+def send_sms(ids: list[int], lane: str, claim_id: str) -> None:
+    """Send SMS deliveries (Twilio)."""
+    _send(ids, lane, claim_id)
+
+
+SEND_TASKS = {"push": send_push, "email": send_email, "sms": send_sms}

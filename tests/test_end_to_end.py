@@ -1,0 +1,74 @@
+"""One notification the whole way: producer -> Celery worker -> APNs sandbox over HTTP/2."""
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from pydantic import ValidationError
+
+import notifier
+from notifier.users import get_status, register_device, set_preferences
+
+
+def _ios_token() -> str:
+    return secrets.token_hex(32)
+
+
+def test_push_to_ios_device_ends_sent_with_the_sandbox_apns_id(worker, sandbox, wait_until, unique):
+    # Given a user with an iOS device and push enabled
+    user, token, nid = unique("user"), _ios_token(), unique("n")
+    set_preferences(user, push_enabled=True)
+    register_device(user, token, "ios")
+
+    # When a producer sends one notification
+    notifier.send_notification.delay({
+        "notification_id": nid, "user_id": user, "type": "order_shipped", "category": "transactional",
+        "priority": "high", "channels": ["push"], "title": "Shipped", "body": "Your order is on its way",
+    })
+
+    # Then its one delivery ends `sent`, carrying the apns-id the sandbox answered with
+    rows = wait_until(lambda: [r for r in get_status(nid) if r["status"] == "sent"], message="delivery never sent")
+    assert len(get_status(nid)) == 1
+    messages = sandbox.messages(provider="apns", target=token)
+    assert len(messages) == 1, "exactly one request reached APNs"
+    assert rows[0]["provider"] == "apns"
+    assert rows[0]["provider_message_id"] == messages[0]["id"]
+    assert rows[0]["attempts"] == 1
+    assert messages[0]["payload"]["aps"]["alert"] == {"title": "Shipped", "body": "Your order is on its way"}
+
+
+def test_user_without_device_gets_a_suppressed_row_with_reason(worker, wait_until, unique):
+    user, nid = unique("user"), unique("n")
+    notifier.send_notification.delay({
+        "notification_id": nid, "user_id": user, "type": "friend_request", "category": "social",
+        "title": "Hi", "body": "Someone wants to connect",
+    })
+    rows = wait_until(lambda: get_status(nid))
+    assert [(r["channel"], r["status"]) for r in rows] == [("push", "suppressed")]
+    assert "no device token" in rows[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"user_id": None}, "user_id"),
+        ({"priority": "urgent"}, "priority"),
+        ({"channels": ["pigeon"]}, "channels"),
+        ({"send_at": "2030-01-01T09:00:00"}, "send_at"),
+        ({"title": ""}, "title"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_event_raises_naming_the_field_and_queues_nothing(change, field):
+    from notifier.redis_conn import broker_url
+    import redis
+
+    broker = redis.Redis.from_url(broker_url())
+    before = {q: broker.llen(q) for q in ("pipeline.high", "pipeline.low")}
+    event = {"notification_id": "n-bad", "user_id": "u1", "type": "t", "category": "c",
+             "title": "x", "body": "y"} | change
+    event = {k: v for k, v in event.items() if v is not None}
+    with pytest.raises(ValidationError) as info:
+        notifier.send_notification.delay(event)
+    assert field in str(info.value)
+    assert {q: broker.llen(q) for q in before} == before
