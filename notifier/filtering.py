@@ -1,15 +1,20 @@
-"""Filter: apply each user's preferences to queued deliveries before anything is sent."""
+"""Filter: preferences, schedules, quiet hours and rate limits, before anything is sent."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
+import redis
 from sqlalchemy.orm import Session
 
-from notifier import delivery_log
+from notifier import delivery_log, rate_limits
 from notifier.models import NotificationLog, Status
+from notifier.quiet_hours import quiet_hours_release
 from notifier.recipients import Recipient, load_recipients
+
+# A release may run a moment early (clocks, ETA rounding): that is not worth a new deferral.
+EARLY_TOLERANCE = timedelta(seconds=1)
 
 
 @dataclass(slots=True)
@@ -17,6 +22,7 @@ class FilterResult:
     proceed: list[int] = field(default_factory=list)
     suppressed: list[int] = field(default_factory=list)
     scheduled: list[int] = field(default_factory=list)
+    rate_limited: list[int] = field(default_factory=list)
 
 
 def suppression_reason(row: NotificationLog, recipient: Recipient) -> str | None:
@@ -28,30 +34,64 @@ def suppression_reason(row: NotificationLog, recipient: Recipient) -> str | None
     return None
 
 
-def filter_deliveries(session: Session, ids: Sequence[int], now: datetime) -> FilterResult:
-    """Suppress what the user opted out of, schedule what is not due; return what proceeds."""
+def deferral(row: NotificationLog, recipient: Recipient, now: datetime) -> tuple[datetime | None, str | None]:
+    """When the delivery may go out if not now (send_at, then quiet hours), and any note."""
+    due = _aware(row.scheduled_at) if row.scheduled_at else None
+    if due is not None and due > now + EARLY_TOLERANCE:
+        return due, f"send_at {due.isoformat()}"
+    if row.priority == "critical":  # security alerts bypass quiet hours
+        return None, None
+    decision = quiet_hours_release(now, recipient.quiet_start, recipient.quiet_end, recipient.timezone)
+    if decision.deliver_at is not None:
+        tz = recipient.timezone or "UTC"
+        return decision.deliver_at, f"quiet hours until {decision.deliver_at.isoformat()} ({tz})" + (
+            f"; {decision.note}" if decision.note else ""
+        )
+    return None, decision.note
+
+
+def filter_deliveries(
+    session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit]
+) -> FilterResult:
+    """Suppress what the user opted out of, defer what is not due, limit the rest; return what proceeds."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value])
-    recipients = load_recipients(session, (r.user_id for r in rows))
+    recipients = load_recipients(session, (row.user_id for row in rows), r)
     result = FilterResult()
-    changes = []
+    changes, candidates = [], []
     for row in rows:
-        reason = suppression_reason(row, recipients[row.user_id])
+        recipient = recipients[row.user_id]
+        reason = suppression_reason(row, recipient)
         if reason:
             changes.append({"_id": row.id, "status": Status.SUPPRESSED.value, "reason": reason})
             result.suppressed.append(row.id)
             continue
-        due = row.scheduled_at
-        if due is not None and _aware(due) > now:
-            changes.append({"_id": row.id, "status": Status.SCHEDULED.value, "reason": "send_at in the future"})
+        due, note = deferral(row, recipient, now)
+        if due is not None:
+            changes.append({"_id": row.id, "status": Status.SCHEDULED.value, "scheduled_at": due, "reason": note})
             result.scheduled.append(row.id)
             continue
-        result.proceed.append(row.id)
+        candidates.append((row, note))
+    allowed = rate_limits.check(
+        r, limits, [rate_limits.Request(row.user_id, row.channel, row.category, row.priority) for row, _ in candidates],
+        now.timestamp(),
+    )
+    for (row, note), ok in zip(candidates, allowed):
+        if ok:
+            result.proceed.append(row.id)
+            if note:
+                changes.append({"_id": row.id, "reason": note})
+        else:
+            limit = rate_limits.limit_for(limits, row.channel, row.category)
+            changes.append({
+                "_id": row.id, "status": Status.RATE_LIMITED.value,
+                "reason": f"over the limit of {limit.max_count} {row.channel} per {limit.window_s}s "
+                          f"for category {limit.category!r}",
+            })
+            result.rate_limited.append(row.id)
     delivery_log.record_each(session, changes)
     return result
 
 
 def _aware(dt: datetime) -> datetime:
     # SQLite hands back naive datetimes; every stored time is UTC.
-    from datetime import timezone
-
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

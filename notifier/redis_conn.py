@@ -48,3 +48,13 @@ def _client(url: str, pid: int) -> redis.Redis:
 def get_redis() -> redis.Redis:
     """Return this process's Redis client (a new pool after fork)."""
     return _client(redis_url(), os.getpid())
+
+
+def broker_redis() -> redis.Redis | None:
+    """A plain Redis client on the broker's database (queue depths, tests), or None for other brokers."""
+    url = broker_url()
+    if url.startswith("redis+socket://"):
+        url = "unix://" + url[len("redis+socket://"):]
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)

@@ -28,15 +28,22 @@ class Claimed:
 def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, ttl_s: int) -> Claimed:
     """Take the dedup lease of each queued delivery; move those we hold to `sending`."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value])
-    taken = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
-    mine = [row for row, ok in zip(rows, taken) if ok]
+    states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
+    mine = [row for row, state in zip(rows, states) if state == dedup.CLAIMED]
     moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
     result = Claimed()
     for row in mine:
         if row.id in moved:
             result.by_channel[row.channel].append(row.id)
-    if len(mine) < len(rows):
-        log.info("dedup: %d of %d deliveries already claimed elsewhere", len(rows) - len(mine), len(rows))
+    # The provider accepted these before a worker died without recording it (found by the sweeper).
+    recovered = [row.id for row, state in zip(rows, states) if state == dedup.ALREADY_SENT]
+    delivery_log.set_status(
+        session, recovered, Status.SENT.value, only_from=["queued"], sent_at=datetime.now(timezone.utc),
+        reason="provider accepted it before a worker crash; recorded on recovery",
+    )
+    held = len(rows) - len(mine) - len(recovered)
+    if held:
+        log.info("dedup: %d of %d deliveries already claimed elsewhere", held, len(rows))
     return result
 
 
@@ -47,6 +54,7 @@ class SendReport:
     retry: list[int] = field(default_factory=list)
     retry_in_s: float = 0.0
     skipped: list[int] = field(default_factory=list)
+    changed_users: set[str] = field(default_factory=set)
 
 
 def to_delivery(row: NotificationLog) -> Delivery:
@@ -114,13 +122,18 @@ def _record(
         attempts = row.attempts + 1
         change = {"_id": row.id, "attempts": attempts}
         if o.kind is OutcomeKind.OK:
-            change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id, "reason": None}
+            change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id}
             report.sent.append(row.id)
         elif o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED) and attempts < settings.max_attempts:
             if o.kind is OutcomeKind.MISCONFIGURED:
                 log.error("provider %s misconfigured: %s (delivery %s will retry)", row.provider, o.reason, row.id)
             delay = backoff_s(attempts, o.retry_after_s, settings)
-            change |= {"status": Status.QUEUED.value, "last_error": o.reason, "scheduled_at": now + timedelta(seconds=delay)}
+            # The wait lives in the database (durable); the release beat puts it back on a queue.
+            change |= {
+                "status": Status.SCHEDULED.value, "last_error": o.reason,
+                "scheduled_at": now + timedelta(seconds=delay),
+                "reason": f"retry {attempts + 1} of {settings.max_attempts} after: {o.reason}",
+            }
             report.retry.append(row.id)
             report.retry_in_s = max(report.retry_in_s, delay)
             release_keys.append(row.idempotency_key)
@@ -136,15 +149,15 @@ def _record(
                 opt_outs.append((row.user_id, row.channel))
             change |= {"status": Status.FAILED.value, "failed_at": now, "reason": reason, "last_error": o.reason}
             report.failed.append(row.id)
-            # A permanent answer is final: no later claim may resend it.
-            release_keys.append(None)
         changes.append(change)
     delivery_log.record_each(session, changes)
     _delete_tokens(session, dead_tokens)
     _opt_out(session, opt_outs)
-    dedup.release(r, [k for k in release_keys if k], claim_id)
-    failed_keys = [row.idempotency_key for row, o in results if row.id in set(report.failed)]
-    dedup.mark_sent(r, failed_keys, settings.sent_marker_ttl_s)
+    dedup.release(r, release_keys, claim_id)
+    # The caller drops these users' cached records once the transaction has committed.
+    report.changed_users = {user for user, _ in opt_outs} | {
+        row.user_id for row, o in results if o.kind is OutcomeKind.TOKEN_INVALID
+    }
 
 
 def _delete_tokens(session: Session, dead: list[tuple[str, datetime | None]]) -> None:

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, description="Provider attempts per delivery before it fails.")
     retry_base_s: float = Field(2.0, description="First retry backoff; doubles each attempt, with jitter.")
     retry_max_s: float = Field(600.0, description="Longest retry backoff (stays below the broker visibility timeout).")
+    rate_limits: str = Field("", description="JSON list of {channel, category, max_count, window_s}; empty = defaults.")
+    release_interval_s: float = Field(1.0, description="How often beat releases due scheduled deliveries.")
+    sweep_interval_s: float = Field(30.0, description="How often beat sweeps for stuck deliveries.")
+    stuck_after_s: float = Field(120.0, description="A queued/sending delivery untouched this long is re-driven.")
     sent_marker_ttl_s: int = Field(86400, description="How long a delivered key stays marked sent in Redis.")
 
     @property

@@ -9,6 +9,8 @@ from sqlalchemy import delete, select
 from notifier import delivery_log
 from notifier.db import session_factory
 from notifier.models import DeviceToken, NotificationLog, Status, UserPreferences
+from notifier.recipients import invalidate
+from notifier.redis_conn import get_redis
 
 PLATFORMS = ("ios", "android", "web")
 PREFERENCE_FIELDS = {
@@ -23,14 +25,17 @@ def register_device(user_id: str, token: str, platform: str, app: str | None = N
         raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}, not {platform!r}")
     if not token or len(token) > 512:
         raise ValueError("token must be 1 to 512 characters")
+    affected = {user_id}
     with session_factory()() as session, session.begin():
         existing = session.scalar(select(DeviceToken).where(DeviceToken.token == token))
         if existing is None:
             session.add(DeviceToken(user_id=user_id, token=token, platform=platform, app=app,
                                     created_at=delivery_log.utcnow()))
         else:
+            affected.add(existing.user_id)
             existing.user_id, existing.platform, existing.app = user_id, platform, app
             existing.created_at = delivery_log.utcnow()
+    invalidate(get_redis(), affected)
 
 
 def unregister_device(user_id: str, token: str) -> bool:
@@ -39,7 +44,8 @@ def unregister_device(user_id: str, token: str) -> bool:
         result = session.execute(
             delete(DeviceToken).where(DeviceToken.user_id == user_id, DeviceToken.token == token)
         )
-        return result.rowcount > 0
+    invalidate(get_redis(), [user_id])
+    return result.rowcount > 0
 
 
 def set_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
@@ -59,7 +65,9 @@ def set_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
         for name, value in changes.items():
             setattr(prefs, name, list(value) if name == "opted_out_categories" else value)
         prefs.updated_at = delivery_log.utcnow()
-        return {name: getattr(prefs, name) for name in sorted(PREFERENCE_FIELDS)}
+        current = {name: getattr(prefs, name) for name in sorted(PREFERENCE_FIELDS)}
+    invalidate(get_redis(), [user_id])
+    return current
 
 
 def get_status(notification_id: str) -> list[dict[str, Any]]:

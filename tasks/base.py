@@ -25,10 +25,13 @@ class NotifierTask(Task):
 
     def describe(self, args, kwargs) -> str:
         """What Flower shows as the task's arguments: ids and counts, never addresses or tokens."""
-        ids = args[0] if args else kwargs.get("ids", [])
+        if not args:
+            return "()"
+        ids = args[0]
         head = ",".join(str(i) for i in ids[:5])
         more = f",…+{len(ids) - 5}" if len(ids) > 5 else ""
-        return f"deliveries=[{head}{more}] n={len(ids)}"
+        lane = f" lane={args[1]}" if len(args) > 1 else ""
+        return f"deliveries=[{head}{more}] n={len(ids)}{lane}"
 
 
 @worker_process_init.connect

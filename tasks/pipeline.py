@@ -13,8 +13,11 @@ from notifier.db import session_factory
 from notifier.delivery_log import utcnow
 from notifier.events import NotificationEvent, parse_event
 from notifier.filtering import filter_deliveries
+from notifier.rate_limits import parse_limits
+from notifier.recipients import invalidate
 from notifier.redis_conn import get_redis
 from notifier.routing import route
+from notifier.scheduling import BATCH, Ready, release_due, sweep_stuck
 from notifier.sending import claim_deliveries, send_deliveries
 from notifier.settings import get_settings
 from tasks.app import app
@@ -100,8 +103,9 @@ def send_notifications(events: list[dict]) -> None:
 @app.task(base=NotifierTask, name="notifier.filter")
 def filter_stage(ids: list[int], lane: str) -> None:
     """Apply preferences and schedules; pass on what may be sent now."""
+    limits = parse_limits(get_settings().rate_limits)
     with session_factory()() as session, session.begin():
-        result = filter_deliveries(session, ids, utcnow())
+        result = filter_deliveries(session, get_redis(), ids, utcnow(), limits)
     if result.proceed:
         dedup_stage.apply_async((result.proceed, lane), queue=queue_for("pipeline", lane))
 
@@ -120,9 +124,9 @@ def _send(ids: list[int], lane: str, claim_id: str) -> None:
     settings = get_settings()
     with session_factory()() as session, session.begin():
         report = send_deliveries(session, get_redis(), ids, claim_id, settings)
-    if report.retry:
-        # Back to dedup after the backoff: the lease was released, a fresh claim is taken.
-        dedup_stage.apply_async((report.retry, lane), queue=queue_for("pipeline", lane), countdown=report.retry_in_s)
+    # Retries wait as `scheduled` rows; release_due puts them back on the queue when due.
+    if report.changed_users:
+        invalidate(get_redis(), report.changed_users)
 
 
 @app.task(base=NotifierTask, name="notifier.send_push")
@@ -144,3 +148,36 @@ def send_sms(ids: list[int], lane: str, claim_id: str) -> None:
 
 
 SEND_TASKS = {"push": send_push, "email": send_email, "sms": send_sms}
+
+
+def _enqueue(ready: list[Ready]) -> None:
+    """Put released or re-driven deliveries back on their stage's queue, batched by lane and ETA."""
+    groups: dict[tuple, list[int]] = {}
+    for item in ready:
+        groups.setdefault((item.stage, item.lane, item.eta), []).append(item.id)
+    for (stage, lane, eta), ids in groups.items():
+        task = filter_stage if stage == "filter" else dedup_stage
+        task.apply_async((ids, lane), queue=queue_for("pipeline", lane), eta=eta)
+
+
+@app.task(base=NotifierTask, name="notifier.release_due")
+def release_due_task() -> int:
+    """Release scheduled deliveries that fall due before the next beat (ETA covers the rest)."""
+    settings = get_settings()
+    released = 0
+    while True:
+        with session_factory()() as session, session.begin():
+            ready = release_due(session, utcnow(), settings.release_interval_s)
+        _enqueue(ready)
+        released += len(ready)
+        if len(ready) < BATCH:
+            return released
+
+
+@app.task(base=NotifierTask, name="notifier.sweep")
+def sweep_task() -> int:
+    """Re-drive deliveries stuck in queued/sending (a worker died, a message was lost)."""
+    with session_factory()() as session, session.begin():
+        ready = sweep_stuck(session, utcnow(), get_settings().stuck_after_s)
+    _enqueue(ready)
+    return len(ready)

@@ -17,10 +17,17 @@ TEST_VAR = Path(os.environ.setdefault("NOTIFIER_VAR_DIR", str(Path("var/test").r
 TEST_VAR.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("NOTIFIER_APNS_KEY_PATH", str(TEST_VAR / "sandbox" / "apns_key.p8"))
 os.environ.setdefault("NOTIFIER_APNS_CA_FILE", str(TEST_VAR / "sandbox" / "tls-cert.pem"))
+# Short timers so deferral, retries and the sweeper happen within a test's patience.
+for _name, _value in {
+    "NOTIFIER_RELEASE_INTERVAL_S": "0.5", "NOTIFIER_SWEEP_INTERVAL_S": "1", "NOTIFIER_LEASE_TTL_S": "4",
+    "NOTIFIER_STUCK_AFTER_S": "8", "NOTIFIER_RETRY_BASE_S": "0.2", "NOTIFIER_RETRY_MAX_S": "2",
+    "NOTIFIER_MAX_ATTEMPTS": "3",
+}.items():
+    os.environ.setdefault(_name, _value)
 
 from notifier import devstack, migrate  # noqa: E402  (env must be set first)
-from notifier.db import database_url, get_engine  # noqa: E402
-from notifier.redis_conn import broker_url, get_redis, redis_url  # noqa: E402
+from notifier.db import database_url  # noqa: E402
+from notifier.redis_conn import broker_redis, broker_url, get_redis, redis_url  # noqa: E402
 from notifier.sandbox.client import SandboxClient  # noqa: E402
 from notifier.sandbox.keys import ensure_dev_keys  # noqa: E402
 from notifier.settings import get_settings  # noqa: E402
@@ -35,7 +42,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def database() -> str:
     """A freshly migrated database for the whole session."""
     url = database_url()
@@ -44,17 +51,15 @@ def database() -> str:
     return url
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def clean_redis() -> None:
     """Empty Redis (caches, leases) and the broker's queues before the session."""
     get_redis().flushdb()
-    import redis
-
-    redis.Redis.from_url(broker_url()).flushdb()
+    broker_redis().flushdb()
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> SandboxClient:
+def sandbox(clean_redis) -> SandboxClient:
     """A real sandbox process speaking the providers' wire protocols."""
     settings = get_settings()
     ensure_dev_keys(settings.apns_key_path.parent)
@@ -67,11 +72,13 @@ def sandbox() -> SandboxClient:
 
 @pytest.fixture(scope="session")
 def worker(sandbox, database) -> None:
-    """One Celery worker process on every queue (prefork, 2 children)."""
+    """One Celery worker process on every queue (prefork, 2 children), and beat."""
     proc = devstack.start_worker(child_env(), TEST_VAR / "logs" / "worker.log")
+    beat = devstack.start_beat(child_env(), TEST_VAR / "logs" / "beat.log", TEST_VAR / "beat")
     try:
         yield proc
     finally:
+        devstack.stop(beat)
         devstack.stop(proc)
 
 
@@ -101,6 +108,3 @@ def unique() -> Callable[[str], str]:
 
     return _make
 
-
-def engine():
-    return get_engine()

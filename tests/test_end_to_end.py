@@ -60,10 +60,9 @@ def test_user_without_device_gets_a_suppressed_row_with_reason(worker, wait_unti
     ],
 )
 def test_bad_event_raises_naming_the_field_and_queues_nothing(change, field):
-    from notifier.redis_conn import broker_url
-    import redis
+    from notifier.redis_conn import broker_redis
 
-    broker = redis.Redis.from_url(broker_url())
+    broker = broker_redis()
     before = {q: broker.llen(q) for q in ("pipeline.high", "pipeline.low")}
     event = {"notification_id": "n-bad", "user_id": "u1", "type": "t", "category": "c",
              "title": "x", "body": "y"} | change

@@ -1,0 +1,81 @@
+"""Rate limits per user x channel x category per window, configured in one table.
+
+Counters are fixed windows in Redis (INCR + EXPIRE), checked for a whole batch in one
+round trip. A delivery over its limit is `rate_limited` and never sent.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+import redis
+
+DAY = 86_400
+WEEK = 7 * DAY
+# Categories that are never limited: a user must always hear about their account's security.
+EXEMPT_CATEGORIES = frozenset({"security"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    channel: str
+    category: str  # "*" = any category
+    max_count: int
+    window_s: int
+
+
+# The defaults; NOTIFIER_RATE_LIMITS (a JSON list of these four fields) replaces them.
+DEFAULT_LIMITS: tuple[Limit, ...] = (
+    Limit("push", "*", 50, DAY),
+    Limit("email", "marketing", 10, WEEK),
+    Limit("sms", "*", 5, WEEK),
+)
+
+
+def parse_limits(raw: str | None) -> tuple[Limit, ...]:
+    """Read the limits table from its JSON form; empty means the defaults."""
+    if not raw:
+        return DEFAULT_LIMITS
+    try:
+        return tuple(Limit(**item) for item in json.loads(raw))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"NOTIFIER_RATE_LIMITS must be a JSON list of {{channel, category, max_count, window_s}}: {exc}")
+
+
+def limit_for(limits: Sequence[Limit], channel: str, category: str) -> Limit | None:
+    """The most specific limit for a channel and category (exact category beats '*')."""
+    best = None
+    for limit in limits:
+        if limit.channel == channel and limit.category in (category, "*"):
+            if best is None or limit.category != "*":
+                best = limit
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    user_id: str
+    channel: str
+    category: str
+    priority: str
+
+
+def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], now_s: float) -> list[bool]:
+    """Count each request against its limit in one round trip; True where it is allowed."""
+    pipe = r.pipeline(transaction=False)
+    plan: list[Limit | None] = []
+    for req in requests:
+        limit = None if req.category in EXEMPT_CATEGORIES or req.priority == "critical" else limit_for(
+            limits, req.channel, req.category
+        )
+        plan.append(limit)
+        if limit is None:
+            continue
+        window = int(now_s // limit.window_s)
+        key = f"rl:{req.user_id}:{req.channel}:{limit.category}:{limit.window_s}:{window}"
+        # SET NX EX then INCR: the window's key expires with it (EXPIRE NX needs Redis 7).
+        pipe.set(key, 0, ex=limit.window_s + 60, nx=True)
+        pipe.incr(key)
+    counts = iter(pipe.execute()[1::2]) if any(plan) else iter(())
+    return [True if limit is None else next(counts) <= limit.max_count for limit in plan]
