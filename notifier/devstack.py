@@ -65,8 +65,12 @@ def start_worker(
     concurrency: int = 2,
     name: str = "worker",
     timeout_s: float = 60.0,
+    new_session: bool = False,
 ) -> subprocess.Popen:
-    """Start a Celery worker process on `queues` and wait until it answers a ping."""
+    """Start a Celery worker process on `queues` and wait until it is ready.
+
+    With new_session, the worker leads its own process group, so a test can kill it whole.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     node = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
     proc = subprocess.Popen(
@@ -75,7 +79,7 @@ def start_worker(
             "-Q", ",".join(queues), "-c", str(concurrency), "-n", node,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-E",
         ],
-        env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=new_session,
     )
     _wait_for_ready(proc, log_path, timeout_s)
     return proc

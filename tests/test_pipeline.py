@@ -1,0 +1,166 @@
+"""Every terminal status, through a real worker, real PostgreSQL/Redis and the APNs sandbox."""
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+import notifier
+from notifier.db import session_factory
+from notifier.models import DeviceToken
+from notifier.users import cancel_notification, get_status, register_device, set_preferences
+
+TERMINAL = {"sent", "delivered", "failed", "suppressed", "rate_limited", "duplicate"}
+
+
+def _user_with_ios(unique, **prefs) -> tuple[str, str]:
+    user, token = unique("user"), secrets.token_hex(32)
+    set_preferences(user, **prefs)
+    register_device(user, token, "ios")
+    return user, token
+
+
+def _event(unique, user: str, **extra) -> dict:
+    return {"notification_id": unique("n"), "user_id": user, "type": "order_shipped", "category": "transactional",
+            "priority": "high", "channels": ["push"], "title": "Shipped", "body": "On its way"} | extra
+
+
+def _settled(nid: str, n: int = 1):
+    rows = get_status(nid)
+    return rows if len(rows) >= n and all(r["status"] in TERMINAL for r in rows) else None
+
+
+def test_channel_switched_off_is_suppressed_and_never_sent(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique, push_enabled=False)
+    event = _event(unique, user)
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]))
+    assert (row["status"], row["reason"]) == ("suppressed", "push disabled by user")
+    assert sandbox.messages(target=token) == []
+
+
+def test_category_opt_out_is_suppressed(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique, opted_out_categories=["marketing"])
+    event = _event(unique, user, category="marketing", priority="low")
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]))
+    assert row["status"] == "suppressed" and "marketing" in row["reason"]
+    assert sandbox.messages(target=token) == []
+
+
+def test_quiet_hours_schedule_then_send_when_the_window_ends(worker, sandbox, wait_until, unique):
+    # Given a user whose quiet hours (in their own timezone) end three seconds from now
+    now = datetime.now(timezone.utc)
+    tz = "America/New_York"
+    local = now.astimezone(__import__("zoneinfo").ZoneInfo(tz))
+    end = (local + timedelta(seconds=3)).time()
+    user, token = _user_with_ios(unique, quiet_start=(local - timedelta(hours=1)).time(), quiet_end=end, timezone=tz)
+    event = _event(unique, user, priority="normal")
+    notifier.send_notification.delay(event)
+
+    # Then it waits as `scheduled` with the window's end as its due time
+    [row] = wait_until(lambda: [r for r in get_status(event["notification_id"]) if r["status"] == "scheduled"])
+    assert "quiet hours" in row["reason"] and tz in row["reason"]
+    assert sandbox.messages(target=token) == []
+
+    # And is sent once the window is over, not before
+    [row] = wait_until(lambda: _settled(event["notification_id"]), timeout_s=20)
+    assert row["status"] == "sent"
+    sent_at = row["sent_at"] if row["sent_at"].tzinfo else row["sent_at"].replace(tzinfo=timezone.utc)
+    assert sent_at >= now + timedelta(seconds=2)
+    assert len(sandbox.messages(target=token)) == 1
+
+
+def test_critical_bypasses_quiet_hours(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique, quiet_start="00:00", quiet_end="23:59:59", timezone="UTC")
+    event = _event(unique, user, priority="critical", category="security", type="new_login")
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]))
+    assert row["status"] == "sent"
+
+
+def test_send_at_defers_and_cancel_stops_it(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique)
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    event = _event(unique, user, send_at=later)
+    notifier.send_notification.delay(event)
+    wait_until(lambda: [r for r in get_status(event["notification_id"]) if r["status"] == "scheduled"])
+    assert cancel_notification(event["notification_id"]) == 1
+    [row] = get_status(event["notification_id"])
+    assert (row["status"], row["reason"]) == ("suppressed", "cancelled by producer")
+    assert sandbox.messages(target=token) == []
+
+
+def test_rate_limit_caps_push_per_day_and_security_is_exempt(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique)
+    events = [_event(unique, user, priority="low") for _ in range(52)]
+    notifier.send_notifications.delay(events)
+    rows = wait_until(lambda: all(_settled(e["notification_id"]) for e in events) and
+                      [r for e in events for r in get_status(e["notification_id"])], timeout_s=60)
+    statuses = sorted(r["status"] for r in rows)
+    assert statuses.count("sent") == 50 and statuses.count("rate_limited") == 2
+    assert len(sandbox.messages(target=token)) == 50
+
+    security = _event(unique, user, category="security", priority="critical")
+    notifier.send_notification.delay(security)
+    [row] = wait_until(lambda: _settled(security["notification_id"]))
+    assert row["status"] == "sent"
+
+
+def test_same_event_twice_concurrently_is_one_request(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique)
+    event = _event(unique, user)
+    notifier.send_notification.delay(event)
+    notifier.send_notification.delay(event)
+    rows = wait_until(lambda: _settled(event["notification_id"], 2))
+    assert sorted(r["status"] for r in rows) == ["duplicate", "sent"]
+    assert len(sandbox.messages(target=token)) == 1
+
+
+def test_transient_failures_retry_then_send(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique)
+    sandbox.add_fault("apns", token, status=503, reason="ServiceUnavailable", count=1)
+    event = _event(unique, user)
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]), timeout_s=20)
+    assert (row["status"], row["attempts"]) == ("sent", 2)
+    assert "ServiceUnavailable" in row["last_error"]
+
+
+def test_retries_are_bounded_then_failed_with_the_last_reason(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique)
+    sandbox.add_fault("apns", token, status=500, reason="InternalServerError", count=None)
+    before = sandbox.request_count("apns")
+    event = _event(unique, user)
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]), timeout_s=30)
+    assert row["status"] == "failed" and row["attempts"] == 3  # NOTIFIER_MAX_ATTEMPTS in conftest
+    assert "gave up after 3 attempts" in row["reason"] and "InternalServerError" in row["reason"]
+    assert sandbox.request_count("apns") - before >= 3
+
+
+def test_permanent_failure_is_not_retried(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique)
+    sandbox.add_fault("apns", token, status=400, reason="BadTopic", count=None)
+    event = _event(unique, user)
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]))
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert "BadTopic" in row["reason"]
+
+
+def test_unregistered_token_fails_and_is_deleted(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique)
+    sandbox.unregister(token)
+    event = _event(unique, user)
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]))
+    assert row["status"] == "failed" and "token deleted" in row["reason"]
+    with session_factory()() as session:
+        assert session.scalar(select(DeviceToken).where(DeviceToken.token == token)) is None
+    # The next notification finds no device, and says so.
+    again = _event(unique, user)
+    notifier.send_notification.delay(again)
+    [row] = wait_until(lambda: _settled(again["notification_id"]))
+    assert row["status"] == "suppressed" and "no device token" in row["reason"]

@@ -1,0 +1,141 @@
+"""Crashes and backlogs: each test runs its own workers on a broker database of its own."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import statistics
+import time
+from contextlib import contextmanager
+
+import redis
+
+from celeryconfig import QUEUES
+from notifier import devstack
+from notifier.users import get_status, register_device
+from tasks.app import app
+from tasks.pipeline import send_notification, send_notifications
+from tests.conftest import TEST_VAR, child_env
+
+TERMINAL = {"sent", "delivered", "failed", "suppressed", "rate_limited", "duplicate"}
+BACKLOG = 2000
+
+
+def _terminal(nid: str) -> bool:
+    rows = get_status(nid)
+    return bool(rows) and all(r["status"] in TERMINAL for r in rows)
+
+
+@contextmanager
+def isolated_broker(db: int):
+    """A broker database no other worker of the session reads; emptied before and after."""
+    base = os.environ.get("NOTIFIER_BROKER_URL") or ""
+    if not base.startswith("redis://"):
+        import pytest
+
+        pytest.skip("needs the TCP Redis broker from `make services`")
+    url = base.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    try:
+        yield url
+    finally:
+        redis.Redis.from_url(url).flushdb()
+
+
+def _produce(broker_url: str, task, *args) -> None:
+    with app.connection_for_write(broker_url) as conn:
+        task.apply_async(args, connection=conn)
+
+
+def _ios_user(unique) -> tuple[str, str]:
+    user, token = unique("user"), secrets.token_hex(32)
+    register_device(user, token, "ios")
+    return user, token
+
+
+def _event(nid: str, user: str, priority: str) -> dict:
+    return {"notification_id": nid, "user_id": user, "type": "t", "category": "transactional",
+            "priority": priority, "channels": ["push"], "title": "T", "body": "B"}
+
+
+def test_worker_killed_between_claim_and_send_is_recovered_by_the_sweeper(sandbox, database, wait_until, unique):
+    # Given a worker whose APNs endpoint swallows the connection (the request never reaches APNs)
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(8)
+    logs = TEST_VAR / "logs" / "resilience"
+    with isolated_broker(5) as broker:
+        env = child_env() | {"NOTIFIER_BROKER_URL": broker}
+        doomed = devstack.start_worker(
+            env | {"NOTIFIER_APNS_URL": f"https://127.0.0.1:{blackhole.getsockname()[1]}"},
+            logs / "doomed.log", new_session=True,
+        )
+        beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
+        healthy = None
+        try:
+            user, token = _ios_user(unique)
+            nid = unique("n")
+            _produce(broker, send_notification, _event(nid, user, "high"))
+
+            # When the worker has claimed the delivery and is connecting to "APNs"
+            blackhole.settimeout(20)
+            conn, _ = blackhole.accept()
+            assert [r["status"] for r in get_status(nid)] == ["sending"]
+            os.killpg(doomed.pid, signal.SIGKILL)  # the whole worker: parent and children
+            doomed.wait(10)
+            conn.close()
+
+            # Then a healthy worker, driven by the sweeper, sends it exactly once
+            healthy = devstack.start_worker(env, logs / "healthy.log")
+            [row] = wait_until(lambda: [r for r in get_status(nid) if r["status"] in TERMINAL], timeout_s=40)
+            assert row["status"] == "sent"
+            assert len(sandbox.messages(target=token)) == 1
+        finally:
+            devstack.stop(healthy)
+            devstack.stop(beat)
+            devstack.stop(doomed)
+            blackhole.close()
+
+
+def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, database, wait_until, unique, capsys):
+    # Given dedicated workers per lane, as production runs them, and a backlog of low-lane events
+    logs = TEST_VAR / "logs" / "backlog"
+    high_queues = tuple(q for q in QUEUES if q.endswith(".high"))
+    low_queues = tuple(q for q in QUEUES if not q.endswith(".high"))
+    with isolated_broker(6) as broker:
+        env = child_env() | {"NOTIFIER_BROKER_URL": broker}
+        high = devstack.start_worker(env, logs / "high.log", queues=high_queues, concurrency=1, name="high")
+        low = devstack.start_worker(env, logs / "low.log", queues=low_queues, concurrency=1, name="low")
+        try:
+            users = [_ios_user(unique) for _ in range(100)]
+            backlog = [_event(unique("low"), users[i % 100][0], "low") for i in range(BACKLOG)]
+            for i in range(0, len(backlog), 100):
+                _produce(broker, send_notifications, backlog[i:i + 100])
+
+            # When high-priority events arrive behind it
+            latencies = []
+            for _ in range(5):
+                user, _token = _ios_user(unique)
+                nid = unique("high")
+                started = time.monotonic()
+                _produce(broker, send_notification, _event(nid, user, "high"))
+                wait_until(lambda: [r for r in get_status(nid) if r["status"] == "sent"], timeout_s=30, interval_s=0.02)
+                latencies.append(time.monotonic() - started)
+            pending = redis.Redis.from_url(broker).llen("pipeline.low")
+
+            # Then each is sent within a small bound while the backlog is still there
+            with capsys.disabled():
+                print(f"\nhigh-lane latency behind a {BACKLOG}-event low backlog: "
+                      f"median {statistics.median(latencies)*1000:.0f} ms, max {max(latencies)*1000:.0f} ms; "
+                      f"pipeline.low still queued: {pending} tasks")
+            assert pending > 0, "the backlog drained before the high-lane events were measured"
+            assert max(latencies) < 3.0
+
+            # And the backlog itself drains with nothing lost
+            ids = [e["notification_id"] for e in backlog]
+            wait_until(lambda: all(_terminal(nid) for nid in ids[-50:]), timeout_s=120, interval_s=0.5)
+            assert all(_terminal(nid) for nid in ids)
+        finally:
+            devstack.stop(high)
+            devstack.stop(low)
