@@ -164,3 +164,22 @@ def test_unregistered_token_fails_and_is_deleted(worker, sandbox, wait_until, un
     notifier.send_notification.delay(again)
     [row] = wait_until(lambda: _settled(again["notification_id"]))
     assert row["status"] == "suppressed" and "no device token" in row["reason"]
+
+
+def test_two_workers_given_the_same_delivery_make_one_request(worker, sandbox, wait_until, unique):
+    # Given one routed delivery, handed to the dedup stage twice at once (as after a redelivery)
+    from notifier.events import parse_event
+    from notifier.routing import route
+    from tasks.pipeline import dedup_stage
+
+    user, token = _user_with_ios(unique)
+    event = _event(unique, user)
+    with session_factory()() as session, session.begin():
+        ids = route(session, [parse_event(event)]).queued["high"]
+    for _ in range(4):
+        dedup_stage.delay(ids, "high")
+
+    # Then exactly one provider request is made, and the row says sent
+    [row] = wait_until(lambda: _settled(event["notification_id"]))
+    assert row["status"] == "sent"
+    assert len(sandbox.messages(target=token)) == 1
