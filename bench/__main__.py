@@ -1,0 +1,317 @@
+"""`make bench`: the whole system as deployed, against the naive design, in one run.
+
+Kafka -> bridge -> Celery workers (high and low lanes) -> sandbox APNs, with PostgreSQL and
+Redis from `make services`; then the naive 4-task chain on the same services and sandbox.
+Prints a table, writes bench/results/<time>.json, and ends with one JSON line of key figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def _configure_env(work: Path) -> dict[str, str]:
+    """Point everything at bench-only databases, so runs never mix with dev or test data."""
+    base_db = os.environ.get("NOTIFIER_DATABASE_URL", "")
+    redis_base = os.environ.get("NOTIFIER_REDIS_URL", "")
+    if not base_db.startswith("postgresql") or not redis_base.startswith("redis://"):
+        sys.exit("bench: run it through `make bench` (needs PostgreSQL, Redis and Kafka from `make services`)")
+    host = redis_base.rsplit("/", 1)[0]
+    os.environ.update({
+        "NOTIFIER_DATABASE_URL": base_db.rsplit("/", 1)[0] + "/notifier_bench",
+        "NOTIFIER_REDIS_URL": f"{host}/2",
+        "NOTIFIER_BROKER_URL": f"{host}/3",
+        "NOTIFIER_VAR_DIR": str(work),
+        "NOTIFIER_APNS_KEY_PATH": str(work / "sandbox" / "apns_key.p8"),
+        "NOTIFIER_APNS_CA_FILE": str(work / "sandbox" / "tls-cert.pem"),
+    })
+    return dict(os.environ)
+
+
+def _create_database() -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = os.environ["NOTIFIER_DATABASE_URL"].rsplit("/", 1)[0] + "/notifier"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = 'notifier_bench'")):
+            conn.execute(text("CREATE DATABASE notifier_bench"))
+    engine.dispose()
+
+
+def _reset_state() -> None:
+    """Empty tables, caches, counters and queues: each phase starts from the same place."""
+    from sqlalchemy import text
+
+    from notifier.db import get_engine
+    from notifier.redis_conn import broker_redis, get_redis
+
+    with get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE notification_log, device_tokens, user_preferences RESTART IDENTITY"))
+    get_redis().flushdb()
+    broker_redis().flushdb()
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used by a set of process trees between start() and stop()."""
+
+    def __init__(self, procs) -> None:
+        import psutil
+
+        self._roots = [psutil.Process(p.pid) for p in procs]
+
+    def _sample(self) -> dict[int, float]:
+        import psutil
+
+        out = {}
+        for root in self._roots:
+            for proc in [root, *root.children(recursive=True)]:
+                try:
+                    t = proc.cpu_times()
+                    out[proc.pid] = t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+        return out
+
+    def start(self) -> None:
+        self._before = self._sample()
+
+    def stop(self) -> float:
+        after = self._sample()
+        return sum(v - self._before.get(pid, 0.0) for pid, v in after.items())
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _wait_settled(expected_events: set[str], timeout_s: float, prefix: str) -> float:
+    """Wait until every event has rows and none is queued or sending; return when that was."""
+    from sqlalchemy import func, select
+
+    from notifier.db import session_factory
+    from notifier.models import NotificationLog
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with session_factory()() as s:
+            busy = s.scalar(select(func.count()).where(NotificationLog.status.in_(["queued", "sending"]),
+                                                       NotificationLog.notification_id.like(prefix + "%")))
+            seen = s.scalar(select(func.count(func.distinct(NotificationLog.notification_id)))
+                            .where(NotificationLog.notification_id.like(prefix + "%")))
+        if busy == 0 and seen >= len(expected_events):
+            return time.time()
+        time.sleep(0.25)
+    raise TimeoutError(f"{prefix}: not settled after {timeout_s:.0f}s (busy={busy}, events seen={seen})")
+
+
+def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu_s: float) -> dict:
+    """Figures of one phase, from the database and what the sandbox accepted."""
+    from sqlalchemy import func, select
+
+    from notifier.db import session_factory
+    from notifier.models import NotificationLog
+
+    with session_factory()() as s:
+        by_status = dict(s.execute(select(NotificationLog.status, func.count())
+                                   .where(NotificationLog.notification_id.like(prefix + "%"))
+                                   .group_by(NotificationLog.status)).all())
+        with_rows = set(s.scalars(select(NotificationLog.notification_id)
+                                  .where(NotificationLog.notification_id.like(prefix + "%")).distinct()))
+    messages = [m for m in sandbox.messages(provider="apns") if m["payload"].get("bench_phase") == prefix]
+    per_id: dict[str, int] = {}
+    for m in messages:
+        per_id[m["id"]] = per_id.get(m["id"], 0) + 1
+    latency = {"high": [], "low": []}
+    last = started
+    for m in messages:
+        received = m["received_at"]
+        last = max(last, received)
+        latency[m["payload"]["bench_lane"]].append((received - m["payload"]["bench_produced_at"]) * 1000)
+    delivered = len(messages)
+    wall = max(last - started, 1e-9)
+    return {
+        "events": len(events),
+        "deliveries": delivered,
+        "by_status": by_status,
+        "wall_s": round(wall, 3),
+        "throughput_per_s": round(delivered / wall, 1),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_us_per_delivery": round(cpu_s / max(delivered, 1) * 1e6, 1),
+        "p50_high_ms": round(_percentile(latency["high"], 0.50), 1),
+        "p99_high_ms": round(_percentile(latency["high"], 0.99), 1),
+        "p50_low_ms": round(_percentile(latency["low"], 0.50), 1),
+        "p99_low_ms": round(_percentile(latency["low"], 0.99), 1),
+        "duplicates": sum(n - 1 for n in per_id.values() if n > 1),
+        "lost": len({e["notification_id"] for e in events} - with_rows) + by_status.get("queued", 0)
+        + by_status.get("sending", 0),
+    }
+
+
+def _stamp(events: list[dict], phase: str) -> list[dict]:
+    now = time.time()
+    return [e | {"data": (e.get("data") or {}) | {"bench_phase": phase, "bench_produced_at": now}} for e in events]
+
+
+def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
+    """The product: Kafka -> bridge -> lane workers -> sandbox."""
+    from bench.workload import build
+    from celeryconfig import QUEUES
+    from notifier import devstack
+    from notifier.db import session_factory
+    from notifier.publish import flush, get_producer, topic_for
+    from notifier.events import parse_event
+
+    _reset_state()
+    prefix = "p-"
+    with session_factory()() as s, s.begin():
+        workload = build(s, args.events, prefix=prefix)
+    for token in workload.dead_tokens:
+        sandbox.unregister(token)
+    topics = {"high": f"bench.{int(time.time())}.high", "low": f"bench.{int(time.time())}.low"}
+    high = tuple(q for q in QUEUES if q.endswith(".high"))
+    low = tuple(q for q in QUEUES if q.endswith(".low")) + ("scheduler",)
+    procs = [
+        devstack.start_worker(env, logs / "high.log", queues=high, concurrency=args.high_concurrency, name="high"),
+        devstack.start_worker(env, logs / "low.log", queues=low, concurrency=args.low_concurrency, name="low"),
+    ]
+    import subprocess
+
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "notifier.cli", "bridge", "--topics", f"{topics['high']},{topics['low']}",
+         "--group", f"bench-{int(time.time())}", "--batch-size", str(args.batch_size), "--batch-ms", "50"],
+        env=env, cwd=ROOT, stdout=(logs / "bridge.log").open("ab"), stderr=subprocess.STDOUT,
+    )
+    procs.append(bridge)
+    time.sleep(args.warmup_s)  # bridge joins its group, workers warm up
+    meter = CpuMeter(procs)
+    try:
+        producer = get_producer()
+        meter.start()
+        started = time.time()
+        for event in _stamp(workload.events, prefix):
+            lane = parse_event(event).lane
+            producer.produce(topics[lane], json.dumps(event).encode(), key=event["user_id"].encode())
+            producer.poll(0)
+        flush(60)
+        _wait_settled({e["notification_id"] for e in workload.events}, args.timeout_s, prefix)
+        cpu = meter.stop()
+        return _outcome(prefix, workload.events, sandbox, started, cpu)
+    finally:
+        for proc in procs:
+            devstack.stop(proc)
+
+
+def run_naive(env: dict, args, sandbox, logs: Path) -> dict:
+    """The naive design: a 4-task chain per event, no batching."""
+    from bench.workload import build
+    from notifier import devstack
+    from notifier.db import session_factory
+
+    _reset_state()
+    prefix = "n-"
+    with session_factory()() as s, s.begin():
+        workload = build(s, args.naive_events, prefix=prefix)
+    for token in workload.dead_tokens:
+        sandbox.unregister(token)
+    import subprocess
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "bench.naive", "worker", "-Q", "naive",
+         "-c", str(args.high_concurrency + args.low_concurrency), "--loglevel", "WARNING",
+         "--without-gossip", "--without-mingle"],
+        env=env, cwd=ROOT, stdout=(logs / "naive.log").open("ab"), stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(args.warmup_s)
+        from bench.naive import submit
+
+        meter = CpuMeter([worker])
+        meter.start()
+        started = time.time()
+        for event in _stamp(workload.events, prefix):
+            submit(event)
+        _wait_settled({e["notification_id"] for e in workload.events}, args.timeout_s, prefix)
+        cpu = meter.stop()
+        return _outcome(prefix, workload.events, sandbox, started, cpu)
+    finally:
+        devstack.stop(worker)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="events through the product (default 20000)")
+    parser.add_argument("--naive-events", type=int, default=2_000, help="events through the naive design")
+    parser.add_argument("--high-concurrency", type=int, default=1, help="processes of the high-lane worker")
+    parser.add_argument("--low-concurrency", type=int, default=2, help="processes of the low-lane worker")
+    parser.add_argument("--batch-size", type=int, default=500, help="bridge batch size")
+    parser.add_argument("--warmup-s", type=float, default=4.0)
+    parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args(argv)
+
+    work = (ROOT / "var" / "bench").resolve()
+    env = _configure_env(work)
+    _create_database()
+    from notifier import devstack, migrate
+    from notifier.sandbox.client import SandboxClient
+    from notifier.sandbox.keys import ensure_dev_keys
+    from notifier.settings import get_settings
+
+    migrate.upgrade()
+    settings = get_settings()
+    ensure_dev_keys(settings.apns_key_path.parent)
+    logs = work / "logs"
+    sandbox_proc = devstack.start_sandbox(env, logs / "sandbox.log")
+    sandbox = SandboxClient(settings.sandbox_control_url)
+    try:
+        sandbox.reset()
+        product = run_pipeline(env, args, sandbox, logs)
+        sandbox.reset()
+        naive = None if args.skip_naive else run_naive(env, args, sandbox, logs)
+    finally:
+        devstack.stop(sandbox_proc)
+
+    report = {"time": datetime.now(timezone.utc).isoformat(), "args": vars(args), "pipeline": product, "naive": naive}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps(report, indent=2))
+
+    rows = [k for k in product if k != "by_status"]
+    print(f"\n{'figure':<22} {'pipeline':>12} {'naive':>12}")
+    for key in rows:
+        print(f"{key:<22} {product[key]!s:>12} {(naive or {}).get(key, '-')!s:>12}")
+    print(f"statuses (pipeline): {product['by_status']}")
+    if naive:
+        print(f"statuses (naive):    {naive['by_status']}")
+    print(f"report: {out}")
+    ratio = round(product["throughput_per_s"] / naive["throughput_per_s"], 2) if naive else None
+    print(json.dumps({
+        "deliveries": product["deliveries"],
+        "throughput_per_s": product["throughput_per_s"],
+        "naive_throughput_per_s": naive["throughput_per_s"] if naive else None,
+        "ratio": ratio,
+        "cpu_us_per_delivery": product["cpu_us_per_delivery"],
+        "p50_high_ms": product["p50_high_ms"],
+        "p99_high_ms": product["p99_high_ms"],
+        "p99_low_ms": product["p99_low_ms"],
+        "duplicates": product["duplicates"],
+        "lost": product["lost"],
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
