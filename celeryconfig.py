@@ -29,6 +29,8 @@ broker_connection_retry_on_startup = True
 # Countdowns (retries, short ETAs) must stay below this, or Redis redelivers them.
 VISIBILITY_TIMEOUT_S = 3600
 broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+if _settings().broker_key_prefix:
+    broker_transport_options["global_keyprefix"] = _settings().broker_key_prefix
 
 task_queues = [Queue(name) for name in QUEUES]
 task_default_queue = "pipeline.low"

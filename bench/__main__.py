@@ -26,10 +26,13 @@ def _configure_env(work: Path) -> dict[str, str]:
     if not base_db.startswith("postgresql") or not redis_base.startswith("redis://"):
         sys.exit("bench: run it through `make bench` (needs PostgreSQL, Redis and Kafka from `make services`)")
     host = redis_base.rsplit("/", 1)[0]
+    from notifier.devstack import private_sandbox_env
+
+    os.environ.update(private_sandbox_env())
     os.environ.update({
         "NOTIFIER_DATABASE_URL": base_db.rsplit("/", 1)[0] + "/notifier_bench",
-        "NOTIFIER_REDIS_URL": f"{host}/2",
-        "NOTIFIER_BROKER_URL": f"{host}/3",
+        "NOTIFIER_REDIS_URL": f"{host}/14",
+        "NOTIFIER_BROKER_URL": f"{host}/15",
         "NOTIFIER_VAR_DIR": str(work),
         "NOTIFIER_APNS_KEY_PATH": str(work / "sandbox" / "apns_key.p8"),
         "NOTIFIER_APNS_CA_FILE": str(work / "sandbox" / "tls-cert.pem"),

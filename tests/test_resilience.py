@@ -9,10 +9,9 @@ import statistics
 import time
 from contextlib import contextmanager
 
-import redis
-
 from celeryconfig import QUEUES
 from notifier import devstack
+from notifier.redis_conn import broker_redis
 from notifier.users import get_status, register_device
 from tasks.app import app
 from tasks.pipeline import send_notification, send_notifications
@@ -28,23 +27,19 @@ def _terminal(nid: str) -> bool:
 
 
 @contextmanager
-def isolated_broker(db: int):
-    """A broker database no other worker of the session reads; emptied before and after."""
-    base = os.environ.get("NOTIFIER_BROKER_URL") or ""
-    if not base.startswith("redis://"):
-        import pytest
-
-        pytest.skip("needs the TCP Redis broker from `make services`")
-    url = base.rsplit("/", 1)[0] + f"/{db}"
-    redis.Redis.from_url(url).flushdb()
+def isolated_broker(name: str):
+    """Broker keys under a prefix of their own: no other worker of the session reads them."""
+    prefix = f"{name}-{os.getpid()}:"
     try:
-        yield url
+        yield prefix
     finally:
-        redis.Redis.from_url(url).flushdb()
+        r = broker_redis()
+        for key in r.scan_iter(match=prefix + "*"):
+            r.delete(key)
 
 
-def _produce(broker_url: str, task, *args) -> None:
-    with app.connection_for_write(broker_url) as conn:
+def _produce(prefix: str, task, *args) -> None:
+    with app.connection_for_write(transport_options={"global_keyprefix": prefix}) as conn:
         task.apply_async(args, connection=conn)
 
 
@@ -65,8 +60,8 @@ def test_worker_killed_between_claim_and_send_is_recovered_by_the_sweeper(sandbo
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(8)
     logs = TEST_VAR / "logs" / "resilience"
-    with isolated_broker(5) as broker:
-        env = child_env() | {"NOTIFIER_BROKER_URL": broker}
+    with isolated_broker("sweeper") as broker:
+        env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
         doomed = devstack.start_worker(
             env | {"NOTIFIER_APNS_URL": f"https://127.0.0.1:{blackhole.getsockname()[1]}"},
             logs / "doomed.log", new_session=True,
@@ -103,8 +98,8 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
     logs = TEST_VAR / "logs" / "backlog"
     high_queues = tuple(q for q in QUEUES if q.endswith(".high"))
     low_queues = tuple(q for q in QUEUES if not q.endswith(".high"))
-    with isolated_broker(6) as broker:
-        env = child_env() | {"NOTIFIER_BROKER_URL": broker}
+    with isolated_broker("backlog") as broker:
+        env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
         high = devstack.start_worker(env, logs / "high.log", queues=high_queues, concurrency=1, name="high")
         low = devstack.start_worker(env, logs / "low.log", queues=low_queues, concurrency=1, name="low")
         try:
@@ -122,7 +117,7 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
                 _produce(broker, send_notification, _event(nid, user, "high"))
                 wait_until(lambda: [r for r in get_status(nid) if r["status"] == "sent"], timeout_s=30, interval_s=0.02)
                 latencies.append(time.monotonic() - started)
-            pending = redis.Redis.from_url(broker).llen("pipeline.low")
+            pending = broker_redis().llen(broker + "pipeline.low")
 
             # Then each is sent within a small bound while the backlog is still there
             with capsys.disabled():
