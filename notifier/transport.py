@@ -1,65 +1,79 @@
 """Send batches of HTTP/2 requests over one persistent, multiplexed TLS connection per origin.
 
 The push hot path (APNs, FCM): pycurl's multi interface over libcurl + nghttp2,
-which costs the least client CPU per request of the Python options measured
-(DESIGN.md §5). One ``Http2Transport`` per process (or thread); it is not
-thread-safe, and must be created after a fork, never inherited across one.
+the cheapest client CPU per request of the Python options measured (DESIGN.md §5;
+``bench/transport_bench.py`` measures it). One ``Http2Transport`` per process or
+thread: it is not thread-safe. A transport inherited across a fork starts afresh
+in the child and never touches the parent's connection.
 
-What happens when the server stops a connection:
+When the server stops a connection (measured against libcurl 8.23 + nghttp2 1.70):
 
-- GOAWAY, or RST_STREAM(REFUSED_STREAM): the server did not process the streams
-  past its last-stream-id / the refused stream. nghttp2 closes them with
-  REFUSED_STREAM and libcurl itself reruns them on a new connection (up to 5
-  times) before we ever see them; they come back as ordinary responses.
-  (libcurl lib/http2.c ``http2_handle_stream_close`` marks ``refused_stream``;
-  lib/transfer.c ``Curl_retry_request`` reruns it.)
-- The connection dies before any response byte: libcurl reruns the request only
-  if the connection was a reused one. Otherwise it reports CURLE_SEND_ERROR,
-  CURLE_RECV_ERROR, CURLE_GOT_NOTHING or an HTTP/2 error, and this module
-  resends such a request once, at once, on a new connection.
-- Anything else (timeouts, a response cut short, TLS or connect failures) comes
-  back with ``error`` set and ``status`` 0: the server may have processed it,
-  and retrying later is the caller's decision.
+- GOAWAY: nghttp2 closes the streams above the GOAWAY's last-stream-id with
+  REFUSED_STREAM, exactly as for an RST_STREAM(REFUSED_STREAM). libcurl marks
+  such a transfer ``refused_stream`` and reruns it itself on a new connection, up
+  to 5 times (lib/http2.c ``http2_handle_stream_close``, lib/transfer.c
+  ``Curl_retry_request``, CONN_MAX_RETRIES); we get ordinary responses. Streams
+  at or below last-stream-id are answered on the old connection.
+- The connection dies before any response byte: libcurl reruns the request
+  itself only if the connection was a reused one *and* it surfaced as
+  CURLE_RECV_ERROR. Otherwise it reports CURLE_SEND_ERROR, CURLE_RECV_ERROR,
+  CURLE_GOT_NOTHING or CURLE_HTTP2(_STREAM); if no response byte had arrived and
+  libcurl had not already gone to a second connection for it (NUM_CONNECTS <= 1),
+  we resend it once, at once, on a new connection.
+- Anything else (timeout, response cut short, TLS or connect failure) comes back
+  with ``status`` 0 and ``error`` set: the server may have processed it, so
+  retrying is the caller's decision.
 
-Device tokens travel in URLs: nothing here logs a URL above DEBUG.
+Device tokens travel in URLs: nothing here logs a URL, and nothing logs above DEBUG.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import os
+import select
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import ceil
+from time import monotonic
 
 import pycurl
 
 log = logging.getLogger(__name__)
 
-# libcurl reports a connection that died under a request with one of these; if no
-# response byte had arrived, the server cannot have answered, so we resend once.
 _CURLE_HTTP2_STREAM = 92  # missing from pycurl's constants
+# How libcurl reports a connection that died under a transfer.
 _CONNECTION_DIED = frozenset(
     {pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR, pycurl.E_GOT_NOTHING, pycurl.E_HTTP2, _CURLE_HTTP2_STREAM}
 )
+# The first words of HttpResponse.error: the kind of failure, for callers and logs.
 _ERROR_KIND = {
     pycurl.E_OPERATION_TIMEDOUT: "timeout",
     pycurl.E_COULDNT_CONNECT: "connect failed",
     pycurl.E_COULDNT_RESOLVE_HOST: "name not resolved",
     pycurl.E_SSL_CONNECT_ERROR: "TLS handshake failed",
     pycurl.E_PEER_FAILED_VERIFICATION: "TLS verification failed",
-    pycurl.E_SEND_ERROR: "connection lost",
-    pycurl.E_RECV_ERROR: "connection lost",
-    pycurl.E_GOT_NOTHING: "connection lost",
     pycurl.E_PARTIAL_FILE: "response cut short",
+    pycurl.E_SEND_ERROR: "connection lost during the response",
+    pycurl.E_RECV_ERROR: "connection lost during the response",
+    pycurl.E_GOT_NOTHING: "connection lost during the response",
     pycurl.E_HTTP2: "HTTP/2 error",
     _CURLE_HTTP2_STREAM: "HTTP/2 stream error",
 }
-_E_CALL_MULTI_PERFORM = pycurl.E_CALL_MULTI_PERFORM
 _RESPONSE_CODE = pycurl.RESPONSE_CODE
 _HEADER_SIZE = pycurl.HEADER_SIZE
-# Longest we block in select() with nothing due; libcurl's own timers cut it short.
-_MAX_WAIT_S = 1.0
+_NUM_CONNECTS = pycurl.NUM_CONNECTS
+_POLL_MASK = {
+    pycurl.POLL_IN: select.POLLIN,
+    pycurl.POLL_OUT: select.POLLOUT,
+    pycurl.POLL_INOUT: select.POLLIN | select.POLLOUT,
+}
+# Longest we block in poll() while libcurl has no timer due.
+_MAX_WAIT_MS = 1000
+# Handles inherited across a fork: kept referenced so that garbage collection in the
+# child never runs curl cleanup on, and so writes to, the parent's connections.
+_INHERITED: list[object] = []
 
 
 @dataclass(slots=True)
@@ -82,7 +96,13 @@ class HttpResponse:
 
 
 class Http2Transport:
-    """Multiplex batches of requests over one persistent HTTP/2 connection per origin."""
+    """Multiplex batches of requests over one persistent HTTP/2 connection per origin.
+
+    TLS verification is always on; ``ca_file`` adds the CA bundle to trust
+    instead of the system's (the sandbox's certificate, in development).
+    ``timeout_s`` bounds each request from the start of ``send_all``, resend
+    included; ``max_in_flight`` bounds the streams open at once.
+    """
 
     def __init__(
         self,
@@ -94,94 +114,133 @@ class Http2Transport:
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight: expected at least 1")
+        if timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError("timeout_s, connect_timeout_s: expected more than 0")
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise ValueError(f"ca_file: no such file: {ca_file}")
         self.ca_file = None if ca_file is None else str(ca_file)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_in_flight = max_in_flight
-        self._multi = pycurl.CurlMulti()
-        self._multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
-        # One connection per origin: a transfer waits for a free stream rather than
-        # opening a second connection (APNs starts a connection at one stream).
-        self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, 1)
-        self._multi.setopt(pycurl.M_MAX_CONCURRENT_STREAMS, max_in_flight)
-        self._idle: list[pycurl.Curl] = []
         self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._idle: list[pycurl.Curl] = []
+        self._poll = select.poll()
+        self._watched: dict[int, int] = {}  # fd → poll mask libcurl asked for
+        self._timer_due: float | None = None  # when libcurl wants socket_action(TIMEOUT)
+        multi = self._multi = pycurl.CurlMulti()
+        multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        # One connection per origin: a transfer waits for a free stream rather than
+        # opening a second connection (APNs starts a connection at one stream). The
+        # price: after a GOAWAY, the streams libcurl reruns wait until the old
+        # connection has answered its last streams and closed.
+        multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, 1)
+        multi.setopt(pycurl.M_MAX_CONCURRENT_STREAMS, self.max_in_flight)
+        # The socket API, not curl_multi_fdset + select(): no FD_SETSIZE ceiling.
+        multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
 
     def send_all(self, requests: Sequence[HttpRequest]) -> list[HttpResponse]:
         """Send every request; return their responses in the same order once all completed or timed out."""
         if self._closed:
             raise RuntimeError("Http2Transport is closed")
+        if self._pid != os.getpid():
+            _INHERITED.extend((self._multi, self._idle))
+            self._start()
         count = len(requests)
-        results: list[HttpResponse | None] = [None] * count
         if not count:
             return []
-        now = time.monotonic()
-        started = [now] * count
+        results: list[HttpResponse | None] = [None] * count
+        handles: list[pycurl.Curl | None] = [None] * count  # in the multi now
+        started = monotonic()
         resent = bytearray(count)
         waiting = deque(range(count))
         multi = self._multi
-        in_flight = 0
-        done = 0
-        while done < count:
-            if waiting and in_flight < self.max_in_flight:
-                now = time.monotonic()
-                while waiting and in_flight < self.max_in_flight:
-                    index = waiting.popleft()
-                    budget = self.timeout_s - (now - started[index])
-                    multi.add_handle(self._prepare(index, requests[index], budget))
-                    in_flight += 1
-            while multi.perform()[0] == _E_CALL_MULTI_PERFORM:
-                pass
-            queued = 1
-            while queued:
-                queued, succeeded, failed = multi.info_read()
-                if not (succeeded or failed):
-                    break
-                now = time.monotonic()
-                for curl in succeeded:
-                    multi.remove_handle(curl)
-                    in_flight -= 1
-                    index = curl.index
-                    results[index] = HttpResponse(
-                        requests[index],
-                        curl.getinfo(_RESPONSE_CODE),
-                        _parse_headers(curl.header_lines),
-                        b"".join(curl.body_chunks),
-                        None,
-                        now - started[index],
-                    )
-                    self._release(curl)
-                    done += 1
-                for curl, code, message in failed:
-                    multi.remove_handle(curl)
-                    in_flight -= 1
-                    index = curl.index
-                    unanswered = curl.getinfo(_HEADER_SIZE) == 0
-                    self._release(curl)
-                    if (
-                        code in _CONNECTION_DIED
-                        and unanswered
-                        and not resent[index]
-                        and now - started[index] < self.timeout_s
-                    ):
-                        # The connection died under it before any answer: the server
-                        # did not process it. Resend once, now, on a new connection.
-                        resent[index] = 1
-                        waiting.append(index)
-                        log.debug("resending a request after: %s (curl %d)", message, code)
-                        continue
-                    results[index] = HttpResponse(
-                        requests[index],
-                        0,
-                        {},
-                        b"",
-                        f"{_ERROR_KIND.get(code, 'transport error')}: {message} (curl {code})",
-                        now - started[index],
-                    )
-                    done += 1
-            if done < count and not (waiting and in_flight < self.max_in_flight):
-                timeout_ms = multi.timeout()
-                multi.select(_MAX_WAIT_S if timeout_ms < 0 else min(timeout_ms / 1000, _MAX_WAIT_S))
+        socket_action = multi.socket_action
+        poll = self._poll.poll
+        max_in_flight = self.max_in_flight
+        timeout_s = self.timeout_s
+        in_flight = done = 0
+        try:
+            while done < count:
+                if waiting and in_flight < max_in_flight:
+                    budget_s = timeout_s - (monotonic() - started)
+                    while waiting and in_flight < max_in_flight:
+                        index = waiting.popleft()
+                        curl = handles[index] = self._prepare(index, requests[index], budget_s)
+                        multi.add_handle(curl)
+                        in_flight += 1
+                due = self._timer_due
+                if due is None:
+                    wait_ms = _MAX_WAIT_MS
+                else:
+                    left_s = due - monotonic()
+                    wait_ms = 0 if left_s <= 0 else min(ceil(left_s * 1000), _MAX_WAIT_MS)
+                for fd, events in poll(wait_ms):
+                    socket_action(fd, _curl_events(events))
+                due = self._timer_due
+                if due is not None and due <= monotonic():
+                    self._timer_due = None
+                    socket_action(pycurl.SOCKET_TIMEOUT, 0)
+                queued = 1
+                while queued:
+                    queued, succeeded, failed = multi.info_read()
+                    if not (succeeded or failed):
+                        break
+                    elapsed_s = monotonic() - started
+                    for curl in succeeded:
+                        multi.remove_handle(curl)
+                        in_flight -= 1
+                        index = curl.index
+                        handles[index] = None
+                        results[index] = HttpResponse(
+                            requests[index],
+                            curl.getinfo(_RESPONSE_CODE),
+                            _parse_headers(curl.header_lines),
+                            b"".join(curl.body_chunks),
+                            None,
+                            elapsed_s,
+                        )
+                        self._release(curl)
+                        done += 1
+                    for curl, code, message in failed:
+                        multi.remove_handle(curl)
+                        in_flight -= 1
+                        index = curl.index
+                        handles[index] = None
+                        died_unanswered = code in _CONNECTION_DIED and curl.getinfo(_HEADER_SIZE) == 0
+                        resend = (
+                            died_unanswered
+                            and not resent[index]
+                            and elapsed_s < timeout_s
+                            and curl.getinfo(_NUM_CONNECTS) <= 1
+                        )
+                        self._release(curl)
+                        if resend:
+                            # The server cannot have answered it, and libcurl did not
+                            # go to a second connection for it: resend once, now.
+                            resent[index] = 1
+                            waiting.append(index)
+                            log.debug("resending a request after: %s (curl %d)", message, code)
+                            continue
+                        kind = "connection lost" if died_unanswered else _ERROR_KIND.get(code, "transport error")
+                        results[index] = HttpResponse(
+                            requests[index], 0, {}, b"", f"{kind}: {message or 'no detail'} (curl {code})", elapsed_s
+                        )
+                        done += 1
+        finally:
+            if done < count:
+                # Interrupted (a signal, a soft time limit): leave the multi clean for the next call.
+                for curl in handles:
+                    if curl is not None:
+                        try:
+                            multi.remove_handle(curl)
+                        except pycurl.error:
+                            pass  # interrupted before it was added
+                        self._release(curl)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -189,16 +248,38 @@ class Http2Transport:
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():
+            _INHERITED.extend((self._multi, self._idle))
+            return
+        self._multi.close()
         for curl in self._idle:
             curl.close()
         self._idle.clear()
-        self._multi.close()
+        for fd in self._watched:
+            self._poll.unregister(fd)
+        self._watched.clear()
 
     def __enter__(self) -> Http2Transport:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _on_socket(self, what: int, fd: int, multi: object, socketp: object) -> None:
+        watched = self._watched
+        if what == pycurl.POLL_REMOVE:
+            if watched.pop(fd, None) is not None:
+                self._poll.unregister(fd)
+            return
+        mask = _POLL_MASK.get(what, 0)
+        if fd in watched:
+            self._poll.modify(fd, mask)
+        else:
+            self._poll.register(fd, mask)
+        watched[fd] = mask
+
+    def _on_timer(self, timeout_ms: int) -> None:
+        self._timer_due = None if timeout_ms < 0 else monotonic() + timeout_ms / 1000
 
     def _prepare(self, index: int, request: HttpRequest, budget_s: float) -> pycurl.Curl:
         curl = self._idle.pop() if self._idle else pycurl.Curl()
@@ -232,6 +313,17 @@ class Http2Transport:
     def _release(self, curl: pycurl.Curl) -> None:
         curl.header_lines = curl.body_chunks = None
         self._idle.append(curl)
+
+
+def _curl_events(events: int) -> int:
+    flags = 0
+    if events & select.POLLIN:
+        flags |= pycurl.CSELECT_IN
+    if events & select.POLLOUT:
+        flags |= pycurl.CSELECT_OUT
+    if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+        flags |= pycurl.CSELECT_ERR
+    return flags
 
 
 def _parse_headers(lines: list[bytes]) -> dict[str, str]:

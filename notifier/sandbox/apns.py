@@ -152,8 +152,9 @@ class ApnsSandbox:
         return self._process(request, token)
 
     def _faulted(self, request: Request, token: str | None, fault: Fault) -> Reply:
-        if fault.drop:
-            return Reply(drop=True)
+        delay_s = fault.latency_ms / 1000
+        if fault.drop or fault.refuse:
+            return Reply(drop=fault.drop, refuse=fault.refuse, delay_s=delay_s)
         if fault.goaway_after == 0:
             return Reply(goaway_after=0)
         if (fault.status and fault.status != 200) or fault.reason:
@@ -161,9 +162,11 @@ class ApnsSandbox:
             reply = self._error(status, fault.reason or STATUS_REASON.get(status, "InternalServerError"), request)
             if fault.retry_after is not None:
                 reply.headers = [*reply.headers, ("retry-after", str(fault.retry_after))]
+            if not request.connection.streams_unlocked:
+                reply.unlock_streams = self._check_authorization(request.headers.get("authorization")) is None
         else:
             reply = self._process(request, token)
-        reply.delay_s = fault.latency_ms / 1000
+        reply.delay_s = delay_s
         reply.goaway_after = fault.goaway_after
         return reply
 

@@ -34,12 +34,13 @@ class SandboxClient:
         retry_after: int | None = None,
         latency_ms: int | None = None,
         drop: bool = False,
+        refuse: bool = False,
         goaway_after: int | None = None,
         count: int | None = 1,
         fraction: float | None = None,
     ) -> dict[str, Any]:
         """Arm a fault for the next `count` matching requests (None: until reset), or a `fraction` of them."""
-        spec: dict[str, Any] = {"provider": provider, "target": target, "drop": drop, "count": count}
+        spec: dict[str, Any] = {"provider": provider, "target": target, "drop": drop, "refuse": refuse, "count": count}
         for name, value in (
             ("status", status),
             ("reason", reason),

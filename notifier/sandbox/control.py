@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 _MAX_HEADER_LINES = 100
 _MAX_BODY = 1024 * 1024
-_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large"}
+_REASONS = {
+    200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
+    405: "Method Not Allowed", 413: "Payload Too Large",
+}  # fmt: skip
 
 
 class HttpError(Exception):

@@ -2,9 +2,9 @@
 
 The server knows nothing about any provider. A handler takes a ``Request`` and
 returns ``(status, headers, body)`` or a ``Reply``; a ``Reply`` also carries the
-connection-level faults the sandbox injects: answer late, drop the connection,
-or send GOAWAY after a number of streams. A handler may also be a coroutine
-function for replies that must await something; the plain function is the fast
+HTTP/2-level faults the sandbox injects: answer late, drop the connection,
+refuse the stream, or send GOAWAY after a number of streams. A handler may be a
+coroutine function when it must await something; a plain function is the fast
 path (no task per request), which matters because benchmarks run through here.
 """
 
@@ -34,6 +34,8 @@ _CONNECTION_WINDOW = 16 * 1024 * 1024
 # h2 enforces only the limit the client has acknowledged; until then it must not
 # kill the connection over streams opened before our SETTINGS arrived.
 _UNENFORCED_STREAM_LIMIT = 2**31 - 1
+# After GOAWAY, how long streams up to last-stream-id may take to finish arriving.
+_GOAWAY_GRACE_S = 30.0
 
 # Header validation in h2 is pure Python and costs more than the rest of a request;
 # the sandbox's clients are libcurl/nghttp2 and our own replies are well-formed.
@@ -112,8 +114,10 @@ class Reply:
     headers: Sequence[tuple[str, str]] = ()
     body: bytes = b""
     delay_s: float = 0.0  # answer this much later
-    drop: bool = False  # close the connection instead of answering
-    goaway_after: int | None = None  # process this many streams (this one first), then GOAWAY; 0: not even this one
+    drop: bool = False  # close the connection instead of answering, with every stream still open on it
+    refuse: bool = False  # RST_STREAM(REFUSED_STREAM): not processed, the client may retry it
+    # Process this many streams, this one first, then GOAWAY and close; 0: not even this one.
+    goaway_after: int | None = None
     unlock_streams: bool = False  # raise the connection's stream limit to the server's maximum
 
 
@@ -225,6 +229,8 @@ class _Connection(asyncio.Protocol):
         self._forget()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         h2conn = self.h2
         try:
             events = h2conn.receive_data(data)
@@ -317,8 +323,15 @@ class _Connection(asyncio.Protocol):
             self._count_toward_goaway(stream_id)
             return
         reply: Reply = result  # type: ignore[assignment]
+        if reply.delay_s > 0 and (reply.drop or reply.refuse):
+            self.loop.call_later(reply.delay_s, self._reply_late, stream_id, reply)
+            return
         if reply.drop:
-            self.abort()
+            self.drop()
+            return
+        if reply.refuse:
+            self.waiting.discard(stream_id)
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if reply.goaway_after == 0 and self.last_stream_id is None:
             self.waiting.discard(stream_id)
@@ -338,6 +351,12 @@ class _Connection(asyncio.Protocol):
         else:
             self._send(stream_id, reply.status, reply.headers, reply.body)
         self._count_toward_goaway(stream_id)
+
+    def _reply_late(self, stream_id: int, reply: Reply) -> None:
+        reply.delay_s = 0.0
+        self._reply(stream_id, reply)
+        if not self.closed:
+            self._flush()
 
     def _count_toward_goaway(self, stream_id: int) -> None:
         if stream_id > self.max_processed:
@@ -378,7 +397,12 @@ class _Connection(asyncio.Protocol):
         # for streams up to last_stream_id once it has sent GOAWAY itself.
         frame = GoAwayFrame(0, last_stream_id=self.last_stream_id, additional_data=self.server.goaway_data)
         self.transport.write(frame.serialize())
+        self.loop.call_later(_GOAWAY_GRACE_S, self._give_up_after_goaway)
         self._close_if_done()
+
+    def _give_up_after_goaway(self) -> None:
+        if not self.closed:
+            self.drop()
 
     def _close_if_done(self) -> None:
         last = self.last_stream_id
@@ -386,6 +410,12 @@ class _Connection(asyncio.Protocol):
             return
         if any(sid <= last for sid in self.waiting) or any(sid <= last for sid in self.streams):
             return
+        self.closed = True
+        self.transport.close()
+
+    def drop(self) -> None:
+        """Close the connection now, unanswered streams and all; replies already made still go out."""
+        self._flush()
         self.closed = True
         self.transport.close()
 

@@ -40,8 +40,14 @@ class SandboxProcess:
     def control_url(self) -> str:
         return self.urls["control"]
 
-    def apns_jwt(self, *, iat: int | None = None, key_id: str | None = None, team_id: str | None = None,
-                 key_pem: bytes | None = None) -> str:
+    def apns_jwt(
+        self,
+        *,
+        iat: int | None = None,
+        key_id: str | None = None,
+        team_id: str | None = None,
+        key_pem: bytes | None = None,
+    ) -> str:
         """Sign a provider token the way the notifier does (ES256, kid, iss, iat)."""
         return jwt.encode(
             {"iss": team_id or self.config.apns_team_id, "iat": int(time.time()) if iat is None else iat},
@@ -69,8 +75,13 @@ class SandboxProcess:
         self.stop()
 
 
-def start_sandbox(directory: str | os.PathLike[str], *, timeout_s: float = 20.0,
-                  log_level: str = "WARNING", **overrides: object) -> SandboxProcess:
+def start_sandbox(
+    directory: str | os.PathLike[str],
+    *,
+    timeout_s: float = 20.0,
+    log_level: str = "WARNING",
+    **overrides: object,
+) -> SandboxProcess:
     """Generate keys in directory, start ``python -m notifier.sandbox`` on free ports, wait until ready."""
     directory = Path(directory)
     key_path = ensure_dev_keys(directory)

@@ -27,12 +27,13 @@ class Fault:
 
     provider: str
     target: str = "*"  # fnmatch pattern on the provider's target (device token, address, number)
-    status: int | None = None
-    reason: str | None = None
-    retry_after: int | None = None
-    latency_ms: int = 0
-    drop: bool = False
-    goaway_after: int | None = None
+    status: int | None = None  # answer with this status (and the provider's reason for it) unprocessed
+    reason: str | None = None  # ... or with this reason (and its status)
+    retry_after: int | None = None  # seconds, in a Retry-After header on that answer
+    latency_ms: int = 0  # answer (or drop, or refuse) this much later
+    drop: bool = False  # close the connection instead of answering
+    refuse: bool = False  # reset the stream with REFUSED_STREAM instead of answering
+    goaway_after: int | None = None  # process this request and n-1 more on its connection, then GOAWAY
     count: int | None = 1  # requests left to hit; None: every matching request until reset
     fraction: float | None = None  # hit this share of matching requests instead of a count
     hits: int = 0
@@ -50,6 +51,7 @@ class Fault:
             "retry_after": self.retry_after,
             "latency_ms": self.latency_ms,
             "drop": self.drop,
+            "refuse": self.refuse,
             "goaway_after": self.goaway_after,
             "count": self.count,
             "fraction": self.fraction,
@@ -59,7 +61,7 @@ class Fault:
 
 _FAULT_FIELDS = {
     "provider", "target", "status", "reason", "retry_after", "latency_ms",
-    "drop", "goaway_after", "count", "fraction",
+    "drop", "refuse", "goaway_after", "count", "fraction",
 }  # fmt: skip
 
 
@@ -93,6 +95,9 @@ def fault_from_json(spec: Any, providers: set[str]) -> Fault:
     drop = spec.get("drop", False)
     if not isinstance(drop, bool):
         raise ValueError("drop: expected true or false")
+    refuse = spec.get("refuse", False)
+    if not isinstance(refuse, bool):
+        raise ValueError("refuse: expected true or false")
     fraction = spec.get("fraction")
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
@@ -107,12 +112,14 @@ def fault_from_json(spec: Any, providers: set[str]) -> Fault:
         retry_after=opt_int("retry_after", 0),
         latency_ms=opt_int("latency_ms", 0) or 0,
         drop=drop,
+        refuse=refuse,
         goaway_after=opt_int("goaway_after", 0),
         count=None if fraction is not None else count,
         fraction=fraction,
     )
-    if not (fault.status or fault.reason or fault.latency_ms or fault.drop or fault.goaway_after is not None):
-        raise ValueError("fault: set at least one of status, reason, latency_ms, drop, goaway_after")
+    if not (fault.status or fault.reason or fault.latency_ms or fault.drop or fault.refuse
+            or fault.goaway_after is not None):
+        raise ValueError("fault: set at least one of status, reason, latency_ms, drop, refuse, goaway_after")
     fault._match = re.compile(fnmatch.translate(target)).match
     return fault
 
