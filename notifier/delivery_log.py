@@ -4,12 +4,21 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from notifier.models import NotificationLog
 
 LOG = NotificationLog.__table__
+# Built once: executed with a list of rows, SQLAlchemy batches them into multi-row INSERTs
+# ("insertmanyvalues") from one cached compiled statement.
+_INSERT = {
+    name: dialect.insert(LOG).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(LOG.c.id, LOG.c.idempotency_key)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_PG = postgresql.dialect()
 
 
 def utcnow() -> datetime:
@@ -20,20 +29,8 @@ def insert_ignoring_duplicates(session: Session, rows: Sequence[dict[str, Any]])
     """Insert rows in one statement; return (id, idempotency_key) of those that were new."""
     if not rows:
         return []
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - the project supports these two
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    stmt = (
-        insert(LOG)
-        .values(list(rows))
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(LOG.c.id, LOG.c.idempotency_key)
-    )
-    return [(r[0], r[1]) for r in session.execute(stmt)]
+    stmt = _INSERT[session.get_bind().dialect.name]
+    return [(r[0], r[1]) for r in session.execute(stmt, list(rows))]
 
 
 def set_status(
@@ -62,18 +59,40 @@ def record_each(session: Session, changes: Sequence[dict[str, Any]]) -> None:
     for change in changes:
         by_shape.setdefault(tuple(sorted(change)), []).append(change)
     now = utcnow()
+    postgres = session.get_bind().dialect.name == "postgresql"
     for shape, group in by_shape.items():
+        if postgres:
+            _update_from_values(session, [c for c in shape if c != "_id"], group)
+            continue
         cols = {c: bindparam(c) for c in shape if c != "_id"}
         stmt = update(LOG).where(LOG.c.id == bindparam("_id")).values(updated_at=now, **cols)
         session.connection().execute(stmt, group)
 
 
-def load(session: Session, ids: Iterable[int], *, statuses: Iterable[str] | None = None) -> list[NotificationLog]:
-    """Load rows by id (optionally only those in given statuses), in id order."""
+def _update_from_values(session: Session, cols: list[str], group: list[dict[str, Any]]) -> None:
+    """PostgreSQL: one UPDATE ... FROM (VALUES ...) for the whole group, not a statement per row."""
+    from psycopg2.extras import execute_values
+
+    types = ["bigint"] + [LOG.c[c].type.compile(dialect=_PG) for c in cols]
+    template = "(" + ", ".join(f"%s::{t}" for t in types) + ")"
+    sets = ", ".join(f"{c} = v.{c}" for c in cols)
+    sql = (f"UPDATE notification_log AS t SET {sets}, updated_at = now() "
+           f"FROM (VALUES %s) AS v(id, {', '.join(cols)}) WHERE t.id = v.id")
+    args = [(change["_id"], *(change[c] for c in cols)) for change in group]
+    cursor = session.connection().connection.dbapi_connection.cursor()
+    try:
+        execute_values(cursor, sql, args, template=template, page_size=len(args))
+    finally:
+        cursor.close()
+
+
+def load(session: Session, ids: Iterable[int], *, statuses: Iterable[str] | None = None) -> list[Row]:
+    """Load rows by id (optionally only those in given statuses), in id order, as plain rows."""
     ids = list(ids)
     if not ids:
         return []
-    stmt = select(NotificationLog).where(NotificationLog.id.in_(ids)).order_by(NotificationLog.id)
+    # Core rows, not ORM objects: the hot path needs the values, not identity tracking.
+    stmt = select(LOG).where(LOG.c.id.in_(ids)).order_by(LOG.c.id)
     if statuses is not None:
-        stmt = stmt.where(NotificationLog.status.in_(list(statuses)))
-    return list(session.scalars(stmt))
+        stmt = stmt.where(LOG.c.status.in_(list(statuses)))
+    return list(session.execute(stmt))

@@ -9,7 +9,9 @@ import redis
 from sqlalchemy.orm import Session
 
 from notifier import delivery_log, rate_limits
-from notifier.models import NotificationLog, Status
+from sqlalchemy import Row
+
+from notifier.models import Status
 from notifier.quiet_hours import quiet_hours_release
 from notifier.recipients import Recipient, load_recipients
 
@@ -25,7 +27,7 @@ class FilterResult:
     rate_limited: list[int] = field(default_factory=list)
 
 
-def suppression_reason(row: NotificationLog, recipient: Recipient) -> str | None:
+def suppression_reason(row: Row, recipient: Recipient) -> str | None:
     """Why the user does not want this delivery, or None."""
     if not recipient.channel_enabled(row.channel):
         return f"{row.channel} disabled by user"
@@ -34,7 +36,7 @@ def suppression_reason(row: NotificationLog, recipient: Recipient) -> str | None
     return None
 
 
-def deferral(row: NotificationLog, recipient: Recipient, now: datetime) -> tuple[datetime | None, str | None]:
+def deferral(row: Row, recipient: Recipient, now: datetime) -> tuple[datetime | None, str | None]:
     """When the delivery may go out if not now (send_at, then quiet hours), and any note."""
     due = _aware(row.scheduled_at) if row.scheduled_at else None
     if due is not None and due > now + EARLY_TOLERANCE:

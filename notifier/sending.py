@@ -13,7 +13,9 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from notifier import dedup, delivery_log
-from notifier.models import DeviceToken, NotificationLog, Status, UserPreferences
+from sqlalchemy import Row
+
+from notifier.models import DeviceToken, Status, UserPreferences
 from notifier.providers import Delivery, Outcome, OutcomeKind, get_provider
 from notifier.settings import Settings
 
@@ -57,7 +59,7 @@ class SendReport:
     changed_users: set[str] = field(default_factory=set)
 
 
-def to_delivery(row: NotificationLog) -> Delivery:
+def to_delivery(row: Row) -> Delivery:
     payload = row.payload or {}
     data = payload.get("data") or {}
     return Delivery(
@@ -91,11 +93,11 @@ def send_deliveries(
     rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
     held = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s)
     report = SendReport(skipped=[row.id for row, ok in zip(rows, held) if not ok])
-    by_provider: dict[str, list[NotificationLog]] = defaultdict(list)
+    by_provider: dict[str, list[Row]] = defaultdict(list)
     for row, ok in zip(rows, held):
         if ok:
             by_provider[row.provider or ""].append(row)
-    results: list[tuple[NotificationLog, Outcome]] = []
+    results: list[tuple[Row, Outcome]] = []
     for name, group in by_provider.items():
         try:
             outcomes = get_provider(name).send_batch([to_delivery(row) for row in group])
@@ -111,7 +113,7 @@ def send_deliveries(
 def _record(
     session: Session,
     r: redis.Redis,
-    results: list[tuple[NotificationLog, Outcome]],
+    results: list[tuple[Row, Outcome]],
     claim_id: str,
     settings: Settings,
     report: SendReport,
