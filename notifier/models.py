@@ -116,3 +116,27 @@ class UserPreferences(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     opted_out_categories: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    # Set when the provider reports the address dead (hard bounce); cleared when the address changes.
+    email_undeliverable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    email_undeliverable_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiKeyScope(str, enum.Enum):
+    """What an API key may do; admin includes everything producer may."""
+
+    PRODUCER = "producer"
+    ADMIN = "admin"
+
+
+class ApiKey(Base):
+    """A key for the HTTP API: only a SHA-256 of the secret is kept, found by its short prefix."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    scope: Mapped[str] = mapped_column(String(16), nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False, unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

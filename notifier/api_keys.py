@@ -1,0 +1,92 @@
+"""API keys: create, verify, list and revoke the bearer keys of the HTTP API.
+
+A key reads `ntf_<prefix>_<secret>`. Only the prefix (to find the row) and a SHA-256 of
+the whole key are stored: the secret has 256 random bits, so a plain hash is enough and
+a stolen table yields no usable key. The key itself is shown once, when created.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from notifier.db import session_factory
+from notifier.delivery_log import utcnow
+from notifier.models import ApiKey, ApiKeyScope
+
+KEY_PREFIX = "ntf"
+SCOPES = tuple(s.value for s in ApiKeyScope)
+# What each scope may do: an admin key may do whatever a producer key may.
+GRANTS = {ApiKeyScope.PRODUCER.value: {"producer"}, ApiKeyScope.ADMIN.value: {"producer", "admin"}}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """An API key as the system knows it (never the secret)."""
+
+    id: int
+    name: str
+    scope: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    def allows(self, scope: str) -> bool:
+        return scope in GRANTS.get(self.scope, set())
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _info(row: ApiKey) -> KeyInfo:
+    return KeyInfo(row.id, row.name, row.scope, row.prefix, row.created_at, row.revoked_at)
+
+
+def create_key(name: str, scope: str) -> tuple[KeyInfo, str]:
+    """Create a key; return it with its secret, which is not stored and cannot be shown again."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    if not name or len(name) > 128:
+        raise ValueError("name must be 1 to 128 characters")
+    prefix = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    with session_factory()() as session, session.begin():
+        row = ApiKey(name=name, scope=scope, prefix=prefix, key_hash=_hash(key), created_at=utcnow())
+        session.add(row)
+        session.flush()
+        info = _info(row)
+    return info, key
+
+
+def verify_key(key: str) -> KeyInfo | None:
+    """Return the live key matching `key`, or None (unknown, malformed or revoked)."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1].isalnum() or len(parts[1]) > 16:
+        return None
+    with session_factory()() as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
+        if row is None or row.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(row.key_hash, _hash(key)):
+            return None
+        return _info(row)
+
+
+def list_keys() -> list[KeyInfo]:
+    """Every key, revoked ones too, oldest first."""
+    with session_factory()() as session:
+        return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.id))]
+
+
+def revoke_key(prefix: str) -> bool:
+    """Revoke the key with this prefix; True if a live key was revoked."""
+    with session_factory()() as session, session.begin():
+        result = session.execute(
+            update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+        )
+    return result.rowcount > 0
