@@ -15,6 +15,7 @@ _LAZY = {
     "get_status": "notifier.users",
     "cancel_notification": "notifier.users",
     "NotificationEvent": "notifier.events",
+    "publish": "notifier.publish",
 }
 
 __all__ = sorted(_LAZY)
