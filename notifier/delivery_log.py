@@ -8,7 +8,7 @@ from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from notifier.models import NotificationLog
+from notifier.models import NotificationLog, Status
 
 LOG = NotificationLog.__table__
 # Built once: executed with a list of rows, SQLAlchemy batches them into multi-row INSERTs
@@ -51,8 +51,10 @@ def set_status(
     return [r[0] for r in session.execute(stmt.returning(LOG.c.id))]
 
 
-def record_each(session: Session, changes: Sequence[dict[str, Any]]) -> None:
-    """Apply per-row changes (each dict has `_id` plus column values) as one executemany."""
+def record_each(
+    session: Session, changes: Sequence[dict[str, Any]], *, only_from: Iterable[str] | None = None
+) -> None:
+    """Apply per-row changes (each dict has `_id` plus column values), optionally only to rows in given statuses."""
     if not changes:
         return
     by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -62,14 +64,18 @@ def record_each(session: Session, changes: Sequence[dict[str, Any]]) -> None:
     postgres = session.get_bind().dialect.name == "postgresql"
     for shape, group in by_shape.items():
         if postgres:
-            _update_from_values(session, [c for c in shape if c != "_id"], group)
+            _update_from_values(session, [c for c in shape if c != "_id"], group, only_from)
             continue
         cols = {c: bindparam(c) for c in shape if c != "_id"}
         stmt = update(LOG).where(LOG.c.id == bindparam("_id")).values(updated_at=now, **cols)
+        if only_from is not None:
+            stmt = stmt.where(LOG.c.status.in_(list(only_from)))
         session.connection().execute(stmt, group)
 
 
-def _update_from_values(session: Session, cols: list[str], group: list[dict[str, Any]]) -> None:
+def _update_from_values(
+    session: Session, cols: list[str], group: list[dict[str, Any]], only_from: Iterable[str] | None
+) -> None:
     """PostgreSQL: one UPDATE ... FROM (VALUES ...) for the whole group, not a statement per row."""
     from psycopg2.extras import execute_values
 
@@ -78,6 +84,9 @@ def _update_from_values(session: Session, cols: list[str], group: list[dict[str,
     sets = ", ".join(f"{c} = v.{c}" for c in cols)
     sql = (f"UPDATE notification_log AS t SET {sets}, updated_at = now() "
            f"FROM (VALUES %s) AS v(id, {', '.join(cols)}) WHERE t.id = v.id")
+    if only_from is not None:
+        # Status names are our own enum values, never input: safe to inline.
+        sql += " AND t.status IN (" + ", ".join(f"'{Status(s).value}'" for s in only_from) + ")"
     args = [(change["_id"], *(change[c] for c in cols)) for change in group]
     cursor = session.connection().connection.dbapi_connection.cursor()
     try:

@@ -5,7 +5,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_EVENT_BYTES = 64 * 1024
 
@@ -60,9 +60,35 @@ class NotificationEvent(BaseModel):
             raise ValueError("send_at must carry a timezone offset, e.g. 2026-01-01T09:00:00Z")
         return v.astimezone(timezone.utc) if v else v
 
+    @model_validator(mode="after")
+    def _storable_text(self) -> "NotificationEvent":
+        # PostgreSQL refuses NUL characters and lone surrogates can't be encoded: refuse them
+        # here, naming the field, rather than fail after the producer was told it was accepted.
+        for name in ("notification_id", "user_id", "type", "category", "title", "body"):
+            _check_text(getattr(self, name), name)
+        _check_text(self.data, "data")
+        return self
+
     @property
     def lane(self) -> str:
         return self.priority.lane
+
+
+def _check_text(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where}: NUL characters are not allowed")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, f"{where}.{key!s}")
+            _check_text(item, f"{where}.{key!s}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{where}[{i}]")
 
 
 def parse_event(raw: dict[str, Any] | NotificationEvent) -> NotificationEvent:

@@ -33,6 +33,8 @@ def suppression_reason(row: Row, recipient: Recipient) -> str | None:
         return f"{row.channel} disabled by user"
     if row.category in recipient.opted_out_categories:
         return f"user opted out of category {row.category!r}"
+    if row.channel == "email" and recipient.email_undeliverable:
+        return f"email address undeliverable: {recipient.email_undeliverable}"
     return None
 
 
@@ -90,7 +92,7 @@ def filter_deliveries(
                           f"for category {limit.category!r}",
             })
             result.rate_limited.append(row.id)
-    delivery_log.record_each(session, changes)
+    delivery_log.record_each(session, changes, only_from=[Status.QUEUED.value])
     return result
 
 

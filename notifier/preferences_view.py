@@ -3,12 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
 
 from notifier.db import session_factory
 from notifier.models import UserPreferences
-from notifier.recipients import invalidate
-from notifier.redis_conn import get_redis
 from notifier.users import PREFERENCE_FIELDS, set_preferences
 
 # What a user we never heard of gets (the same defaults as notifier.recipients.Recipient).
@@ -33,15 +30,6 @@ def get_preferences(user_id: str) -> dict[str, Any]:
 
 
 def update_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
-    """Change some preferences; a new email address is no longer marked undeliverable."""
-    before = get_preferences(user_id)["email"]
+    """Change some preferences (a new email address drops the undeliverable mark); return them all."""
     set_preferences(user_id, **changes)
-    if "email" in changes and changes["email"] != before:
-        with session_factory()() as session, session.begin():
-            session.execute(
-                update(UserPreferences)
-                .where(UserPreferences.user_id == user_id)
-                .values(email_undeliverable_at=None, email_undeliverable_reason=None)
-            )
-        invalidate(get_redis(), [user_id])
     return get_preferences(user_id)

@@ -34,6 +34,7 @@ class Recipient:
     quiet_end: time | None = None
     timezone: str | None = None
     opted_out_categories: frozenset[str] = frozenset()
+    email_undeliverable: str | None = None  # why the address is dead (a bounce), or None
     devices: list[Device] = field(default_factory=list)
 
     def channel_enabled(self, channel: str) -> bool:
@@ -105,6 +106,7 @@ def _from_database(session: Session, ids: list[str]) -> dict[str, Recipient]:
             quiet_end=p.quiet_end,
             timezone=p.timezone,
             opted_out_categories=frozenset(p.opted_out_categories or ()),
+            email_undeliverable=(p.email_undeliverable_reason or "bounced") if p.email_undeliverable_at else None,
         )
     rows = session.execute(
         select(DeviceToken.user_id, DeviceToken.token, DeviceToken.platform, DeviceToken.created_at)

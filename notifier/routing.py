@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import redis
 from sqlalchemy.orm import Session
 
 from notifier.delivery_log import insert_ignoring_duplicates, utcnow
@@ -104,14 +105,24 @@ class RouteResult:
     duplicates: list[str] = field(default_factory=list)  # notification ids seen before
 
 
-def route(session: Session, events: Sequence[NotificationEvent]) -> RouteResult:
+CANCEL_PREFIX = "cancelled:"  # set by notifier.users.cancel_notification
+
+
+def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis | None = None) -> RouteResult:
     """Insert the deliveries of `events` in one statement; known idempotency keys insert nothing."""
-    recipients = load_recipients(session, (e.user_id for e in events))
+    recipients = load_recipients(session, (e.user_id for e in events), r)
+    cancelled = set()
+    if r is not None and events:
+        flags = r.mget([CANCEL_PREFIX + e.notification_id for e in events])
+        cancelled = {e.notification_id for e, flag in zip(events, flags) if flag}
     rows: list[dict] = []
     lane_of_key: dict[str, str] = {}
     keys_of_event: list[tuple[NotificationEvent, list[str]]] = []
     for event in events:
         planned = plan(event, recipients[event.user_id])
+        if event.notification_id in cancelled:
+            for row in planned:
+                row["status"], row["reason"] = Status.SUPPRESSED.value, "cancelled by producer"
         keys_of_event.append((event, [r["idempotency_key"] for r in planned]))
         for r in planned:
             lane_of_key[r["idempotency_key"]] = event.lane

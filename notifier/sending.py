@@ -97,32 +97,48 @@ def send_deliveries(
     for row, ok in zip(rows, held):
         if ok:
             by_provider[row.provider or ""].append(row)
-    results: list[tuple[Row, Outcome]] = []
+    results: list[tuple[Row, Outcome, str]] = []
+    fallbacks = settings.fallback_providers()
     for name, group in by_provider.items():
-        try:
-            outcomes = get_provider(name).send_batch([to_delivery(row) for row in group])
-        except LookupError as exc:
-            outcomes = [Outcome(OutcomeKind.MISCONFIGURED, reason=str(exc))] * len(group)
-        results.extend(zip(group, outcomes))
-    ok_keys = [row.idempotency_key for row, o in results if o.kind is OutcomeKind.OK]
+        outcomes = _send_with(name, group)
+        used = [name] * len(group)
+        # Provider failover: what the primary could not take now goes to the fallback at once.
+        fallback = fallbacks.get(name)
+        transient = [i for i, o in enumerate(outcomes) if o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED)]
+        if fallback and transient:
+            log.warning("%s failing (%s); %d deliveries fail over to %s",
+                        name, outcomes[transient[0]].reason, len(transient), fallback)
+            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient])):
+                outcomes[i], used[i] = o, fallback
+        results.extend(zip(group, outcomes, used))
+    ok_keys = [row.idempotency_key for row, o, _ in results if o.kind is OutcomeKind.OK]
     dedup.mark_sent(r, ok_keys, settings.sent_marker_ttl_s)  # first: narrows the crash window
     _record(session, r, results, claim_id, settings, report)
     return report
 
 
+def _send_with(name: str, rows: list[Row]) -> list[Outcome]:
+    deliveries = [to_delivery(row) for row in rows]
+    try:
+        provider = get_provider(name)
+    except LookupError as exc:
+        return [Outcome(OutcomeKind.MISCONFIGURED, reason=str(exc))] * len(rows)
+    return provider.send_batch(deliveries)
+
+
 def _record(
     session: Session,
     r: redis.Redis,
-    results: list[tuple[Row, Outcome]],
+    results: list[tuple[Row, Outcome, str]],
     claim_id: str,
     settings: Settings,
     report: SendReport,
 ) -> None:
     now = datetime.now(timezone.utc)
     changes, release_keys, dead_tokens, opt_outs = [], [], [], []
-    for row, o in results:
+    for row, o, provider in results:
         attempts = row.attempts + 1
-        change = {"_id": row.id, "attempts": attempts}
+        change = {"_id": row.id, "attempts": attempts, "provider": provider}
         if o.kind is OutcomeKind.OK:
             change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id}
             report.sent.append(row.id)
@@ -152,13 +168,14 @@ def _record(
             change |= {"status": Status.FAILED.value, "failed_at": now, "reason": reason, "last_error": o.reason}
             report.failed.append(row.id)
         changes.append(change)
-    delivery_log.record_each(session, changes)
+    # Only rows still `sending`: a webhook may already have moved one on (delivered, failed).
+    delivery_log.record_each(session, changes, only_from=[Status.SENDING.value])
     _delete_tokens(session, dead_tokens)
     _opt_out(session, opt_outs)
     dedup.release(r, release_keys, claim_id)
     # The caller drops these users' cached records once the transaction has committed.
     report.changed_users = {user for user, _ in opt_outs} | {
-        row.user_id for row, o in results if o.kind is OutcomeKind.TOKEN_INVALID
+        row.user_id for row, o, _ in results if o.kind is OutcomeKind.TOKEN_INVALID
     }
 
 

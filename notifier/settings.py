@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     sandbox_control_port: int = Field(8790, description="Sandbox control API port (/_sandbox/...).")
     sandbox_apns_port: int = Field(8791, description="Sandbox APNs (HTTP/2, TLS) port.")
 
+    provider_fallbacks: str = Field(
+        "", description="Failover pairs primary:fallback, comma-separated, e.g. sendgrid:smtp."
+    )
     send_timeout_s: float = Field(10.0, description="Timeout of one provider request.")
     lease_ttl_s: int = Field(60, description="Dedup lease length before a crashed claim can be retaken.")
     max_attempts: int = Field(5, description="Provider attempts per delivery before it fails.")
@@ -63,6 +66,11 @@ class Settings(BaseSettings):
     )
     twilio_auth_token: str = Field("", description="Twilio auth token: signs status callbacks; empty = refused.")
     webhook_max_age_s: int = Field(600, description="Signed webhook timestamps older than this are refused (replay).")
+
+    def fallback_providers(self) -> dict[str, str]:
+        """Primary provider -> the provider that takes its deliveries while it fails."""
+        pairs = (item.split(":", 1) for item in self.provider_fallbacks.split(",") if ":" in item)
+        return {primary.strip(): fallback.strip() for primary, fallback in pairs}
 
     @property
     def sqlite_path(self) -> Path:

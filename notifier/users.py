@@ -11,6 +11,7 @@ from notifier.db import session_factory
 from notifier.models import DeviceToken, NotificationLog, Status, UserPreferences
 from notifier.recipients import invalidate
 from notifier.redis_conn import get_redis
+from notifier.routing import CANCEL_PREFIX
 
 PLATFORMS = ("ios", "android", "web")
 PREFERENCE_FIELDS = {
@@ -62,6 +63,9 @@ def set_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
             prefs = UserPreferences(user_id=user_id, push_enabled=True, email_enabled=True, sms_enabled=True,
                                     opted_out_categories=[])
             session.add(prefs)
+        if "email" in changes and changes["email"] != prefs.email:
+            # A new address is not the one that bounced.
+            prefs.email_undeliverable_at = prefs.email_undeliverable_reason = None
         for name, value in changes.items():
             setattr(prefs, name, list(value) if name == "opted_out_categories" else value)
         prefs.updated_at = delivery_log.utcnow()
@@ -88,8 +92,16 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
         ]
 
 
+CANCEL_TTL_S = 7 * 86400
+
+
 def cancel_notification(notification_id: str) -> int:
-    """Cancel every delivery of a notification that is not sent yet; returns how many."""
+    """Cancel every delivery of a notification that is not sent yet; returns how many.
+
+    A cancel that overtakes its event (still queued for routing) is remembered for a week,
+    so the event is routed straight to `suppressed`.
+    """
+    get_redis().set(CANCEL_PREFIX + notification_id, 1, ex=CANCEL_TTL_S)
     with session_factory()() as session, session.begin():
         ids = session.scalars(
             select(NotificationLog.id).where(

@@ -82,7 +82,7 @@ class ManyEventsTask(EventTask):
 def _route_and_continue(raw_events: Iterable[dict]) -> None:
     events = [parse_event(e) for e in raw_events]
     with session_factory()() as session, session.begin():
-        result = route(session, events)
+        result = route(session, events, get_redis())
     for lane, ids in result.queued.items():
         if ids:
             filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane))

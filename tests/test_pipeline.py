@@ -183,3 +183,22 @@ def test_two_workers_given_the_same_delivery_make_one_request(worker, sandbox, w
     [row] = wait_until(lambda: _settled(event["notification_id"]))
     assert row["status"] == "sent"
     assert len(sandbox.messages(target=token)) == 1
+
+
+def test_cancel_that_overtakes_its_event_suppresses_it(worker, sandbox, wait_until, unique):
+    user, token = _user_with_ios(unique)
+    event = _event(unique, user)
+    assert cancel_notification(event["notification_id"]) == 0  # nothing routed yet
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]))
+    assert (row["status"], row["reason"]) == ("suppressed", "cancelled by producer")
+    assert sandbox.messages(target=token) == []
+
+
+def test_event_with_a_nul_character_is_refused_naming_the_field():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="title: NUL"):
+        notifier.send_notification.delay({"notification_id": "n", "user_id": "u", "type": "t", "category": "c",
+                                          "title": "a\x00b", "body": "b"})
