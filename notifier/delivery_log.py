@@ -1,6 +1,7 @@
 """Reading and writing notification_log rows in batches."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
@@ -11,12 +12,11 @@ from sqlalchemy.orm import Session
 from notifier.models import NotificationLog, Status
 
 LOG = NotificationLog.__table__
-# Built once: executed with a list of rows, SQLAlchemy batches them into multi-row INSERTs
-# ("insertmanyvalues") from one cached compiled statement.
+# SQLite (the embedded setup): executed with a list of rows, SQLAlchemy batches them into
+# multi-row INSERTs ("insertmanyvalues") from one cached compiled statement.
 _INSERT = {
-    name: dialect.insert(LOG).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    "sqlite": sqlite.insert(LOG).on_conflict_do_nothing(index_elements=["idempotency_key"])
     .returning(LOG.c.id, LOG.c.idempotency_key)
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 _PG = postgresql.dialect()
 
@@ -29,8 +29,40 @@ def insert_ignoring_duplicates(session: Session, rows: Sequence[dict[str, Any]])
     """Insert rows in one statement; return (id, idempotency_key) of those that were new."""
     if not rows:
         return []
-    stmt = _INSERT[session.get_bind().dialect.name]
-    return [(r[0], r[1]) for r in session.execute(stmt, list(rows))]
+    if session.get_bind().dialect.name == "postgresql":
+        return _insert_values(session, rows)
+    return [(r[0], r[1]) for r in session.execute(_INSERT["sqlite"], list(rows))]
+
+
+_INSERT_COLUMNS = tuple(c.name for c in LOG.c if c.name != "id")
+_INSERT_TEMPLATE = "(" + ", ".join(
+    f"%s::{LOG.c[c].type.compile(dialect=_PG)}" for c in _INSERT_COLUMNS
+) + ")"
+_INSERT_SQL = (
+    f"INSERT INTO notification_log ({', '.join(_INSERT_COLUMNS)}) VALUES %s "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
+)
+
+
+def _insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    """PostgreSQL: one multi-row INSERT through psycopg2's execute_values (no per-row ORM work)."""
+    from psycopg2.extras import execute_values
+
+    now = utcnow()
+    defaults = {"created_at": now, "updated_at": now}
+    args = []
+    for row in rows:
+        values = []
+        for c in _INSERT_COLUMNS:
+            v = row.get(c, defaults.get(c))
+            values.append(json.dumps(v, separators=(",", ":")) if c == "payload" else v)
+        args.append(values)
+    cursor = session.connection().connection.dbapi_connection.cursor()
+    try:
+        return [tuple(r) for r in execute_values(cursor, _INSERT_SQL, args, template=_INSERT_TEMPLATE,
+                                                 page_size=len(args), fetch=True)]
+    finally:
+        cursor.close()
 
 
 def set_status(
@@ -95,13 +127,18 @@ def _update_from_values(
         cursor.close()
 
 
-def load(session: Session, ids: Iterable[int], *, statuses: Iterable[str] | None = None) -> list[Row]:
-    """Load rows by id (optionally only those in given statuses), in id order, as plain rows."""
+def load(
+    session: Session, ids: Iterable[int], *, statuses: Iterable[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> list[Row]:
+    """Load rows by id (optionally only those in given statuses, only some columns), in id order."""
     ids = list(ids)
     if not ids:
         return []
-    # Core rows, not ORM objects: the hot path needs the values, not identity tracking.
-    stmt = select(LOG).where(LOG.c.id.in_(ids)).order_by(LOG.c.id)
+    # Core rows, not ORM objects: the hot path needs the values, not identity tracking;
+    # and only the columns a stage reads (the JSON payload costs a decode per row).
+    stmt = select(*[LOG.c[c] for c in columns]) if columns else select(LOG)
+    stmt = stmt.where(LOG.c.id.in_(ids)).order_by(LOG.c.id)
     if statuses is not None:
         stmt = stmt.where(LOG.c.status.in_(list(statuses)))
     return list(session.execute(stmt))

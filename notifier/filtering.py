@@ -19,6 +19,9 @@ from notifier.recipients import Recipient, load_recipients
 EARLY_TOLERANCE = timedelta(seconds=1)
 
 
+FILTER_COLUMNS = ("id", "user_id", "channel", "category", "priority", "scheduled_at")
+
+
 @dataclass(slots=True)
 class FilterResult:
     proceed: list[int] = field(default_factory=list)
@@ -58,7 +61,7 @@ def filter_deliveries(
     session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit]
 ) -> FilterResult:
     """Suppress what the user opted out of, defer what is not due, limit the rest; return what proceeds."""
-    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value])
+    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=FILTER_COLUMNS)
     recipients = load_recipients(session, (row.user_id for row in rows), r)
     result = FilterResult()
     changes, candidates = [], []

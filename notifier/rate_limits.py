@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import redis
@@ -61,10 +62,22 @@ class Request:
     priority: str
 
 
+# Per key: create the window's counter with its expiry if new, then count one more.
+# (EXPIRE NX would need Redis 7.) One call for the whole batch.
+_COUNT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, 0, 'EX', ARGV[i], 'NX')
+  out[i] = redis.call('INCR', key)
+end
+return out
+"""
+
+
 def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], now_s: float) -> list[bool]:
     """Count each request against its limit in one round trip; True where it is allowed."""
-    pipe = r.pipeline(transaction=False)
     plan: list[Limit | None] = []
+    keys, ttls = [], []
     for req in requests:
         limit = None if req.category in EXEMPT_CATEGORIES or req.priority == "critical" else limit_for(
             limits, req.channel, req.category
@@ -73,9 +86,12 @@ def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], 
         if limit is None:
             continue
         window = int(now_s // limit.window_s)
-        key = f"rl:{req.user_id}:{req.channel}:{limit.category}:{limit.window_s}:{window}"
-        # SET NX EX then INCR: the window's key expires with it (EXPIRE NX needs Redis 7).
-        pipe.set(key, 0, ex=limit.window_s + 60, nx=True)
-        pipe.incr(key)
-    counts = iter(pipe.execute()[1::2]) if any(plan) else iter(())
+        keys.append(f"rl:{req.user_id}:{req.channel}:{limit.category}:{limit.window_s}:{window}")
+        ttls.append(limit.window_s + 60)
+    counts = iter(_counter(r)(keys=keys, args=ttls) if keys else ())
     return [True if limit is None else next(counts) <= limit.max_count for limit in plan]
+
+
+@lru_cache(maxsize=8)
+def _counter(r: redis.Redis):
+    return r.register_script(_COUNT)

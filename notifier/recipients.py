@@ -17,7 +17,6 @@ from notifier.models import DeviceToken, UserPreferences
 class Device:
     token: str
     platform: str
-    registered_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -41,7 +40,7 @@ class Recipient:
         return {"push": self.push_enabled, "email": self.email_enabled, "sms": self.sms_enabled}.get(channel, False)
 
 
-CACHE_PREFIX = "recipient:"
+CACHE_PREFIX = "recipient:v2:"
 CACHE_TTL_S = 300
 
 
@@ -75,8 +74,7 @@ def _encode(rec: Recipient) -> str:
     d["quiet_start"] = rec.quiet_start.isoformat() if rec.quiet_start else None
     d["quiet_end"] = rec.quiet_end.isoformat() if rec.quiet_end else None
     d["opted_out_categories"] = sorted(rec.opted_out_categories)
-    d["devices"] = [[dv.token, dv.platform, dv.registered_at.isoformat() if dv.registered_at else None]
-                    for dv in rec.devices]
+    d["devices"] = [[dv.token, dv.platform] for dv in rec.devices]
     return json.dumps(d, separators=(",", ":"))
 
 
@@ -85,7 +83,7 @@ def _decode(raw: bytes) -> Recipient:
     d["quiet_start"] = time.fromisoformat(d["quiet_start"]) if d["quiet_start"] else None
     d["quiet_end"] = time.fromisoformat(d["quiet_end"]) if d["quiet_end"] else None
     d["opted_out_categories"] = frozenset(d["opted_out_categories"])
-    d["devices"] = [Device(t, p, datetime.fromisoformat(at) if at else None) for t, p, at in d["devices"]]
+    d["devices"] = [Device(t, p) for t, p in d["devices"]]
     return Recipient(**d)
 
 
@@ -109,10 +107,10 @@ def _from_database(session: Session, ids: list[str]) -> dict[str, Recipient]:
             email_undeliverable=(p.email_undeliverable_reason or "bounced") if p.email_undeliverable_at else None,
         )
     rows = session.execute(
-        select(DeviceToken.user_id, DeviceToken.token, DeviceToken.platform, DeviceToken.created_at)
+        select(DeviceToken.user_id, DeviceToken.token, DeviceToken.platform)
         .where(DeviceToken.user_id.in_(ids))
         .order_by(DeviceToken.id)
     )
-    for user_id, token, platform, created_at in rows:
-        out[user_id].devices.append(Device(token, platform, created_at))
+    for user_id, token, platform in rows:
+        out[user_id].devices.append(Device(token, platform))
     return out
