@@ -5,7 +5,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -101,7 +101,8 @@ def record_each(
         cols = {c: bindparam(c) for c in shape if c != "_id"}
         stmt = update(LOG).where(LOG.c.id == bindparam("_id")).values(updated_at=now, **cols)
         if only_from is not None:
-            stmt = stmt.where(LOG.c.status.in_(list(only_from)))
+            # Not IN (an "expanding" parameter cannot go with executemany).
+            stmt = stmt.where(or_(*(LOG.c.status == status for status in only_from)))
         session.connection().execute(stmt, group)
 
 

@@ -60,6 +60,13 @@ def _events() -> list[dict]:
         base | {"notification_id": "demo-5", "user_id": "erin", "priority": "critical", "category": "security",
                 "type": "new_login", "title": "New sign-in", "body": "A new device signed in.", "channels": ["push"]},
         base | {"notification_id": "demo-1", "user_id": "alice", "channels": ["push"]},  # a producer retry
+        base | {"notification_id": "demo-6", "user_id": "alice", "title": "Out for delivery",
+                "body": "Order #1042 arrives today.", "channels": ["push", "email", "sms"]},
+        base | {"notification_id": "demo-7", "user_id": "erin", "priority": "critical", "category": "security",
+                "type": "password_changed", "title": "Password changed", "body": "Your password was changed.",
+                "channels": ["push", "email", "sms"]},
+        # Frank once replied STOP to our SMS: Twilio refuses (21610) and SMS is turned off for him.
+        base | {"notification_id": "demo-8", "user_id": "frank", "channels": ["email", "sms"]},
     ]
 
 
@@ -75,12 +82,16 @@ def main() -> int:
     ensure_dev_keys(settings.apns_key_path.parent)
     migrate.upgrade()
     _seed({
-        "alice": {"prefs": {"push_enabled": True}, "devices": [("ios", secrets.token_hex(32))]},
-        "bob": {"prefs": {"push_enabled": False}, "devices": [("ios", secrets.token_hex(32))]},
+        "alice": {"prefs": {"push_enabled": True, "email": "alice@example.com", "phone": "+4790000001"},
+                  "devices": [("ios", secrets.token_hex(32))]},
+        "bob": {"prefs": {"push_enabled": False, "email": "bob@example.com"},
+                "devices": [("ios", secrets.token_hex(32))]},
         "carol": {"prefs": {"opted_out_categories": ["marketing"]}, "devices": [("ios", secrets.token_hex(32))]},
         "dave": {},
-        "erin": {"prefs": {"push_enabled": True}, "devices": [("ios", secrets.token_hex(32)),
-                                                              ("ios", secrets.token_hex(32))]},
+        "erin": {"prefs": {"push_enabled": True, "email": "erin@example.com", "phone": "+4790000005"},
+                 "devices": [("ios", secrets.token_hex(32)), ("ios", secrets.token_hex(32)),
+                             ("android", secrets.token_urlsafe(120))]},
+        "frank": {"prefs": {"email": "frank@example.com", "phone": "+15005550004"}},
     })
     logs = DEMO_DIR.resolve() / "logs"
     sandbox = worker = None
@@ -97,7 +108,8 @@ def main() -> int:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             rows = [(nid, r) for nid in ids for r in get_status(nid)]
-            if rows and all(r["status"] in {s.value for s in TERMINAL} for _, r in rows) and len(rows) >= len(events):
+            routed = {nid for nid, _ in rows} == set(ids)  # every event has its deliveries
+            if routed and all(r["status"] in {s.value for s in TERMINAL} for _, r in rows) and len(rows) >= len(events):
                 break
             time.sleep(0.2)
         return _report(rows)
@@ -107,10 +119,10 @@ def main() -> int:
 
 
 def _report(rows: list[tuple[str, dict]]) -> int:
-    print(f"\n{'notification':<13} {'user':<7} {'channel':<8} {'status':<12} reason")
+    print(f"\n{'notification':<13} {'user':<7} {'channel':<8} {'provider':<9} {'status':<12} reason")
     for nid, r in rows:
-        reason = r["reason"] or (f"apns-id {r['provider_message_id']}" if r["provider_message_id"] else "")
-        print(f"{nid:<13} {r['user_id']:<7} {r['channel']:<8} {r['status']:<12} {reason}")
+        reason = r["reason"] or (f"message id {r['provider_message_id']}" if r["provider_message_id"] else "")
+        print(f"{nid:<13} {r['user_id']:<7} {r['channel']:<8} {r['provider'] or '-':<9} {r['status']:<12} {reason}")
     counts = Counter(r["status"] for _, r in rows)
     print("\nsummary: " + ", ".join(f"{status}={n}" for status, n in sorted(counts.items())) + f" (deliveries={len(rows)})")
     return 0 if counts.get("sent") else 1

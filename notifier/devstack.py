@@ -6,6 +6,7 @@ real processes, talking over real sockets.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,10 +30,33 @@ def private_sandbox_env() -> dict[str, str]:
     Tests, demo and benchmark may run beside each other (or beside a developer's sandbox).
     """
     control, apns = free_port(), free_port()
+    fcm, fcm_token = free_port(), free_port()
     return {
         "NOTIFIER_SANDBOX_CONTROL_PORT": str(control),
         "NOTIFIER_SANDBOX_APNS_PORT": str(apns),
         "NOTIFIER_APNS_URL": f"https://127.0.0.1:{apns}",
+        # The FCM key file (in NOTIFIER_VAR_DIR unless set) names the token port; the sandbox writes it.
+        "NOTIFIER_SANDBOX_FCM_PORT": str(fcm),
+        "NOTIFIER_SANDBOX_FCM_TOKEN_PORT": str(fcm_token),
+        "NOTIFIER_FCM_URL": f"https://127.0.0.1:{fcm}",
+        **_email_sms_env(),
+    }
+
+
+def _email_sms_env() -> dict[str, str]:
+    """SendGrid, Twilio and SMTP on ports of this run's own, with credentials made for this run."""
+    sendgrid, twilio, smtp = free_port(), free_port(), free_port()
+    return {
+        "NOTIFIER_SANDBOX_SENDGRID_PORT": str(sendgrid),
+        "NOTIFIER_SANDBOX_TWILIO_PORT": str(twilio),
+        "NOTIFIER_SANDBOX_SMTP_PORT": str(smtp),
+        "NOTIFIER_SENDGRID_URL": f"http://127.0.0.1:{sendgrid}",
+        "NOTIFIER_TWILIO_URL": f"http://127.0.0.1:{twilio}",
+        "NOTIFIER_SMTP_HOST": "127.0.0.1",
+        "NOTIFIER_SMTP_PORT": str(smtp),
+        "NOTIFIER_SENDGRID_API_KEY": "SG." + secrets.token_urlsafe(24),
+        "NOTIFIER_TWILIO_AUTH_TOKEN": secrets.token_hex(16),
+        "NOTIFIER_SMTP_PASSWORD": secrets.token_urlsafe(16),
     }
 
 
@@ -51,7 +75,7 @@ def wait_for_port(host: str, port: int, timeout_s: float = 30.0, proc: subproces
 
 
 def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """Start `python -m notifier.sandbox` and wait until its control and APNs ports answer."""
+    """Start `python -m notifier.sandbox` and wait until its control, APNs and FCM ports answer."""
     from notifier.settings import Settings
 
     # The sandbox trusts the key and serves the certificate that the senders are configured with.
@@ -63,14 +87,33 @@ def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         "NOTIFIER_SANDBOX_APNS_KEY_ID": settings.apns_key_id,
         "NOTIFIER_SANDBOX_APNS_TEAM_ID": settings.apns_team_id,
         "NOTIFIER_SANDBOX_APNS_TOPIC": settings.apns_topic,
+        "NOTIFIER_SANDBOX_FCM_PROJECT_ID": settings.fcm_project_id,
+        "NOTIFIER_SANDBOX_FCM_CREDENTIALS_PATH": str(settings.fcm_credentials_path),
+        "NOTIFIER_SANDBOX_SENDGRID_API_KEY": settings.sendgrid_api_key,
+        "NOTIFIER_SANDBOX_SENDGRID_WEBHOOK_KEY_PATH": str(settings.var_dir / "sandbox" / "sendgrid_webhook_key.pem"),
+        "NOTIFIER_SANDBOX_SENDGRID_WEBHOOK_PUBLIC_KEY_PATH": str(
+            settings.var_dir / "sandbox" / "sendgrid_webhook_public_key"),
+        "NOTIFIER_SANDBOX_TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+        "NOTIFIER_SANDBOX_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+        "NOTIFIER_SANDBOX_TWILIO_FROM": settings.twilio_from,
+        "NOTIFIER_SANDBOX_SMTP_USERNAME": settings.smtp_username,
+        "NOTIFIER_SANDBOX_SMTP_PASSWORD": settings.smtp_password,
     }
+    if settings.twilio_messaging_service_sid:
+        env["NOTIFIER_SANDBOX_TWILIO_MESSAGING_SERVICE_SID"] = settings.twilio_messaging_service_sid
+    if settings.api_public_url:
+        env["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"] = (
+            settings.api_public_url.rstrip("/") + "/v1/webhooks/sendgrid")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "notifier.sandbox"],
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )
     host = env.get("NOTIFIER_SANDBOX_HOST", "127.0.0.1")
-    for key, default in (("NOTIFIER_SANDBOX_CONTROL_PORT", 8790), ("NOTIFIER_SANDBOX_APNS_PORT", 8791)):
+    for key, default in (("NOTIFIER_SANDBOX_CONTROL_PORT", 8790), ("NOTIFIER_SANDBOX_APNS_PORT", 8791),
+                         ("NOTIFIER_SANDBOX_FCM_TOKEN_PORT", 8793), ("NOTIFIER_SANDBOX_FCM_PORT", 8792),
+                         ("NOTIFIER_SANDBOX_SENDGRID_PORT", 8794), ("NOTIFIER_SANDBOX_TWILIO_PORT", 8795),
+                         ("NOTIFIER_SANDBOX_SMTP_PORT", 8796)):
         wait_for_port(host, int(env.get(key, default)), proc=proc)
     return proc
 
@@ -84,6 +127,7 @@ def start_worker(
     name: str = "worker",
     timeout_s: float = 60.0,
     new_session: bool = False,
+    pool: str = "prefork",
 ) -> subprocess.Popen:
     """Start a Celery worker process on `queues` and wait until it is ready.
 
@@ -96,7 +140,7 @@ def start_worker(
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
-            "-Q", ",".join(queues), "-c", str(concurrency), "-n", node,
+            "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool, "-n", node,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-E",
         ],
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=new_session,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
@@ -37,9 +37,20 @@ class Settings(BaseSettings):
         description="CA bundle trusted for APNs/FCM TLS; empty = system CAs.",
     )
 
+    # FCM (HTTP v1, OAuth2 access tokens from a service-account key). Defaults point at the local sandbox.
+    fcm_url: str = Field("https://127.0.0.1:8792", description="FCM origin (https://fcm.googleapis.com in production).")
+    fcm_project_id: str = Field("sandbox-project", description="Firebase project id (/v1/projects/<id>/messages:send).")
+    fcm_credentials_path: Path | None = Field(
+        None,
+        description="Service-account key JSON (Firebase console > Service accounts); its token_uri issues the "
+        "access tokens. Unset = <var_dir>/sandbox/fcm-service-account.json, the sandbox's, made at run time.",
+    )
+
     sandbox_host: str = Field("127.0.0.1", description="Where `notifier sandbox` listens.")
     sandbox_control_port: int = Field(8790, description="Sandbox control API port (/_sandbox/...).")
     sandbox_apns_port: int = Field(8791, description="Sandbox APNs (HTTP/2, TLS) port.")
+    sandbox_fcm_port: int = Field(8792, description="Sandbox FCM v1 API (HTTP/2, TLS) port.")
+    sandbox_fcm_token_port: int = Field(8793, description="Sandbox OAuth2 token endpoint (HTTPS) port.")
 
     provider_fallbacks: str = Field(
         "", description="Failover pairs primary:fallback, comma-separated, e.g. sendgrid:smtp."
@@ -66,6 +77,74 @@ class Settings(BaseSettings):
     )
     twilio_auth_token: str = Field("", description="Twilio auth token: signs status callbacks; empty = refused.")
     webhook_max_age_s: int = Field(600, description="Signed webhook timestamps older than this are refused (replay).")
+
+    # Operations: Flower (`notifier flower`).
+    flower_basic_auth: str = Field(
+        "", description="Flower's HTTP basic auth, user:password (several comma-separated); empty = "
+        "`notifier flower` refuses to start unless given --no-auth."
+    )
+
+    # Email: SendGrid v3 Mail Send, and SMTP as the second provider. Defaults point at the local sandbox.
+    sendgrid_url: str = Field("http://127.0.0.1:8794", description="SendGrid API origin (https://api.sendgrid.com).")
+    sendgrid_api_key: str = Field(
+        "SG.sandbox", description="SendGrid API key (Mail Send permission). The default is the sandbox's; "
+        "production must set it."
+    )
+    sendgrid_webhook_public_key_path: str = Field(
+        "", description="File holding the SendGrid verification key, read when SENDGRID_WEBHOOK_PUBLIC_KEY is "
+        "empty (the sandbox writes its own to var/sandbox/sendgrid_webhook_public_key)."
+    )
+    email_from: str = Field("notifier@example.com", description="Sender address of every email.")
+    email_from_name: str = Field("notifier", description="Sender display name of every email.")
+    smtp_host: str = Field("127.0.0.1", description="SMTP submission server.")
+    smtp_port: int = Field(8796, description="SMTP submission port (587 in production; the sandbox's by default).")
+    smtp_username: str = Field("sandbox", description="SMTP AUTH user (the sandbox's by default).")
+    smtp_password: str = Field("sandbox-password", description="SMTP AUTH password (the sandbox's by default).")
+    smtp_starttls: bool = Field(True, description="Upgrade with STARTTLS before AUTH (certificate always verified).")
+    smtp_ca_file: str = Field(
+        "", description="CA bundle trusted for SMTP STARTTLS; empty = the same as APNS_CA_FILE (the sandbox CA "
+        "by default, system CAs when that is empty)."
+    )
+
+    # SMS: Twilio Messages API (basic auth: account SID + twilio_auth_token). Defaults point at the local sandbox.
+    twilio_url: str = Field("http://127.0.0.1:8795", description="Twilio API origin (https://api.twilio.com).")
+    twilio_account_sid: str = Field("AC00000000000000000000000000000000", description="Twilio account SID.")
+    twilio_from: str = Field("+15005550006", description="Sender number (E.164) when no messaging service is set.")
+    twilio_messaging_service_sid: str = Field("", description="Messaging Service SID (MG...); used instead of From.")
+    twilio_status_callback_url: str = Field(
+        "", description="StatusCallback of every SMS; empty = API_PUBLIC_URL + /v1/webhooks/twilio (none if that "
+        "is empty too)."
+    )
+    sandbox_sendgrid_port: int = Field(8794, description="Sandbox SendGrid API (HTTP/1.1) port.")
+    sandbox_twilio_port: int = Field(8795, description="Sandbox Twilio API (HTTP/1.1) port.")
+    sandbox_smtp_port: int = Field(8796, description="Sandbox SMTP (STARTTLS, AUTH) port.")
+    provider_http_concurrency: int = Field(
+        8, description="Requests in flight at once per worker process to SendGrid or Twilio (one per delivery)."
+    )
+
+    @model_validator(mode="after")
+    def _fcm_credentials_in_var_dir(self) -> Settings:
+        # Beside the rest of this setup's files: the sandbox writes its own token URL into the key file.
+        if self.fcm_credentials_path in (None, Path()):  # unset, or set empty
+            self.fcm_credentials_path = self.var_dir / "sandbox" / "fcm-service-account.json"
+        return self
+
+    @model_validator(mode="after")
+    def _sendgrid_webhook_key_from_file(self) -> Settings:
+        # The sandbox writes its verification key at start; production sets the key itself.
+        if not self.sendgrid_webhook_public_key and self.sendgrid_webhook_public_key_path:
+            try:
+                self.sendgrid_webhook_public_key = Path(self.sendgrid_webhook_public_key_path).read_text().strip()
+            except OSError:
+                pass  # not written yet: the webhook answers 503 until it is
+        return self
+
+    @property
+    def twilio_callback_url(self) -> str:
+        """The StatusCallback every SMS carries ("" = none)."""
+        if self.twilio_status_callback_url:
+            return self.twilio_status_callback_url
+        return self.api_public_url.rstrip("/") + "/v1/webhooks/twilio" if self.api_public_url else ""
 
     def fallback_providers(self) -> dict[str, str]:
         """Primary provider -> the provider that takes its deliveries while it fails."""

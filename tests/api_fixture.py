@@ -6,14 +6,10 @@ and Twilio document it, independently of the code under test.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import TEST_VAR, child_env
 from notifier import api_keys, devstack
+from notifier.sandbox.signing import public_key_b64, sendgrid_headers, twilio_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,14 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def public_key_b64(private_key: ec.EllipticCurvePrivateKey) -> str:
-    """A public key as SendGrid shows it: base64 of DER SubjectPublicKeyInfo."""
-    der = private_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(der).decode()
 
 
 @dataclass
@@ -59,21 +47,13 @@ class Api:
     def sendgrid_headers(self, body: bytes, *, timestamp: int | None = None,
                          key: ec.EllipticCurvePrivateKey | None = None) -> dict[str, str]:
         """Headers SendGrid sends: ECDSA P-256/SHA-256 over timestamp + body, base64 DER."""
-        ts = str(int(time.time()) if timestamp is None else timestamp)
-        signature = (key or self.sendgrid_key).sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))
-        return {
-            "Content-Type": "application/json",
-            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-            "X-Twilio-Email-Event-Webhook-Timestamp": ts,
-        }
+        return sendgrid_headers(key or self.sendgrid_key, body, timestamp=timestamp)
 
     def twilio_headers(self, params: dict[str, str] | list[tuple[str, str]], *, token: str | None = None,
                        url: str | None = None) -> dict[str, str]:
         """Headers Twilio sends: base64 HMAC-SHA1 over the public URL and the POST params sorted by name."""
-        pairs = sorted(set(params.items() if isinstance(params, dict) else params))
-        data = (url or self.public_url + "/v1/webhooks/twilio") + "".join(k + v for k, v in pairs)
-        digest = hmac.new((token or self.twilio_token).encode(), data.encode(), hashlib.sha1).digest()
-        return {"X-Twilio-Signature": base64.b64encode(digest).decode()}
+        url = url or self.public_url + "/v1/webhooks/twilio"
+        return {"X-Twilio-Signature": twilio_signature(token or self.twilio_token, url, params)}
 
 
 @contextmanager

@@ -9,6 +9,10 @@ from notifier.providers.base import Delivery, Outcome, OutcomeKind, Provider
 # name -> "module:Class"; a provider is built lazily, once per worker process.
 REGISTRY: dict[str, str] = {
     "apns": "notifier.providers.apns:ApnsProvider",
+    "fcm": "notifier.providers.fcm:FcmProvider",
+    "sendgrid": "notifier.providers.sendgrid:SendgridProvider",
+    "smtp": "notifier.providers.smtp:SmtpProvider",
+    "twilio": "notifier.providers.twilio:TwilioProvider",
 }
 
 _instances: dict[str, Provider] = {}

@@ -54,6 +54,7 @@ class Delivery:
     type: str
     title: str
     body: str
+    notification_id: str = ""
     data: dict[str, Any] = field(default_factory=dict)
     collapse_id: str | None = None
     expires_at: datetime | None = None

@@ -27,6 +27,30 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
     option("--apns-team-id", help=f"the JWT iss accepted (default {d.apns_team_id})")
     option("--apns-topic", help=f"the app's bundle id, the apns-topic accepted (default {d.apns_topic})")
     option("--max-records", type=int, help=f"accepted requests kept for inspection (default {d.max_records})")
+    option("--sendgrid-port", type=int, help=f"SendGrid API (HTTP/1.1) port (default {d.sendgrid_port}; 0 = any)")
+    option("--sendgrid-api-key", help="the SendGrid API key accepted (default the sandbox's SG.sandbox)")
+    option("--sendgrid-webhook-key-path", help=f"Event Webhook signing key, made if absent "
+           f"(default {d.sendgrid_webhook_key_path})")
+    option("--sendgrid-webhook-public-key-path", help=f"where to write its verification key, base64 DER "
+           f"(default {d.sendgrid_webhook_public_key_path})")
+    option("--sendgrid-event-webhook-url", help=f"where receipts post SendGrid events "
+           f"(default {d.sendgrid_event_webhook_url})")
+    option("--twilio-port", type=int, help=f"Twilio API (HTTP/1.1) port (default {d.twilio_port}; 0 = any)")
+    option("--twilio-account-sid", help=f"the account SID accepted (default {d.twilio_account_sid})")
+    option("--twilio-auth-token", help="the auth token accepted, and the key of status callback signatures")
+    option("--twilio-from", help=f"the account's sender number (default {d.twilio_from})")
+    option("--twilio-messaging-service-sid", help=f"the account's messaging service "
+           f"(default {d.twilio_messaging_service_sid})")
+    option("--smtp-port", type=int, help=f"SMTP (STARTTLS, AUTH) port (default {d.smtp_port}; 0 = any)")
+    option("--smtp-username", help=f"the SMTP AUTH user accepted (default {d.smtp_username})")
+    option("--smtp-password", help="the SMTP AUTH password accepted (default the sandbox's)")
+    option("--fcm-port", type=int, help=f"FCM v1 API (HTTP/2, TLS) port (default {d.fcm_port}; 0 = any free port)")
+    option("--fcm-token-port", type=int, help=f"OAuth2 token endpoint (HTTPS) port (default {d.fcm_token_port}; "
+           "0 = any free port)")
+    option("--fcm-project-id", help=f"the Firebase project id accepted (default {d.fcm_project_id})")
+    option("--fcm-credentials-path", help=f"service-account key JSON, made if absent, its token_uri set to the "
+           f"sandbox's (default {d.fcm_credentials_path})")
+    option("--fcm-token-ttl-s", type=int, help=f"access token lifetime, expires_in (default {d.fcm_token_ttl_s})")
     option("--log-level", default="INFO", help="logging level (default INFO)")
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -18,10 +18,18 @@ from typing import Any, Protocol
 
 from notifier.sandbox.apns import STREAMS_BEFORE_AUTH, ApnsSandbox, load_public_key
 from notifier.sandbox.control import ControlServer
+from notifier.sandbox.fcm import TOKEN_PROVIDER, FcmSandbox, FcmServers, OAuthTokenEndpoint, load_service_account
 from notifier.sandbox.h2server import H2Server
-from notifier.sandbox.keys import ensure_ec_key
+from notifier.sandbox.http1 import Http1Server
+from notifier.sandbox.keys import ensure_ec_key, ensure_fcm_service_account
+from notifier.sandbox.receipts import Receipts, load_or_make_key
+from notifier.sandbox.sendgrid import MAX_BODY as SENDGRID_MAX_BODY
+from notifier.sandbox.sendgrid import SendgridSandbox
+from notifier.sandbox.sendgrid import too_large as sendgrid_too_large
+from notifier.sandbox.smtp import SmtpSandbox, SmtpServer
 from notifier.sandbox.state import SandboxState
 from notifier.sandbox.tls import TlsIdentity
+from notifier.sandbox.twilio import TwilioSandbox
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,24 @@ class SandboxConfig:
     apns_team_id: str = "SANDBOXTEAM"
     apns_topic: str = "com.example.notifier"
     max_records: int = 100_000
+    fcm_port: int = 8792
+    fcm_token_port: int = 8793
+    fcm_project_id: str = "sandbox-project"
+    fcm_credentials_path: Path = Path("var/sandbox/fcm-service-account.json")
+    fcm_token_ttl_s: int = 3599
+    sendgrid_port: int = 8794
+    sendgrid_api_key: str = "SG.sandbox"
+    sendgrid_webhook_key_path: Path = Path("var/sandbox/sendgrid_webhook_key.pem")
+    sendgrid_webhook_public_key_path: Path = Path("var/sandbox/sendgrid_webhook_public_key")
+    sendgrid_event_webhook_url: str = "http://127.0.0.1:8000/v1/webhooks/sendgrid"
+    twilio_port: int = 8795
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: str = ""  # empty: every request is refused (20003) until one is set
+    twilio_from: str = "+15005550006"
+    twilio_messaging_service_sid: str = "MG00000000000000000000000000000000"
+    smtp_port: int = 8796
+    smtp_username: str = "sandbox"
+    smtp_password: str = "sandbox-password"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> SandboxConfig:
@@ -100,6 +126,64 @@ async def start_apns(config: SandboxConfig, state: SandboxState, tls: TlsIdentit
 PROVIDERS: dict[str, ProviderStarter] = {"apns": start_apns}
 
 
+async def start_fcm(config: SandboxConfig, state: SandboxState, tls: TlsIdentity) -> tuple[ProviderServer, str]:
+    """Serve the FCM HTTP v1 API over HTTP/2, and the OAuth2 token endpoint its service account names."""
+    tokens = OAuthTokenEndpoint(state, ttl_s=config.fcm_token_ttl_s)
+    token_server = Http1Server(tokens.handle, ssl_context=tls.server_context(("http/1.1",)), max_body=65536)
+    token_port = await token_server.start(config.host, config.fcm_token_port)
+    token_url = f"https://{_url_host(config.host)}:{token_port}/token"
+    # Written (or re-pointed at this token URL) before the API listens: a sender that
+    # finds the API up finds the key file ready.
+    key_path = ensure_fcm_service_account(config.fcm_credentials_path, token_url, project_id=config.fcm_project_id)
+    tokens.trust(load_service_account(key_path))
+    state.register(TOKEN_PROVIDER, token_server, token_url)
+    fcm = FcmSandbox(state, tokens=tokens, project_id=config.fcm_project_id)
+    server = H2Server(fcm.handle, ssl_context=tls.server_context(("h2",)))
+    port = await server.start(config.host, config.fcm_port)
+    return FcmServers(server, token_server), f"https://{_url_host(config.host)}:{port}"
+
+
+PROVIDERS["fcm"] = start_fcm
+
+
+async def start_sendgrid(config: SandboxConfig, state: SandboxState, tls: TlsIdentity) -> tuple[ProviderServer, str]:
+    """Serve SendGrid's v3 Mail Send API over HTTP/1.1 (plain, loopback)."""
+    sendgrid = SendgridSandbox(state, api_key=config.sendgrid_api_key)
+    server = Http1Server(sendgrid.handle, max_body=SENDGRID_MAX_BODY, too_large=sendgrid_too_large)
+    port = await server.start(config.host, config.sendgrid_port)
+    return server, f"http://{_url_host(config.host)}:{port}"
+
+
+async def start_twilio(config: SandboxConfig, state: SandboxState, tls: TlsIdentity) -> tuple[ProviderServer, str]:
+    """Serve Twilio's Messages API over HTTP/1.1 (plain, loopback)."""
+    twilio = TwilioSandbox(state, account_sid=config.twilio_account_sid, auth_token=config.twilio_auth_token,
+                           from_number=config.twilio_from, messaging_service_sid=config.twilio_messaging_service_sid)
+    server = Http1Server(twilio.handle, max_body=1024 * 1024)
+    port = await server.start(config.host, config.twilio_port)
+    return server, f"http://{_url_host(config.host)}:{port}"
+
+
+async def start_smtp(config: SandboxConfig, state: SandboxState, tls: TlsIdentity) -> tuple[ProviderServer, str]:
+    """Serve SMTP submission: STARTTLS with the sandbox certificate, then AUTH."""
+    smtp = SmtpSandbox(state, username=config.smtp_username, password=config.smtp_password)
+    server = SmtpServer(smtp, tls.server_context(()))
+    port = await server.start(config.host, config.smtp_port)
+    return server, f"smtp://{_url_host(config.host)}:{port}"
+
+
+PROVIDERS["sendgrid"] = start_sendgrid
+PROVIDERS["twilio"] = start_twilio
+PROVIDERS["smtp"] = start_smtp
+
+
+def control_routes(config: SandboxConfig, state: SandboxState) -> dict[str, Any]:
+    """Control endpoints beyond the core ones: delivery receipts (SendGrid events, Twilio callbacks)."""
+    key = load_or_make_key(config.sendgrid_webhook_key_path, config.sendgrid_webhook_public_key_path)
+    receipts = Receipts(state, sendgrid_key=key, sendgrid_event_webhook_url=config.sendgrid_event_webhook_url,
+                        twilio_account_sid=config.twilio_account_sid, twilio_auth_token=config.twilio_auth_token)
+    return {"/_sandbox/receipts": receipts.handle}
+
+
 @dataclass
 class Sandbox:
     """A running sandbox: its state, provider servers and control API."""
@@ -128,6 +212,7 @@ async def start(config: SandboxConfig) -> Sandbox:
         server, url = await starter(config, state, tls)
         sandbox.servers[name] = server
         state.register(name, server, url)
+    control.routes.update(control_routes(config, state))
     return sandbox
 
 

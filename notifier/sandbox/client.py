@@ -57,6 +57,33 @@ class SandboxClient:
         """Make a device token answer 410 Unregistered until reset."""
         return self.add_fault(provider, token, status=410, reason="Unregistered", count=None)
 
+    def receipt(
+        self,
+        provider: str,
+        event: str,
+        *,
+        message_id: str | None = None,
+        target: str | None = None,
+        url: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Have the sandbox call the notifier's webhook about an accepted message, signed as the provider signs.
+
+        provider is "sendgrid" (event: delivered, bounce, dropped, deferred, spamreport, ...;
+        fields: reason, type, status, response) or "twilio" (event: delivered, undelivered,
+        failed, sent, ...; field: error_code). The message is named by its id (X-Message-Id,
+        SM... sid) or its target (the latest one). Returns the webhook's status and answer.
+        """
+        spec: dict[str, Any] = {"provider": provider, "event": event, **fields}
+        for name, value in (("message_id", message_id), ("target", target), ("url", url)):
+            if value is not None:
+                spec[name] = value
+        return self._call("POST", "/_sandbox/receipts", json=spec)
+
+    def receipt_keys(self) -> dict[str, str]:
+        """Return the SendGrid Event Webhook URL and the verification key the sandbox signs for."""
+        return self._call("GET", "/_sandbox/receipts")
+
     def faults(self) -> list[dict[str, Any]]:
         return self._call("GET", "/_sandbox/faults")
 

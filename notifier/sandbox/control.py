@@ -7,6 +7,7 @@
     GET  /_sandbox/faults                           faults still armed
     POST /_sandbox/faults                           arm a fault (see state.fault_from_json)
     POST /_sandbox/reset                            forget records, counters and faults
+    GET|POST /_sandbox/receipts                     simulate delivery receipts (see receipts.py)
 
 It runs on the same event loop as the provider servers, so it reads their state
 without locks.
@@ -15,8 +16,10 @@ without locks.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +31,7 @@ _MAX_HEADER_LINES = 100
 _MAX_BODY = 1024 * 1024
 _REASONS = {
     200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
-    405: "Method Not Allowed", 413: "Payload Too Large",
+    405: "Method Not Allowed", 413: "Payload Too Large", 502: "Bad Gateway",
 }  # fmt: skip
 
 
@@ -43,6 +46,8 @@ class ControlServer:
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
+        # More endpoints by path: handler(method, body) -> (status, payload), or an awaitable of it.
+        self.routes: dict[str, Callable[[str, bytes], tuple[int, Any] | Awaitable[tuple[int, Any]]]] = {}
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -74,7 +79,8 @@ class ControlServer:
                     if length > _MAX_BODY:
                         raise HttpError(413, "body too large")
                     body = await reader.readexactly(length) if length else b""
-                    status, payload = self.route(method, target, body)
+                    result = self.route(method, target, body)
+                    status, payload = await result if inspect.isawaitable(result) else result
                 except HttpError as exc:
                     status, payload = exc.status, {"error": str(exc)}
                 except ValueError as exc:
@@ -137,6 +143,8 @@ class ControlServer:
             self._method(method, "POST")
             state.reset()
             return 200, {"status": "reset"}
+        if path in self.routes:
+            return self.routes[path](method, body)
         raise HttpError(404, f"{url.path}: no such endpoint")
 
     @staticmethod

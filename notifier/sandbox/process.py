@@ -37,6 +37,10 @@ class SandboxProcess:
         return self.urls["apns"]
 
     @property
+    def fcm_url(self) -> str:
+        return self.urls["fcm"]
+
+    @property
     def control_url(self) -> str:
         return self.urls["control"]
 
@@ -91,6 +95,14 @@ def start_sandbox(
         apns_port=0,
         cert_path=directory / "tls-cert.pem",
         apns_key_path=key_path,
+        fcm_port=0,
+        fcm_token_port=0,
+        fcm_credentials_path=directory / "fcm-service-account.json",
+        sendgrid_port=0,
+        sendgrid_webhook_key_path=directory / "sendgrid_webhook_key.pem",
+        sendgrid_webhook_public_key_path=directory / "sendgrid_webhook_public_key",
+        twilio_port=0,
+        smtp_port=0,
     )
     for name, value in overrides.items():
         setattr(config, name, value)
