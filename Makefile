@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test services services-stop services-status install bench clean
+.PHONY: demo test services services-stop services-status install bench clean flower
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ services-stop:
 
 services-status:
 	bash scripts/services.sh status
+
+## Flower against the broker in the environment (e.g. `. .services/env`); basic auth from
+## NOTIFIER_FLOWER_BASIC_AUTH=user:password, or FLOWER_ARGS=--no-auth on loopback for local development.
+flower: $(STAMP)
+	$(VENV)/bin/notifier flower $(FLOWER_ARGS)
 
 bench: $(STAMP) services
 	. .services/env && $(PY) -m bench $(BENCH_ARGS)

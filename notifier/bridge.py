@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import ValidationError
 
+from notifier import metrics
 from notifier.events import MAX_EVENT_BYTES, NotificationEvent, parse_event
 from notifier.publish import DEAD_LETTER_TOPIC, TOPIC_BY_LANE
 from notifier.settings import get_settings
@@ -689,6 +690,7 @@ class Bridge:
         if now < self._next_stats_at:
             return
         self._next_stats_at = now + self.stats_interval_s
+        metrics.report_bridge_lag(self.group_id, self._consumer)
         line = self.stats.line(self._ledger.pending_count())
         if line != self._last_stats:
             log.info("bridge: %s", line)

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -136,34 +137,193 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _beat(args: argparse.Namespace) -> int:
+    from notifier.settings import get_settings
+
+    schedule = args.schedule or str(get_settings().var_dir / "celerybeat-schedule")
+    os.makedirs(os.path.dirname(os.path.abspath(schedule)), exist_ok=True)
+    argv = ["celery", "-A", "tasks.app", "beat", "-l", args.loglevel, "-s", schedule]
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _flower(args: argparse.Namespace) -> int:
+    from notifier.settings import get_settings
+
+    credentials = get_settings().flower_basic_auth.strip()
+    env = dict(os.environ)
+    if args.no_auth:
+        if credentials:
+            print("notifier flower: --no-auth given but NOTIFIER_FLOWER_BASIC_AUTH is set; drop one", file=sys.stderr)
+            return 2
+        if args.address not in LOOPBACK:
+            print("notifier flower: --no-auth only on a loopback --address (local development)", file=sys.stderr)
+            return 2
+        env.pop("FLOWER_BASIC_AUTH", None)
+    else:
+        pairs = [pair.strip() for pair in credentials.split(",")] if credentials else []
+        if not pairs:
+            print("notifier flower: set NOTIFIER_FLOWER_BASIC_AUTH=user:password (Flower shows every task and can "
+                  "stop workers), or pass --no-auth for local development", file=sys.stderr)
+            return 2
+        if not all(user and password for user, _, password in (pair.partition(":") for pair in pairs)):
+            print("notifier flower: NOTIFIER_FLOWER_BASIC_AUTH must be user:password pairs, comma-separated "
+                  "(no comma in a password)", file=sys.stderr)
+            return 2
+        # Through the environment, not argv: a command line is visible to every user in `ps`.
+        env["FLOWER_BASIC_AUTH"] = ",".join(pairs)
+    argv = ["celery", "-A", "tasks.app", "flower", f"--address={args.address}", f"--port={args.port}",
+            f"--max_tasks={args.max_tasks}", f"--purge_offline_workers={args.purge_offline_workers}"]
+    if args.url_prefix:
+        argv.append(f"--url_prefix={args.url_prefix}")
+    if args.read_only:
+        argv.append("--read_only=True")
+    argv.extend(arg for arg in args.extra if arg != "--")
+    os.execvpe(sys.executable, [sys.executable, "-m", *argv], env)
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    import logging
+
+    from notifier import metrics
+
+    if args.once:
+        sys.stdout.write(metrics.render().decode())
+        return 0
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics.serve(args.port, args.address)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from notifier import metrics
+    from notifier.db import session_factory
+    from notifier.delivery_log import utcnow
+    from notifier.redis_conn import get_redis
+    from notifier.scheduling import sweep_stuck
+    from notifier.settings import get_settings
+    from tasks.pipeline import _enqueue, release_due_task
+
+    settings = get_settings()
+    if args.action == "release":
+        print(f"released {release_due_task()} due scheduled deliveries")
+        return 0
+    older_than = settings.stuck_after_s if args.older_than is None else args.older_than
+    if older_than <= settings.lease_ttl_s:
+        # A younger `sending` row may still be in a live worker's hands: its lease has not expired.
+        print(f"notifier sweep: --older-than must exceed the lease ({settings.lease_ttl_s} s)", file=sys.stderr)
+        return 2
+    with session_factory()() as session, session.begin():
+        ready = sweep_stuck(session, utcnow(), older_than)
+    _enqueue(ready)
+    metrics.count_stuck(get_redis(), len(ready))
+    print(f"re-drove {len(ready)} deliveries stuck in queued/sending over {older_than:g} s")
+    for item in ready:
+        print(f"  delivery {item.id}  lane {item.lane}  back to {item.stage}")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from notifier import users
+    from notifier.db import session_factory
+    from notifier.models import DeviceToken
+    from notifier.status_view import redact
+
+    shown = (lambda token: token) if getattr(args, "show_tokens", False) else (lambda token: redact("push", token))
+    if args.devices_command == "register":
+        users.register_device(args.user_id, args.token, args.platform, args.app)
+        print(f"registered {shown(args.token)} ({args.platform}) for user {args.user_id}")
+    elif args.devices_command == "unregister":
+        if not users.unregister_device(args.user_id, args.token):
+            print(f"user {args.user_id} has no such device token", file=sys.stderr)
+            return 1
+        print(f"unregistered {shown(args.token)} of user {args.user_id}")
+    else:
+        with session_factory()() as session:
+            devices = session.scalars(
+                select(DeviceToken).where(DeviceToken.user_id == args.user_id).order_by(DeviceToken.id)
+            ).all()
+        for d in devices:
+            last_used = f"{d.last_used_at:%Y-%m-%d %H:%M}" if d.last_used_at else "never"
+            print(f"{shown(d.token)}  {d.platform:<8}  registered {d.created_at:%Y-%m-%d %H:%M}  "
+                  f"last used {last_used}  {d.app or ''}".rstrip())
+        if not devices:
+            print(f"user {args.user_id} has no device", file=sys.stderr)
+    return 0
+
+
+PREFERENCE_FLAGS = ("push_enabled", "email_enabled", "sms_enabled", "email", "phone", "quiet_start", "quiet_end",
+                    "timezone", "opted_out_categories")
+
+
+def _preferences(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from notifier.preferences_view import get_preferences, update_preferences
+
+    if args.preferences_command == "set":
+        from notifier.api.app import PreferencesUpdate  # the API's validation: the same rules everywhere
+
+        changes = {name: getattr(args, name) for name in PREFERENCE_FLAGS if getattr(args, name) is not None}
+        if not changes:
+            print("notifier preferences set: name at least one preference to change (see --help)", file=sys.stderr)
+            return 2
+        # An empty value clears an optional preference (or empties the opt-out list).
+        changes = {name: (None if value == "" else value) for name, value in changes.items()}
+        if "opted_out_categories" in changes:
+            value = changes["opted_out_categories"] or ""
+            changes["opted_out_categories"] = [c.strip() for c in value.split(",") if c.strip()]
+        try:
+            valid = PreferencesUpdate.model_validate(changes).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+            print(f"notifier preferences set: {problems}", file=sys.stderr)
+            return 2
+        prefs = update_preferences(args.user_id, **valid)
+    else:
+        prefs = get_preferences(args.user_id)
+    print(json.dumps(prefs, default=str, indent=2))
+    return 0
+
+
+def _command(sub: Any, name: str, *, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add a subcommand whose --help opens with the summary the command list shows."""
+    kwargs.setdefault("description", help[:1].upper() + help[1:] + ".")
+    return sub.add_parser(name, help=help, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("migrate", help="apply database migrations (Alembic) to NOTIFIER_DATABASE_URL")
+    p = _command(sub, "migrate", help="apply database migrations (Alembic) to NOTIFIER_DATABASE_URL")
     p.add_argument("--down", action="store_true", help="migrate down instead (default to base)")
     p.add_argument("revision", nargs="?", help="target revision (default head)")
     p.set_defaults(func=_migrate)
 
-    p = sub.add_parser("sandbox", help="run the local provider sandbox (see `notifier sandbox -- --help`)",
+    p = _command(sub, "sandbox", help="run the local provider sandbox (see `notifier sandbox -- --help`)",
                        description="Run local servers that speak the providers' wire protocols, and the control API. "
                                    "Options after the word sandbox go to the sandbox (e.g. --apns-port 8791).")
     p.set_defaults(func=_sandbox, passes_extra=True)
 
-    p = sub.add_parser("worker", help="run a Celery worker on some queues (default: all)")
+    p = _command(sub, "worker", help="run a Celery worker on some queues (default: all)")
     p.add_argument("-Q", "--queues", help="comma-separated queues, e.g. push.high,pipeline.high")
     p.add_argument("-c", "--concurrency", type=int, default=2, help="worker processes")
     p.add_argument("-l", "--loglevel", default="INFO")
     p.set_defaults(func=_worker)
 
-    p = sub.add_parser("demo", help="send a handful of notifications end to end on the embedded setup")
+    p = _command(sub, "demo", help="send a handful of notifications end to end on the embedded setup")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("send", help="validate and queue one event (JSON argument, or - for stdin)")
+    p = _command(sub, "send", help="validate and queue one event (JSON argument, or - for stdin)")
     p.add_argument("event")
     p.set_defaults(func=_send)
 
-    p = sub.add_parser("bridge", help="consume events from Kafka and hand them to Celery in batches")
+    p = _command(sub, "bridge", help="consume events from Kafka and hand them to Celery in batches")
     p.add_argument("--topics", help="comma-separated topics, each NAME or NAME=high|low "
                    "(default notifications.high,notifications.low; a name ending in .high/-high is high lane)")
     p.add_argument("--group", default="notifier-bridge", help="consumer group id")
@@ -177,21 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--loglevel", default="INFO")
     p.set_defaults(func=_bridge)
 
-    p = sub.add_parser("publish", help="validate events and publish them to Kafka (JSON argument, - for stdin)")
+    p = _command(sub, "publish", help="validate events and publish them to Kafka (JSON argument, - for stdin)")
     p.add_argument("event", nargs="?", help="one event as JSON, or - to read it from stdin")
     p.add_argument("--file", help="events as JSON lines (- for stdin)")
     p.add_argument("--topic", help="topic to publish to (default: by priority, notifications.high or .low)")
     p.set_defaults(func=_publish)
 
-    p = sub.add_parser("status", help="show every delivery of a notification")
+    p = _command(sub, "status", help="show every delivery of a notification")
     p.add_argument("notification_id")
     p.set_defaults(func=_status)
 
-    p = sub.add_parser("cancel", help="cancel what is not yet sent of a notification")
+    p = _command(sub, "cancel", help="cancel what is not yet sent of a notification")
     p.add_argument("notification_id")
     p.set_defaults(func=_cancel)
 
-    p = sub.add_parser("api", help="serve the HTTP API and the provider webhooks (uvicorn)")
+    p = _command(sub, "api", help="serve the HTTP API and the provider webhooks (uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="server processes")
@@ -200,16 +360,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--loglevel", default="INFO")
     p.set_defaults(func=_api)
 
-    p = sub.add_parser("keys", help="create, list and revoke API keys")
+    p = _command(sub, "keys", help="create, list and revoke API keys")
     keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    k = keys.add_parser("create", help="create a key and print it (only this once)")
+    k = _command(keys, "create", help="create a key and print it (only this once)")
     k.add_argument("--scope", choices=["producer", "admin"], required=True,
                    help="producer: send, status, devices, preferences; admin: also cancel")
     k.add_argument("--name", required=True, help="who or what uses the key")
-    keys.add_parser("list", help="list keys (prefix, scope, created, revoked, name)")
-    k = keys.add_parser("revoke", help="revoke a key by its prefix")
+    _command(keys, "list", help="list keys (prefix, scope, created, revoked, name)")
+    k = _command(keys, "revoke", help="revoke a key by its prefix")
     k.add_argument("prefix")
     p.set_defaults(func=_keys)
+
+    p = _command(sub, "beat", help="run Celery beat: release due scheduled deliveries and sweep stuck ones on "
+                 "schedule (run exactly one per deployment)")
+    p.add_argument("-s", "--schedule", help="beat's state file (default: <NOTIFIER_VAR_DIR>/celerybeat-schedule)")
+    p.add_argument("-l", "--loglevel", default="INFO")
+    p.set_defaults(func=_beat)
+
+    p = _command(sub, "flower", help="run Flower, the Celery monitoring web UI, with basic auth from "
+                 "NOTIFIER_FLOWER_BASIC_AUTH",
+                 description="Run Flower against the notifier's Celery app. It refuses to start without "
+                 "NOTIFIER_FLOWER_BASIC_AUTH (user:password) unless --no-auth is given on a loopback address. "
+                 "Flower leaves /metrics and /healthcheck open: never expose its port publicly. Options after "
+                 "-- go to Flower unchanged.")
+    p.add_argument("--address", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5555, help="listen port (default 5555)")
+    p.add_argument("--url-prefix", help="serve under this path, behind a reverse proxy (e.g. flower)")
+    p.add_argument("--max-tasks", type=int, default=100000, help="tasks Flower keeps in memory (default 100000)")
+    p.add_argument("--purge-offline-workers", type=int, default=600, metavar="SECONDS",
+                   help="forget workers offline this long (default 600; scaled workers come and go)")
+    p.add_argument("--read-only", action="store_true", help="disable Flower's controls (shutdown, revoke, apply)")
+    p.add_argument("--no-auth", action="store_true", help="start without basic auth (local development only)")
+    p.set_defaults(func=_flower, passes_extra=True)
+
+    p = _command(sub, "metrics", help="serve the Prometheus metrics exporter (deliveries, retries, queue depths, "
+                 "scheduled backlog, bridge lag)",
+                 description="Serve GET /metrics in the Prometheus text format, read from Redis, the broker and the "
+                 "database at each scrape. It has no authentication: bind it to a private address. One exporter "
+                 "serves the whole deployment; `notifier api` serves the same at /metrics to admin keys.")
+    p.add_argument("--address", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9808, help="listen port (default 9808)")
+    p.add_argument("--once", action="store_true", help="print the metrics once to stdout and exit")
+    p.add_argument("-l", "--loglevel", default="INFO")
+    p.set_defaults(func=_metrics)
+
+    p = _command(sub, "sweep", help="run the sweeper once: re-drive deliveries stuck in queued/sending and print "
+                 "them (or `sweep release`: release due scheduled deliveries once)")
+    p.add_argument("action", nargs="?", choices=["stuck", "release"], default="stuck",
+                   help="stuck (default): re-drive stuck deliveries; release: queue scheduled deliveries now due")
+    p.add_argument("--older-than", type=float, metavar="SECONDS",
+                   help="re-drive what is untouched this long (default NOTIFIER_STUCK_AFTER_S; above the lease TTL)")
+    p.set_defaults(func=_sweep)
+
+    p = _command(sub, "devices", help="register, unregister or list a user's push device tokens")
+    devices = p.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    d = _command(devices, "register", help="register (or move to this user) a device token")
+    d.add_argument("user_id")
+    d.add_argument("token")
+    d.add_argument("--platform", choices=["ios", "android", "web"], required=True, help="ios: APNs; android: FCM")
+    d.add_argument("--app", help="the app's id, if the user has several apps")
+    d = _command(devices, "unregister", help="forget a user's device token")
+    d.add_argument("user_id")
+    d.add_argument("token")
+    d = _command(devices, "list", help="list a user's devices (tokens shortened unless --show-tokens)")
+    d.add_argument("user_id")
+    d.add_argument("--show-tokens", action="store_true", help="print whole tokens")
+    p.set_defaults(func=_devices)
+
+    p = _command(sub, "preferences", help="show or change a user's preferences (channels, quiet hours, opt-outs)")
+    prefs = p.add_subparsers(dest="preferences_command", required=True, metavar="ACTION")
+    g = _command(prefs, "get", help="print a user's preferences as JSON (defaults for a user never seen)")
+    g.add_argument("user_id")
+    g = _command(prefs, "set", help="change some of a user's preferences and print them all; an empty value clears "
+                 "one, e.g. --phone ''")
+    g.add_argument("user_id")
+    for channel in ("push", "email", "sms"):
+        g.add_argument(f"--{channel}-enabled", dest=f"{channel}_enabled", choices=["true", "false"],
+                       help=f"send on {channel} at all")
+    g.add_argument("--email", help="email address")
+    g.add_argument("--phone", help="phone number, E.164 (+4712345678)")
+    g.add_argument("--quiet-start", help="start of quiet hours, HH:MM in --timezone")
+    g.add_argument("--quiet-end", help="end of quiet hours, HH:MM (may be past midnight)")
+    g.add_argument("--timezone", help="IANA timezone of the quiet hours, e.g. Europe/Oslo")
+    g.add_argument("--opted-out-categories", help="comma-separated categories never to send, e.g. marketing,social")
+    p.set_defaults(func=_preferences)
     return parser
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -12,7 +13,7 @@ import redis
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from notifier import dedup, delivery_log
+from notifier import dedup, delivery_log, metrics
 from sqlalchemy import Row
 
 from notifier.models import DeviceToken, Status, UserPreferences
@@ -29,7 +30,7 @@ class Claimed:
 
 def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, ttl_s: int) -> Claimed:
     """Take the dedup lease of each queued delivery; move those we hold to `sending`."""
-    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value])
+    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=("id", "idempotency_key", "channel"))
     states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
     mine = [row for row, state in zip(rows, states) if state == dedup.CLAIMED]
     moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
@@ -64,6 +65,7 @@ def to_delivery(row: Row) -> Delivery:
     data = payload.get("data") or {}
     return Delivery(
         id=row.id,
+        notification_id=row.notification_id,
         idempotency_key=row.idempotency_key,
         channel=row.channel,
         provider=row.provider or "",
@@ -98,9 +100,10 @@ def send_deliveries(
         if ok:
             by_provider[row.provider or ""].append(row)
     results: list[tuple[Row, Outcome, str]] = []
+    calls: list[tuple[str, float]] = []  # (provider, seconds) per send_batch call, for metrics
     fallbacks = settings.fallback_providers()
     for name, group in by_provider.items():
-        outcomes = _send_with(name, group)
+        outcomes = _send_with(name, group, calls)
         used = [name] * len(group)
         # Provider failover: what the primary could not take now goes to the fallback at once.
         fallback = fallbacks.get(name)
@@ -108,22 +111,26 @@ def send_deliveries(
         if fallback and transient:
             log.warning("%s failing (%s); %d deliveries fail over to %s",
                         name, outcomes[transient[0]].reason, len(transient), fallback)
-            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient])):
+            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls)):
                 outcomes[i], used[i] = o, fallback
         results.extend(zip(group, outcomes, used))
     ok_keys = [row.idempotency_key for row, o, _ in results if o.kind is OutcomeKind.OK]
     dedup.mark_sent(r, ok_keys, settings.sent_marker_ttl_s)  # first: narrows the crash window
-    _record(session, r, results, claim_id, settings, report)
+    _record(session, r, results, claim_id, settings, report, calls)
     return report
 
 
-def _send_with(name: str, rows: list[Row]) -> list[Outcome]:
+def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]]) -> list[Outcome]:
     deliveries = [to_delivery(row) for row in rows]
     try:
         provider = get_provider(name)
-    except LookupError as exc:
-        return [Outcome(OutcomeKind.MISCONFIGURED, reason=str(exc))] * len(rows)
-    return provider.send_batch(deliveries)
+    except Exception as exc:  # noqa: BLE001 - unknown provider, unreadable key file, bad settings
+        log.error("provider %s cannot be used: %s", name, exc)
+        return [Outcome(OutcomeKind.MISCONFIGURED, reason=f"provider {name}: {exc}")] * len(rows)
+    started = time.perf_counter()
+    outcomes = provider.send_batch(deliveries)
+    calls.append((name, time.perf_counter() - started))
+    return outcomes
 
 
 def _record(
@@ -133,6 +140,7 @@ def _record(
     claim_id: str,
     settings: Settings,
     report: SendReport,
+    calls: Sequence[tuple[str, float]] = (),
 ) -> None:
     now = datetime.now(timezone.utc)
     changes, release_keys, dead_tokens, opt_outs = [], [], [], []
@@ -173,6 +181,7 @@ def _record(
     _delete_tokens(session, dead_tokens)
     _opt_out(session, opt_outs)
     dedup.release(r, release_keys, claim_id)
+    metrics.record_sends(r, [(row.channel, c["provider"], c["status"]) for (row, _, _), c in zip(results, changes)], calls)
     # The caller drops these users' cached records once the transaction has committed.
     report.changed_users = {user for user, _ in opt_outs} | {
         row.user_id for row, o, _ in results if o.kind is OutcomeKind.TOKEN_INVALID

@@ -21,17 +21,20 @@ class NotifierTask(Task):
     def apply_async(self, args=None, kwargs=None, **options: Any):
         if "argsrepr" not in options:
             options["argsrepr"] = self.describe(args or (), kwargs or {})
+        if "kwargsrepr" not in options:
+            # describe() covers keyword arguments too; Celery's default repr would show their values.
+            options["kwargsrepr"] = "{}" if not kwargs else "{" + ", ".join(f"{k!r}: …" for k in kwargs) + "}"
         return super().apply_async(args, kwargs, **options)
 
     def describe(self, args, kwargs) -> str:
         """What Flower shows as the task's arguments: ids and counts, never addresses or tokens."""
-        if not args:
+        ids = args[0] if args else kwargs.get("ids")
+        if not isinstance(ids, (list, tuple)):
             return "()"
-        ids = args[0]
         head = ",".join(str(i) for i in ids[:5])
         more = f",…+{len(ids) - 5}" if len(ids) > 5 else ""
-        lane = f" lane={args[1]}" if len(args) > 1 else ""
-        return f"deliveries=[{head}{more}] n={len(ids)}{lane}"
+        lane = args[1] if len(args) > 1 else kwargs.get("lane")
+        return f"deliveries=[{head}{more}] n={len(ids)}" + (f" lane={lane}" if lane else "")
 
 
 @worker_process_init.connect

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from celeryconfig import queue_for
+from notifier import metrics
 from notifier.db import session_factory
 from notifier.delivery_log import utcnow
 from notifier.events import NotificationEvent, parse_event
@@ -180,4 +181,5 @@ def sweep_task() -> int:
     with session_factory()() as session, session.begin():
         ready = sweep_stuck(session, utcnow(), get_settings().stuck_after_s)
     _enqueue(ready)
+    metrics.count_stuck(get_redis(), len(ready))
     return len(ready)

@@ -315,6 +315,14 @@ def create_app() -> FastAPI:
         return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": results},
                             status_code=200 if healthy else 503)
 
+    @app.get("/metrics", tags=["operations"], dependencies=[Depends(auth.admin)], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
+    def prometheus_metrics() -> Response:
+        """Deliveries, retries, provider call times, queue depths, scheduled backlog, bridge lag (admin key)."""
+        from notifier.metrics import CONTENT_TYPE_LATEST, render
+
+        return Response(render(), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 
