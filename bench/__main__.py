@@ -67,20 +67,20 @@ def _reset_state() -> None:
 class CpuMeter:
     """CPU seconds (user + system) used by a set of process trees between start() and stop()."""
 
-    def __init__(self, procs) -> None:
+    def __init__(self, procs: dict) -> None:
         import psutil
 
-        self._roots = [psutil.Process(p.pid) for p in procs]
+        self._roots = {name: psutil.Process(p.pid) for name, p in procs.items()}
 
-    def _sample(self) -> dict[int, float]:
+    def _sample(self) -> dict[tuple[str, int], float]:
         import psutil
 
         out = {}
-        for root in self._roots:
+        for name, root in self._roots.items():
             for proc in [root, *root.children(recursive=True)]:
                 try:
                     t = proc.cpu_times()
-                    out[proc.pid] = t.user + t.system
+                    out[(name if proc is root else f"{name}_children", proc.pid)] = t.user + t.system
                 except psutil.NoSuchProcess:
                     pass
         return out
@@ -88,9 +88,13 @@ class CpuMeter:
     def start(self) -> None:
         self._before = self._sample()
 
-    def stop(self) -> float:
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per named process tree (parents and children)."""
         after = self._sample()
-        return sum(v - self._before.get(pid, 0.0) for pid, v in after.items())
+        per: dict[str, float] = {}
+        for (name, pid), v in after.items():
+            per[name] = per.get(name, 0.0) + v - self._before.get((name, pid), 0.0)
+        return per
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -120,7 +124,7 @@ def _wait_settled(expected_events: set[str], timeout_s: float, prefix: str) -> f
     raise TimeoutError(f"{prefix}: not settled after {timeout_s:.0f}s (busy={busy}, events seen={seen})")
 
 
-def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu_s: float) -> dict:
+def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu: dict[str, float]) -> dict:
     """Figures of one phase, from the database and what the sandbox accepted."""
     from sqlalchemy import func, select
 
@@ -145,6 +149,7 @@ def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu_s: fl
         latency[m["payload"]["bench_lane"]].append((received - m["payload"]["bench_produced_at"]) * 1000)
     delivered = len(messages)
     wall = max(last - started, 1e-9)
+    cpu_s = sum(cpu.values())
     return {
         "events": len(events),
         "deliveries": delivered,
@@ -153,6 +158,7 @@ def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu_s: fl
         "throughput_per_s": round(delivered / wall, 1),
         "cpu_s": round(cpu_s, 3),
         "cpu_us_per_delivery": round(cpu_s / max(delivered, 1) * 1e6, 1),
+        **{f"cpu_us_{name}": round(v / max(delivered, 1) * 1e6, 1) for name, v in sorted(cpu.items())},
         "p50_high_ms": round(_percentile(latency["high"], 0.50), 1),
         "p99_high_ms": round(_percentile(latency["high"], 0.99), 1),
         "p50_low_ms": round(_percentile(latency["low"], 0.50), 1),
@@ -186,18 +192,26 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
     topics = {"high": f"bench.{int(time.time())}.high", "low": f"bench.{int(time.time())}.low"}
     high = tuple(q for q in QUEUES if q.endswith(".high"))
     low = tuple(q for q in QUEUES if q.endswith(".low")) + ("scheduler",)
-    procs = [
-        devstack.start_worker(env, logs / "high.log", queues=high, concurrency=args.high_concurrency, name="high"),
-        devstack.start_worker(env, logs / "low.log", queues=low, concurrency=args.low_concurrency, name="low"),
-    ]
+    procs = {
+        "high_worker": devstack.start_worker(env, logs / "high.log", queues=high, concurrency=args.high_concurrency,
+                                             name="high", pool=args.pool),
+    }
+    if args.pool == "solo":  # one process per worker: run as many low-lane workers as processes asked for
+        for i in range(args.low_concurrency):
+            procs[f"low_worker{i}"] = devstack.start_worker(env, logs / f"low{i}.log", queues=low, name=f"low{i}",
+                                                           pool="solo")
+    else:
+        procs["low_worker"] = devstack.start_worker(env, logs / "low.log", queues=low,
+                                                    concurrency=args.low_concurrency, name="low")
     import subprocess
 
     bridge = subprocess.Popen(
         [sys.executable, "-m", "notifier.cli", "bridge", "--topics", f"{topics['high']},{topics['low']}",
-         "--group", f"bench-{int(time.time())}", "--batch-size", str(args.batch_size), "--batch-ms", "50"],
+         "--group", f"bench-{int(time.time())}", "--batch-size", str(args.batch_size),
+         "--batch-ms", str(args.batch_ms), *[x for opt in args.kafka for x in ("-X", opt)]],
         env=env, cwd=ROOT, stdout=(logs / "bridge.log").open("ab"), stderr=subprocess.STDOUT,
     )
-    procs.append(bridge)
+    procs["bridge"] = bridge
     time.sleep(args.warmup_s)  # bridge joins its group, workers warm up
     meter = CpuMeter(procs)
     try:
@@ -213,7 +227,7 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
         cpu = meter.stop()
         return _outcome(prefix, workload.events, sandbox, started, cpu)
     finally:
-        for proc in procs:
+        for proc in procs.values():
             devstack.stop(proc)
 
 
@@ -241,7 +255,7 @@ def run_naive(env: dict, args, sandbox, logs: Path) -> dict:
         time.sleep(args.warmup_s)
         from bench.naive import submit
 
-        meter = CpuMeter([worker])
+        meter = CpuMeter({"naive_worker": worker})
         meter.start()
         started = time.time()
         for event in _stamp(workload.events, prefix):
@@ -260,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--high-concurrency", type=int, default=1, help="processes of the high-lane worker")
     parser.add_argument("--low-concurrency", type=int, default=2, help="processes of the low-lane worker")
     parser.add_argument("--batch-size", type=int, default=500, help="bridge batch size")
+    parser.add_argument("--pool", choices=["prefork", "solo"], default="prefork", help="Celery worker pool")
+    parser.add_argument("--batch-ms", type=int, default=50, help="bridge batch window")
+    parser.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
+                        help="librdkafka consumer setting for the bridge (repeatable)")
     parser.add_argument("--warmup-s", type=float, default=4.0)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--skip-naive", action="store_true")
