@@ -35,10 +35,11 @@ def get_engine(url: str | None = None) -> Engine:
     if url in _engines:
         return _engines[url]
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _tune_sqlite)
     else:
-        engine = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        # hide_parameters: SQL errors must not carry tokens, addresses or phone numbers into logs and Flower.
+        engine = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True, hide_parameters=True)
     _engines[url] = engine
     return engine
 

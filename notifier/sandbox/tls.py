@@ -22,6 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SERVER_NAMES = ("localhost",)
 SERVER_IPS = ("127.0.0.1", "::1")
+# More names the certificate must carry, e.g. "sandbox" when the compose stack reaches it by service name.
+EXTRA_NAMES_ENV = "NOTIFIER_SANDBOX_TLS_NAMES"
 
 
 class TlsIdentity:
@@ -110,7 +112,8 @@ def _server_certificate(
 ) -> x509.Certificate:
     not_before, not_after = _validity()
     public = key.public_key()
-    alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in SERVER_NAMES]
+    extra = [n.strip() for n in os.environ.get(EXTRA_NAMES_ENV, "").split(",") if n.strip()]
+    alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in (*SERVER_NAMES, *extra)]
     alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVER_IPS]
     return (
         x509.CertificateBuilder()
