@@ -144,17 +144,19 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
             continue
         # Every event we accept ends with a row: a repeat is recorded as `duplicate`.
         result.duplicates.append(event.notification_id)
-        duplicate_rows.append(_duplicate_row(event))
+        duplicate_rows.append(event_row(
+            event, Status.DUPLICATE, "notification_id already accepted; this repeat was not delivered again"))
     insert_ignoring_duplicates(session, duplicate_rows)
     if result.duplicates:
         log.info("route: %d duplicate event(s) recorded", len(result.duplicates))
     return result
 
 
-def _duplicate_row(event: NotificationEvent) -> dict:
+def event_row(event: NotificationEvent, status: Status, reason: str) -> dict:
+    """A row about the event as a whole (not one delivery): a duplicate, or an event that could not be routed."""
     now = utcnow()
     return {
-        "idempotency_key": f"{event.notification_id}:duplicate:{uuid.uuid4().hex}",
+        "idempotency_key": f"{event.notification_id}:{status.value}:{uuid.uuid4().hex}",
         "notification_id": event.notification_id,
         "user_id": event.user_id,
         "type": event.type,
@@ -163,8 +165,8 @@ def _duplicate_row(event: NotificationEvent) -> dict:
         "channel": "-",
         "provider": None,
         "target": NO_TARGET,
-        "status": Status.DUPLICATE.value,
-        "reason": "notification_id already accepted; this repeat was not delivered again",
+        "status": status.value,
+        "reason": reason,
         "payload": {},
         "attempts": 0,
         "created_at": now,

@@ -3,10 +3,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
+from sqlalchemy import exc as sa_exc
 
 from notifier.db import dispose_engines
+
+# Our own infrastructure failing (database or Redis unreachable): the task is retried whole,
+# with backoff, instead of failing and losing its events. Provider outcomes never land here.
+INFRASTRUCTURE_ERRORS = (
+    sa_exc.OperationalError, sa_exc.InterfaceError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)
 
 
 class NotifierTask(Task):
@@ -15,8 +23,14 @@ class NotifierTask(Task):
     abstract = True
     acks_late = True
     reject_on_worker_lost = True
-    # Retries are decided per delivery by notifier.sending, never by Celery's autoretry.
-    max_retries = None
+    # Provider retries are decided per delivery by notifier.sending; Celery's retry covers only
+    # our infrastructure being down, for up to about 1.5 hours (countdowns stay under the
+    # broker's visibility timeout).
+    autoretry_for = INFRASTRUCTURE_ERRORS
+    retry_backoff = 2
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = 100
 
     def apply_async(self, args=None, kwargs=None, **options: Any):
         if "argsrepr" not in options:

@@ -6,23 +6,28 @@ points at rows that are not there.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 from celeryconfig import queue_for
 from notifier import metrics
 from notifier.db import session_factory
-from notifier.delivery_log import utcnow
+from notifier.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.events import NotificationEvent, parse_event
 from notifier.filtering import filter_deliveries
 from notifier.rate_limits import parse_limits
 from notifier.recipients import invalidate
 from notifier.redis_conn import get_redis
-from notifier.routing import route
+from notifier.models import Status
+from notifier.routing import event_row, route
 from notifier.scheduling import BATCH, Ready, release_due, sweep_stuck
 from notifier.sending import claim_deliveries, send_deliveries
 from notifier.settings import get_settings
 from tasks.app import app
-from tasks.base import NotifierTask
+from tasks.base import INFRASTRUCTURE_ERRORS, NotifierTask
+
+
+log = logging.getLogger(__name__)
 
 
 class EventTask(NotifierTask):
@@ -82,8 +87,20 @@ class ManyEventsTask(EventTask):
 
 def _route_and_continue(raw_events: Iterable[dict]) -> None:
     events = [parse_event(e) for e in raw_events]
-    with session_factory()() as session, session.begin():
-        result = route(session, events, get_redis())
+    try:
+        with session_factory()() as session, session.begin():
+            result = route(session, events, get_redis())
+    except INFRASTRUCTURE_ERRORS:
+        raise  # retried whole by the task (autoretry_for)
+    except Exception as exc:
+        # A bug of ours must not lose accepted events silently: each gets a terminal row saying so.
+        log.exception("route: %d event(s) could not be routed", len(events))
+        with session_factory()() as session, session.begin():
+            insert_ignoring_duplicates(session, [
+                event_row(e, Status.FAILED, f"could not be routed: {type(exc).__name__} (see worker log)")
+                for e in events
+            ])
+        raise
     for lane, ids in result.queued.items():
         if ids:
             filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane))

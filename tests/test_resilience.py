@@ -134,3 +134,78 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
         finally:
             devstack.stop(high)
             devstack.stop(low)
+
+
+class _Gate:
+    """A TCP forwarder to PostgreSQL that can be closed and opened: a database outage on demand."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import threading
+
+        self.target, self.port, self._listener, self._threading = target, devstack.free_port(), None, threading
+
+    def open(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_database_outage_while_routing_loses_nothing(sandbox, database, wait_until, unique):
+    # Given a worker whose database is unreachable
+    from urllib.parse import urlsplit
+
+    url = urlsplit(database)
+    if not url.scheme.startswith("postgresql"):
+        import pytest
+
+        pytest.skip("needs PostgreSQL from `make services`")
+    gate = _Gate((url.hostname, url.port))
+    logs = TEST_VAR / "logs" / "outage"
+    with isolated_broker("outage") as broker:
+        env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker,
+                             "NOTIFIER_DATABASE_URL": database.replace(f":{url.port}/", f":{gate.port}/")}
+        worker = devstack.start_worker(env, logs / "worker.log")
+        try:
+            user, token = _ios_user(unique)
+            nid = unique("n")
+            # When an event arrives during the outage
+            _produce(broker, send_notification, _event(nid, user, "high"))
+            wait_until(lambda: b"Retry in" in (logs / "worker.log").read_bytes(), timeout_s=20)
+            assert get_status(nid) == []
+
+            # Then once the database is back, it is routed and sent, once
+            gate.open()
+            [row] = wait_until(lambda: [r for r in get_status(nid) if r["status"] in TERMINAL], timeout_s=60)
+            assert row["status"] == "sent"
+            assert len(sandbox.messages(target=token)) == 1
+        finally:
+            devstack.stop(worker)
+            gate.close()
