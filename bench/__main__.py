@@ -169,9 +169,9 @@ def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu: dict
     }
 
 
-def _stamp(events: list[dict], phase: str) -> list[dict]:
-    now = time.time()
-    return [e | {"data": (e.get("data") or {}) | {"bench_phase": phase, "bench_produced_at": now}} for e in events]
+def _stamp(event: dict, phase: str) -> dict:
+    """Mark an event with its phase and the moment it is handed to Kafka (or Celery)."""
+    return event | {"data": (event.get("data") or {}) | {"bench_phase": phase, "bench_produced_at": time.time()}}
 
 
 def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
@@ -186,7 +186,7 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
     _reset_state()
     prefix = "p-"
     with session_factory()() as s, s.begin():
-        workload = build(s, args.events, prefix=prefix)
+        workload = build(s, args.events, prefix=prefix, high_share=args.high_share)
     for token in workload.dead_tokens:
         sandbox.unregister(token)
     topics = {"high": f"bench.{int(time.time())}.high", "low": f"bench.{int(time.time())}.low"}
@@ -196,32 +196,46 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
         "high_worker": devstack.start_worker(env, logs / "high.log", queues=high, concurrency=args.high_concurrency,
                                              name="high", pool=args.pool),
     }
+    low_kw = {"queues": low, "pool": args.pool, "nice": args.low_nice}
     if args.pool == "solo":  # one process per worker: run as many low-lane workers as processes asked for
         for i in range(args.low_concurrency):
-            procs[f"low_worker{i}"] = devstack.start_worker(env, logs / f"low{i}.log", queues=low, name=f"low{i}",
-                                                           pool="solo")
+            procs[f"low_worker{i}"] = devstack.start_worker(env, logs / f"low{i}.log", name=f"low{i}", **low_kw)
     else:
-        procs["low_worker"] = devstack.start_worker(env, logs / "low.log", queues=low,
-                                                    concurrency=args.low_concurrency, name="low")
+        procs["low_worker"] = devstack.start_worker(env, logs / "low.log", concurrency=args.low_concurrency,
+                                                    name="low", **low_kw)
     import subprocess
 
-    bridge = subprocess.Popen(
-        [sys.executable, "-m", "notifier.cli", "bridge", "--topics", f"{topics['high']},{topics['low']}",
-         "--group", f"bench-{int(time.time())}", "--batch-size", str(args.batch_size),
-         "--batch-ms", str(args.batch_ms), *[x for opt in args.kafka for x in ("-X", opt)]],
-        env=env, cwd=ROOT, stdout=(logs / "bridge.log").open("ab"), stderr=subprocess.STDOUT,
-    )
-    procs["bridge"] = bridge
+    # One bridge per lane, as deployed: a low-lane flood never queues in front of high-lane events.
+    for lane, nice in (("high", 0), ("low", args.low_nice)):
+        procs[f"bridge_{lane}"] = subprocess.Popen(
+            ["nice", "-n", str(nice), sys.executable, "-m", "notifier.cli", "bridge", "--topics", topics[lane],
+             "--group", f"bench-{lane}-{int(time.time())}", "--batch-size", str(args.batch_size),
+             "--batch-ms", str(args.batch_ms), *[x for opt in args.kafka for x in ("-X", opt)]],
+            env=env, cwd=ROOT, stdout=(logs / f"bridge-{lane}.log").open("ab"), stderr=subprocess.STDOUT,
+        )
     time.sleep(args.warmup_s)  # bridge joins its group, workers warm up
     meter = CpuMeter(procs)
     try:
         producer = get_producer()
         meter.start()
         started = time.time()
-        for event in _stamp(workload.events, prefix):
-            lane = parse_event(event).lane
-            producer.produce(topics[lane], json.dumps(event).encode(), key=event["user_id"].encode())
+
+        def produce(event: dict) -> None:
+            event = _stamp(event, prefix)
+            producer.produce(topics[parse_event(event).lane], json.dumps(event).encode(),
+                             key=event["user_id"].encode())
             producer.poll(0)
+
+        # The low lane arrives as a burst (a backlog to drain); high-lane events keep arriving
+        # at a steady rate meanwhile, as security alerts and receipts do.
+        high_events = [e for e in workload.events if parse_event(e).lane == "high"]
+        for event in workload.events:
+            if parse_event(event).lane == "low":
+                produce(event)
+        producer.flush(30)
+        for i, event in enumerate(high_events):
+            produce(event)
+            time.sleep(max(0.0, started + (i + 1) / args.high_rate - time.time()))
         flush(60)
         _wait_settled({e["notification_id"] for e in workload.events}, args.timeout_s, prefix)
         cpu = meter.stop()
@@ -240,7 +254,7 @@ def run_naive(env: dict, args, sandbox, logs: Path) -> dict:
     _reset_state()
     prefix = "n-"
     with session_factory()() as s, s.begin():
-        workload = build(s, args.naive_events, prefix=prefix)
+        workload = build(s, args.naive_events, prefix=prefix, high_share=args.high_share)
     for token in workload.dead_tokens:
         sandbox.unregister(token)
     import subprocess
@@ -258,8 +272,8 @@ def run_naive(env: dict, args, sandbox, logs: Path) -> dict:
         meter = CpuMeter({"naive_worker": worker})
         meter.start()
         started = time.time()
-        for event in _stamp(workload.events, prefix):
-            submit(event)
+        for event in workload.events:
+            submit(_stamp(event, prefix))
         _wait_settled({e["notification_id"] for e in workload.events}, args.timeout_s, prefix)
         cpu = meter.stop()
         return _outcome(prefix, workload.events, sandbox, started, cpu)
@@ -275,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--low-concurrency", type=int, default=2, help="processes of the low-lane worker")
     parser.add_argument("--batch-size", type=int, default=500, help="bridge batch size")
     parser.add_argument("--pool", choices=["prefork", "solo"], default="prefork", help="Celery worker pool")
+    parser.add_argument("--high-rate", type=float, default=200.0,
+                        help="high-lane events per second, produced while the low-lane burst drains")
+    parser.add_argument("--high-share", type=float, default=0.05, help="share of events in the high lane")
+    parser.add_argument("--low-nice", type=int, default=10,
+                        help="niceness of the low lane's bridge and workers: on one shared machine the kernel "
+                             "then serves the high lane first, as separate machines would (0 = off)")
     parser.add_argument("--batch-ms", type=int, default=50, help="bridge batch window")
     parser.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
                         help="librdkafka consumer setting for the bridge (repeatable)")

@@ -456,7 +456,9 @@ class Bridge:
     def _wait_s(self) -> float:
         started = [b.started for b in self._batches.values() if b.events]
         if not started:
-            return 0.5
+            # consume() waits for a full batch or the timeout: an idle bridge must not hold the
+            # first event of a quiet lane longer than the batch window.
+            return min(max(self.batch_s, 0.01), 0.5)
         return min(max(min(started) + self.batch_s - time.monotonic(), 0.0), 0.5)
 
     def _take(self, msg: Message) -> None:

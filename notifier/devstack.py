@@ -128,6 +128,7 @@ def start_worker(
     timeout_s: float = 60.0,
     new_session: bool = False,
     pool: str = "prefork",
+    nice: int = 0,
 ) -> subprocess.Popen:
     """Start a Celery worker process on `queues` and wait until it is ready.
 
@@ -139,6 +140,7 @@ def start_worker(
     node = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
     proc = subprocess.Popen(
         [
+            *(["nice", "-n", str(nice)] if nice else []),
             sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
             "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool, "-n", node,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-E",
