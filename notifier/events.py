@@ -64,9 +64,12 @@ class NotificationEvent(BaseModel):
     def _storable_text(self) -> "NotificationEvent":
         # PostgreSQL refuses NUL characters and lone surrogates can't be encoded: refuse them
         # here, naming the field, rather than fail after the producer was told it was accepted.
+        # (pydantic already refuses lone surrogates in the str fields; `data` is checked whole.)
         for name in ("notification_id", "user_id", "type", "category", "title", "body"):
-            _check_text(getattr(self, name), name)
-        _check_text(self.data, "data")
+            if "\x00" in getattr(self, name):
+                raise ValueError(f"{name}: NUL characters are not allowed")
+        if self.data:
+            _check_text(self.data, "data")
         return self
 
     @property
