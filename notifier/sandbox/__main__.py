@@ -21,6 +21,7 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
     option("--host", help=f"address to listen on (default {d.host})")
     option("--control-port", type=int, help=f"control API port (default {d.control_port}; 0 = any free port)")
     option("--apns-port", type=int, help=f"APNs HTTP/2 port (default {d.apns_port}; 0 = any free port)")
+    option("--tls-names", help="more host names for the TLS certificate, comma-separated (e.g. sandbox)")
     option("--cert-path", help=f"where to write the CA certificate clients must trust (default {d.cert_path})")
     option("--apns-key-path", help=f"APNs signing key, EC P-256 PKCS8 PEM, made if absent (default {d.apns_key_path})")
     option("--apns-key-id", help=f"the JWT kid accepted (default {d.apns_key_id})")

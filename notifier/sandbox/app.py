@@ -44,6 +44,7 @@ class SandboxConfig:
     control_port: int = 8790
     apns_port: int = 8791
     cert_path: Path = Path("var/sandbox/tls-cert.pem")
+    tls_names: str = ""  # more host names for the certificate, comma-separated (compose: "sandbox")
     apns_key_path: Path = Path("var/sandbox/apns_key.p8")
     apns_key_id: str = "SANDBOXKEY"
     apns_team_id: str = "SANDBOXTEAM"
@@ -202,7 +203,7 @@ class Sandbox:
 
 async def start(config: SandboxConfig) -> Sandbox:
     """Start every provider server and the control API on the running loop."""
-    tls = TlsIdentity()
+    tls = TlsIdentity(tuple(n.strip() for n in config.tls_names.split(",") if n.strip()))
     tls.write_ca(config.cert_path)
     state = SandboxState(max_records=config.max_records)
     control = ControlServer(state)

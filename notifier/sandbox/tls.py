@@ -22,18 +22,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SERVER_NAMES = ("localhost",)
 SERVER_IPS = ("127.0.0.1", "::1")
-# More names the certificate must carry, e.g. "sandbox" when the compose stack reaches it by service name.
-EXTRA_NAMES_ENV = "NOTIFIER_SANDBOX_TLS_NAMES"
 
 
 class TlsIdentity:
     """A sandbox CA and the server certificate it signed; hands out server contexts."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_names: tuple[str, ...] = ()) -> None:
+        """extra_names: more host names the certificate carries (e.g. "sandbox" in the compose stack)."""
         ca_key = ec.generate_private_key(ec.SECP256R1())
         self.ca_cert = _ca_certificate(ca_key)
         server_key = ec.generate_private_key(ec.SECP256R1())
-        server_cert = _server_certificate(server_key, self.ca_cert, ca_key)
+        server_cert = _server_certificate(server_key, self.ca_cert, ca_key, extra_names)
         self.ca_pem = self.ca_cert.public_bytes(serialization.Encoding.PEM)
         self._chain_pem = server_cert.public_bytes(serialization.Encoding.PEM) + self.ca_pem
         self._key_pem = server_key.private_bytes(
@@ -108,12 +107,12 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
 
 
 def _server_certificate(
-    key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+    extra_names: tuple[str, ...] = (),
 ) -> x509.Certificate:
     not_before, not_after = _validity()
     public = key.public_key()
-    extra = [n.strip() for n in os.environ.get(EXTRA_NAMES_ENV, "").split(",") if n.strip()]
-    alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in (*SERVER_NAMES, *extra)]
+    alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in (*SERVER_NAMES, *extra_names)]
     alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVER_IPS]
     return (
         x509.CertificateBuilder()
