@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -180,7 +179,7 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
     from celeryconfig import QUEUES
     from notifier import devstack
     from notifier.db import session_factory
-    from notifier.publish import flush, get_producer, topic_for
+    from notifier.publish import flush, get_producer
     from notifier.events import parse_event
 
     _reset_state()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, time
+from datetime import time
 from typing import Iterable
 
 import redis

@@ -6,10 +6,8 @@ provider would (its own checks, its magic numbers, or an injected fault).
 """
 from __future__ import annotations
 
-import os
 import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +24,12 @@ from notifier.providers.smtp import CLASSIFICATION as SMTP_TABLE
 from notifier.providers.smtp import SmtpProvider, message_id
 from notifier.providers.twilio import CLASSIFICATION as TWILIO_TABLE
 from notifier.providers.twilio import TwilioProvider
-from notifier.redis_conn import broker_redis
 from notifier.sandbox.tls import TlsIdentity
 from notifier.settings import Settings, get_settings
 from notifier.users import get_status, set_preferences
-from tasks.app import app
 from tasks.pipeline import send_notification
 from tests.api_fixture import serve
+from tests.isolation import isolated_broker, produce
 from tests.conftest import TEST_VAR, child_env
 
 K = OutcomeKind
@@ -420,17 +417,6 @@ def test_transient_sms_failure_is_retried_then_sent(worker, sandbox, wait_until,
 # ---- Failover and receipts: a worker of their own (fallbacks on; status callbacks to a local API)
 
 
-@contextmanager
-def _isolated_broker(name: str):
-    prefix = f"{name}-{os.getpid()}:"
-    try:
-        yield prefix
-    finally:
-        r = broker_redis()
-        for key in r.scan_iter(match=prefix + "*"):
-            r.delete(key)
-
-
 @pytest.fixture(scope="module")
 def receipts_api(sandbox, database):
     """`notifier api` trusting the sandbox's webhook signatures (its SendGrid key, the run's Twilio token)."""
@@ -446,7 +432,7 @@ def receipts_api(sandbox, database):
 @pytest.fixture(scope="module")
 def own_worker(sandbox, database, receipts_api):
     """A worker with SendGrid -> SMTP failover, whose SMS name the local API as their StatusCallback."""
-    with _isolated_broker("email-sms") as broker:
+    with isolated_broker("email-sms") as broker:
         env = child_env() | {
             "NOTIFIER_BROKER_KEY_PREFIX": broker,
             "NOTIFIER_PROVIDER_FALLBACKS": "sendgrid:smtp",
@@ -460,8 +446,7 @@ def own_worker(sandbox, database, receipts_api):
 
 
 def _produce(broker: str, event: dict) -> None:
-    with app.connection_for_write(transport_options={"global_keyprefix": broker}) as conn:
-        send_notification.apply_async((event,), connection=conn)
+    produce(broker, send_notification, event)
 
 
 def test_sendgrid_failing_fails_over_to_smtp(own_worker, sandbox, wait_until, unique):

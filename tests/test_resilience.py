@@ -7,15 +7,14 @@ import signal
 import socket
 import statistics
 import time
-from contextlib import contextmanager
 
 from celeryconfig import QUEUES
 from notifier import devstack
 from notifier.redis_conn import broker_redis
 from notifier.users import get_status, register_device
-from tasks.app import app
 from tasks.pipeline import send_notification, send_notifications
 from tests.conftest import TEST_VAR, child_env
+from tests.isolation import isolated_broker, produce
 
 TERMINAL = {"sent", "delivered", "failed", "suppressed", "rate_limited", "duplicate"}
 BACKLOG = 2000
@@ -26,21 +25,7 @@ def _terminal(nid: str) -> bool:
     return bool(rows) and all(r["status"] in TERMINAL for r in rows)
 
 
-@contextmanager
-def isolated_broker(name: str):
-    """Broker keys under a prefix of their own: no other worker of the session reads them."""
-    prefix = f"{name}-{os.getpid()}:"
-    try:
-        yield prefix
-    finally:
-        r = broker_redis()
-        for key in r.scan_iter(match=prefix + "*"):
-            r.delete(key)
 
-
-def _produce(prefix: str, task, *args) -> None:
-    with app.connection_for_write(transport_options={"global_keyprefix": prefix}) as conn:
-        task.apply_async(args, connection=conn)
 
 
 def _ios_user(unique) -> tuple[str, str]:
@@ -71,7 +56,7 @@ def test_worker_killed_between_claim_and_send_is_recovered_by_the_sweeper(sandbo
         try:
             user, token = _ios_user(unique)
             nid = unique("n")
-            _produce(broker, send_notification, _event(nid, user, "high"))
+            produce(broker, send_notification, _event(nid, user, "high"))
 
             # When the worker has claimed the delivery and is connecting to "APNs"
             blackhole.settimeout(20)
@@ -106,7 +91,7 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
             users = [_ios_user(unique) for _ in range(100)]
             backlog = [_event(unique("low"), users[i % 100][0], "low") for i in range(BACKLOG)]
             for i in range(0, len(backlog), 100):
-                _produce(broker, send_notifications, backlog[i:i + 100])
+                produce(broker, send_notifications, backlog[i:i + 100])
 
             # When high-priority events arrive behind it
             latencies = []
@@ -114,7 +99,7 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
                 user, _token = _ios_user(unique)
                 nid = unique("high")
                 started = time.monotonic()
-                _produce(broker, send_notification, _event(nid, user, "high"))
+                produce(broker, send_notification, _event(nid, user, "high"))
                 wait_until(lambda: [r for r in get_status(nid) if r["status"] == "sent"], timeout_s=30, interval_s=0.02)
                 latencies.append(time.monotonic() - started)
             pending = broker_redis().llen(broker + "pipeline.low")
@@ -197,7 +182,7 @@ def test_database_outage_while_routing_loses_nothing(sandbox, database, wait_unt
             user, token = _ios_user(unique)
             nid = unique("n")
             # When an event arrives during the outage
-            _produce(broker, send_notification, _event(nid, user, "high"))
+            produce(broker, send_notification, _event(nid, user, "high"))
             wait_until(lambda: b"Retry in" in (logs / "worker.log").read_bytes(), timeout_s=20)
             assert get_status(nid) == []
 

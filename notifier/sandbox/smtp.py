@@ -18,7 +18,6 @@ import asyncio
 import email
 import email.policy
 import logging
-import random
 import secrets
 import ssl
 from typing import Any
@@ -73,7 +72,6 @@ class SmtpSandbox:
         self.state = state
         self.username = username
         self.password = password
-        self._random = random.Random()
 
     # aiosmtpd authenticator (LOGIN and PLAIN)
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
@@ -91,20 +89,7 @@ class SmtpSandbox:
 
     def _take_auth_fault(self, login: str) -> Fault | None:
         """Like SandboxState.take_fault, for the faults that answer AUTH."""
-        faults = self.state.faults.get(PROVIDER) or []
-        for fault in list(faults):
-            if fault.status not in AUTH_CODES or not fault.matches(login):
-                continue
-            if fault.fraction is not None:
-                if self._random.random() >= fault.fraction:
-                    continue
-            elif fault.count is not None:
-                fault.count -= 1
-                if fault.count <= 0:
-                    faults.remove(fault)
-            fault.hits += 1
-            return fault
-        return None
+        return self.state.take_first(PROVIDER, lambda fault: fault.status in AUTH_CODES and fault.matches(login))
 
     # aiosmtpd handler hooks
 

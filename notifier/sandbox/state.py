@@ -11,6 +11,7 @@ import random
 import re
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -148,11 +149,15 @@ class SandboxState:
 
     def take_fault(self, provider: str, target: str) -> Fault | None:
         """Return the first fault that hits this request, using up one of its count."""
+        return self.take_first(provider, lambda fault: fault.matches(target))
+
+    def take_first(self, provider: str, wanted: Callable[[Fault], bool]) -> Fault | None:
+        """Return the first of a provider's faults that is `wanted` and hits now, using up one of its count."""
         faults = self.faults.get(provider)
         if not faults:
             return None
-        for fault in faults:
-            if not fault.matches(target):
+        for fault in list(faults):
+            if not wanted(fault):
                 continue
             if fault.fraction is not None:
                 if self._random.random() >= fault.fraction:
