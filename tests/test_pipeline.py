@@ -202,3 +202,21 @@ def test_event_with_a_nul_character_is_refused_naming_the_field():
     with pytest.raises(ValidationError, match="title: NUL"):
         notifier.send_notification.delay({"notification_id": "n", "user_id": "u", "type": "t", "category": "c",
                                           "title": "a\x00b", "body": "b"})
+
+
+def test_a_preference_change_takes_effect_at_once_despite_the_cache(worker, sandbox, wait_until, unique):
+    # Given a user whose record the pipeline has just cached (an event went through)
+    user, token = _user_with_ios(unique)
+    first = _event(unique, user)
+    notifier.send_notification.delay(first)
+    assert wait_until(lambda: _settled(first["notification_id"]))[0]["status"] == "sent"
+
+    # When the user switches push off
+    set_preferences(user, push_enabled=False)
+
+    # Then the next event is suppressed, not sent from a stale cache
+    second = _event(unique, user)
+    notifier.send_notification.delay(second)
+    [row] = wait_until(lambda: _settled(second["notification_id"]))
+    assert (row["status"], row["reason"]) == ("suppressed", "push disabled by user")
+    assert len(sandbox.messages(target=token)) == 1

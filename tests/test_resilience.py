@@ -194,3 +194,41 @@ def test_database_outage_while_routing_loses_nothing(sandbox, database, wait_unt
         finally:
             devstack.stop(worker)
             gate.close()
+
+
+def test_scheduled_delivery_survives_losing_workers_beat_and_the_broker_queues(sandbox, database, wait_until, unique):
+    # Given a delivery scheduled a few seconds ahead, and a stack running
+    from datetime import datetime, timedelta, timezone
+
+    logs = TEST_VAR / "logs" / "durable"
+    with isolated_broker("durable") as broker:
+        env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
+        worker = devstack.start_worker(env, logs / "worker-1.log", new_session=True)
+        beat = devstack.start_beat(env, logs / "beat-1.log", logs / "beat-1")
+        user, token = _ios_user(unique)
+        nid = unique("n")
+        send_at = datetime.now(timezone.utc) + timedelta(seconds=6)
+        produce(broker, send_notification, _event(nid, user, "high") | {"send_at": send_at.isoformat()})
+        wait_until(lambda: [r for r in get_status(nid) if r["status"] == "scheduled"], timeout_s=20)
+
+        # When the worker is killed, beat stops, and every broker key is lost (a Redis restart without data)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        devstack.stop(beat)
+        r = broker_redis()
+        for key in r.scan_iter(match=broker + "*"):
+            r.delete(key)
+
+        # Then a new stack sends it once, after its time
+        worker = devstack.start_worker(env, logs / "worker-2.log")
+        beat = devstack.start_beat(env, logs / "beat-2.log", logs / "beat-2")
+        try:
+            [row] = wait_until(lambda: [r for r in get_status(nid) if r["status"] in TERMINAL], timeout_s=40)
+            assert row["status"] == "sent"
+            sent_at = row["sent_at"] if row["sent_at"].tzinfo else row["sent_at"].replace(tzinfo=timezone.utc)
+            assert sent_at >= send_at - timedelta(seconds=1)
+            time.sleep(2)  # a duplicate release would show up by now
+            assert len(sandbox.messages(target=token)) == 1
+        finally:
+            devstack.stop(beat)
+            devstack.stop(worker)
