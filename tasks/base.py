@@ -1,6 +1,7 @@
 """Task policy in one place: a base class every notifier task uses."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -53,8 +54,15 @@ class NotifierTask(Task):
 
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
-    """A forked worker child must not share its parent's database or HTTP/2 connections."""
+    """A forked worker child gets its own database pool and its own push transports."""
     dispose_engines()
+    from notifier.providers import get_provider
+
+    for name in ("apns", "fcm"):  # one HTTP/2 transport per process, ready before the first batch
+        try:
+            get_provider(name)
+        except Exception as exc:  # noqa: BLE001 - not configured here: the send path reports it per delivery
+            logging.getLogger(__name__).warning("provider %s not ready in this worker: %s", name, exc)
 
 
 @worker_process_shutdown.connect
