@@ -12,6 +12,7 @@ from tests.api_fixture import api, free_port, serve  # noqa: F401  (fixture)
 from tests.conftest import child_env
 from notifier import api_keys
 from notifier.redis_conn import broker_redis
+from tests.bad_events import BAD_EVENTS
 
 
 def _event(nid: str, user: str, **changes) -> dict:
@@ -72,19 +73,7 @@ def test_posting_the_same_notification_twice_delivers_it_once(api, worker, sandb
     assert len(sandbox.messages(provider="apns", target=token)) == 1, "one request reached APNs"
 
 
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [
-        ({"user_id": None}, "user_id"),
-        ({"priority": "urgent"}, "priority"),
-        ({"channels": ["pigeon"]}, "channels"),
-        ({"send_at": "2030-01-01T09:00:00"}, "send_at"),
-        ({"title": ""}, "title"),
-        ({"title": "nul\x00byte"}, "title"),
-        ({"colour": "red"}, "colour"),
-        ({"data": {"k": "\ud800"}}, "data"),
-    ],
-)
+@pytest.mark.parametrize(("change", "field"), BAD_EVENTS)
 def test_bad_event_is_422_naming_the_field_and_queues_nothing(api, change, field):
     broker = broker_redis()
     before = {q: broker.llen(q) for q in ("pipeline.high", "pipeline.low")}
