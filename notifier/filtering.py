@@ -6,11 +6,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 import redis
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from notifier import delivery_log, rate_limits
-from sqlalchemy import Row
-
 from notifier.models import Status
 from notifier.quiet_hours import quiet_hours_release
 from notifier.recipients import Recipient, load_recipients

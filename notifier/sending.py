@@ -10,12 +10,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 import redis
-from sqlalchemy import delete
+from sqlalchemy import Row, delete
 from sqlalchemy.orm import Session
 
 from notifier import dedup, delivery_log, metrics
-from sqlalchemy import Row
-
 from notifier.models import DeviceToken, Status, UserPreferences
 from notifier.providers import Delivery, Outcome, OutcomeKind, get_provider
 from notifier.settings import Settings
