@@ -6,6 +6,7 @@ real processes, talking over real sockets.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import socket
@@ -17,8 +18,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Below Linux's ephemeral range (32768-60999): a port chosen here and bound a moment later is
+# not handed meanwhile to some outgoing connection, as a port 0 pick can be.
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback)."""
+    """A TCP port nobody listens on right now (loopback), outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

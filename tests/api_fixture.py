@@ -7,7 +7,6 @@ and Twilio document it, independently of the code under test.
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,10 +25,7 @@ from notifier.sandbox.signing import public_key_b64, sendgrid_headers, twilio_si
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = devstack.free_port
 
 
 @dataclass
