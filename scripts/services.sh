@@ -159,6 +159,8 @@ protected-mode yes
 daemonize no
 logfile $REDIS_DIR/redis.log
 dir $REDIS_DIR/data
+# Development and test data only: a failed snapshot (full disk, no fork) must not stop writes.
+stop-writes-on-bgsave-error no
 EOF
     log "starting redis on $HOST:$REDIS_PORT"
     spawn "$REDIS_DIR/redis.pid" "$REDIS_DIR/redis.out" redis-server "$REDIS_DIR/redis.conf"
