@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from notifier.sandbox.http1 import read_headers
 from notifier.sandbox.state import SandboxState, fault_from_json
 
 log = logging.getLogger(__name__)
 
-_MAX_HEADER_LINES = 100
 _MAX_BODY = 1024 * 1024
 _REASONS = {
     200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
@@ -66,13 +66,7 @@ class ControlServer:
                 request_line = await reader.readline()
                 if not request_line.strip():
                     break
-                headers: dict[str, str] = {}
-                for _ in range(_MAX_HEADER_LINES):
-                    line = await reader.readline()
-                    if line in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
+                headers = await read_headers(reader)
                 try:
                     method, target, version = request_line.decode("latin-1").split()
                     length = int(headers.get("content-length", "0"))

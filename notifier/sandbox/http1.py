@@ -19,6 +19,18 @@ from notifier.sandbox.h2server import ServerStats
 log = logging.getLogger(__name__)
 
 _MAX_HEADER_LINES = 100
+
+
+async def read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
+    """Read header lines up to the blank line; names lower-cased (shared with the control API)."""
+    headers: dict[str, str] = {}
+    for _ in range(_MAX_HEADER_LINES):
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers
 _MAX_LINE = 64 * 1024
 
 
@@ -90,13 +102,7 @@ class Http1Server:
                 if not request_line.strip():
                     break
                 parts = request_line.decode("latin-1").split()
-                headers: dict[str, str] = {}
-                for _ in range(_MAX_HEADER_LINES):
-                    line = await reader.readline()
-                    if line in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
+                headers = await read_headers(reader)
                 if len(parts) != 3:
                     await self._write(writer, Reply(400, close=True), keep_alive=False)
                     break
