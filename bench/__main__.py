@@ -173,21 +173,28 @@ def _stamp(event: dict, phase: str) -> dict:
     return event | {"data": (event.get("data") or {}) | {"bench_phase": phase, "bench_produced_at": time.time()}}
 
 
+def _prepare(sandbox, n_events: int, prefix: str, high_share: float):
+    """Fresh state, the users and events of one phase, and their dead tokens armed at the sandbox."""
+    from bench.workload import build
+    from notifier.db import session_factory
+
+    _reset_state()
+    with session_factory()() as s, s.begin():
+        workload = build(s, n_events, prefix=prefix, high_share=high_share)
+    for token in workload.dead_tokens:
+        sandbox.unregister(token)
+    return workload
+
+
 def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
     """The product: Kafka -> bridge -> lane workers -> sandbox."""
-    from bench.workload import build
     from celeryconfig import QUEUES
     from notifier import devstack
-    from notifier.db import session_factory
     from notifier.publish import flush, get_producer
     from notifier.events import parse_event
 
-    _reset_state()
     prefix = "p-"
-    with session_factory()() as s, s.begin():
-        workload = build(s, args.events, prefix=prefix, high_share=args.high_share)
-    for token in workload.dead_tokens:
-        sandbox.unregister(token)
+    workload = _prepare(sandbox, args.events, prefix, args.high_share)
     topics = {"high": f"bench.{int(time.time())}.high", "low": f"bench.{int(time.time())}.low"}
     high = tuple(q for q in QUEUES if q.endswith(".high"))
     low = tuple(q for q in QUEUES if q.endswith(".low")) + ("scheduler",)
@@ -246,16 +253,10 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
 
 def run_naive(env: dict, args, sandbox, logs: Path) -> dict:
     """The naive design: a 4-task chain per event, no batching."""
-    from bench.workload import build
     from notifier import devstack
-    from notifier.db import session_factory
 
-    _reset_state()
     prefix = "n-"
-    with session_factory()() as s, s.begin():
-        workload = build(s, args.naive_events, prefix=prefix, high_share=args.high_share)
-    for token in workload.dead_tokens:
-        sandbox.unregister(token)
+    workload = _prepare(sandbox, args.naive_events, prefix, args.high_share)
     import subprocess
 
     worker = subprocess.Popen(
