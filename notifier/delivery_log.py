@@ -25,6 +25,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(dt: datetime | None) -> datetime | None:
+    """An aware UTC datetime: SQLite hands back naive ones, and every stored time is UTC."""
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
 def insert_ignoring_duplicates(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
     """Insert rows in one statement; return (id, idempotency_key) of those that were new."""
     if not rows:

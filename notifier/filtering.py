@@ -1,8 +1,7 @@
 """Filter: preferences, schedules, quiet hours and rate limits, before anything is sent."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Sequence
 
 import redis
@@ -21,14 +20,6 @@ EARLY_TOLERANCE = timedelta(seconds=1)
 FILTER_COLUMNS = ("id", "user_id", "channel", "category", "priority", "scheduled_at")
 
 
-@dataclass(slots=True)
-class FilterResult:
-    proceed: list[int] = field(default_factory=list)
-    suppressed: list[int] = field(default_factory=list)
-    scheduled: list[int] = field(default_factory=list)
-    rate_limited: list[int] = field(default_factory=list)
-
-
 def suppression_reason(row: Row, recipient: Recipient) -> str | None:
     """Why the user does not want this delivery, or None."""
     if not recipient.channel_enabled(row.channel):
@@ -42,7 +33,7 @@ def suppression_reason(row: Row, recipient: Recipient) -> str | None:
 
 def deferral(row: Row, recipient: Recipient, now: datetime) -> tuple[datetime | None, str | None]:
     """When the delivery may go out if not now (send_at, then quiet hours), and any note."""
-    due = _aware(row.scheduled_at) if row.scheduled_at else None
+    due = delivery_log.as_utc(row.scheduled_at)
     if due is not None and due > now + EARLY_TOLERANCE:
         return due, f"send_at {due.isoformat()}"
     if row.priority == "critical":  # security alerts bypass quiet hours
@@ -58,23 +49,21 @@ def deferral(row: Row, recipient: Recipient, now: datetime) -> tuple[datetime | 
 
 def filter_deliveries(
     session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit]
-) -> FilterResult:
+) -> list[int]:
     """Suppress what the user opted out of, defer what is not due, limit the rest; return what proceeds."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=FILTER_COLUMNS)
     recipients = load_recipients(session, (row.user_id for row in rows), r)
-    result = FilterResult()
+    proceed: list[int] = []
     changes, candidates = [], []
     for row in rows:
         recipient = recipients[row.user_id]
         reason = suppression_reason(row, recipient)
         if reason:
             changes.append({"_id": row.id, "status": Status.SUPPRESSED.value, "reason": reason})
-            result.suppressed.append(row.id)
             continue
         due, note = deferral(row, recipient, now)
         if due is not None:
             changes.append({"_id": row.id, "status": Status.SCHEDULED.value, "scheduled_at": due, "reason": note})
-            result.scheduled.append(row.id)
             continue
         candidates.append((row, note))
     allowed = rate_limits.check(
@@ -83,7 +72,7 @@ def filter_deliveries(
     )
     for (row, note), ok in zip(candidates, allowed):
         if ok:
-            result.proceed.append(row.id)
+            proceed.append(row.id)
             if note:
                 changes.append({"_id": row.id, "reason": note})
         else:
@@ -93,11 +82,5 @@ def filter_deliveries(
                 "reason": f"over the limit of {limit.max_count} {row.channel} per {limit.window_s}s "
                           f"for category {limit.category!r}",
             })
-            result.rate_limited.append(row.id)
     delivery_log.record_each(session, changes, only_from=[Status.QUEUED.value])
-    return result
-
-
-def _aware(dt: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return proceed

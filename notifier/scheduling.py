@@ -8,12 +8,12 @@ rest of the interval. A sweeper re-drives deliveries stuck in `queued` or `sendi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from notifier.delivery_log import LOG
+from notifier.delivery_log import LOG, as_utc
 from notifier.events import Priority
 from notifier.models import Status
 
@@ -33,10 +33,6 @@ def _lane(priority: str) -> str:
         return Priority(priority).lane
     except ValueError:
         return "low"
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
 
 BATCH = 1000
@@ -59,7 +55,7 @@ def release_due(session: Session, now: datetime, horizon_s: float, limit: int = 
     )
     out = []
     for id_, priority, scheduled_at, attempts in session.execute(stmt):
-        at = _aware(scheduled_at)
+        at = as_utc(scheduled_at)
         out.append(Ready(id_, _lane(priority), "dedup" if attempts else "filter", at if at and at > now else None))
     return out
 

@@ -50,11 +50,8 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
 
 @dataclass(slots=True)
 class SendReport:
-    sent: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
-    retry: list[int] = field(default_factory=list)
-    retry_in_s: float = 0.0
-    skipped: list[int] = field(default_factory=list)
+    """What the caller must do after the commit: drop these users' cached records."""
+
     changed_users: set[str] = field(default_factory=set)
 
 
@@ -92,7 +89,7 @@ def send_deliveries(
     """Send the deliveries we hold leases for, grouped by provider, and record each outcome."""
     rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
     held = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s)
-    report = SendReport(skipped=[row.id for row, ok in zip(rows, held) if not ok])
+    report = SendReport()
     by_provider: dict[str, list[Row]] = defaultdict(list)
     for row, ok in zip(rows, held):
         if ok:
@@ -147,7 +144,6 @@ def _record(
         change = {"_id": row.id, "attempts": attempts, "provider": provider}
         if o.kind is OutcomeKind.OK:
             change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id}
-            report.sent.append(row.id)
         elif o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED) and attempts < settings.max_attempts:
             if o.kind is OutcomeKind.MISCONFIGURED:
                 log.error("provider %s misconfigured: %s (delivery %s will retry)", row.provider, o.reason, row.id)
@@ -158,8 +154,6 @@ def _record(
                 "scheduled_at": now + timedelta(seconds=delay),
                 "reason": f"retry {attempts + 1} of {settings.max_attempts} after: {o.reason}",
             }
-            report.retry.append(row.id)
-            report.retry_in_s = max(report.retry_in_s, delay)
             release_keys.append(row.idempotency_key)
         else:
             reason = o.reason or o.kind.value
@@ -172,7 +166,6 @@ def _record(
                 reason = f"recipient unsubscribed at the provider, {row.channel} turned off: {reason}"
                 opt_outs.append((row.user_id, row.channel))
             change |= {"status": Status.FAILED.value, "failed_at": now, "reason": reason, "last_error": o.reason}
-            report.failed.append(row.id)
         changes.append(change)
     # Only rows still `sending`: a webhook may already have moved one on (delivered, failed).
     delivery_log.record_each(session, changes, only_from=[Status.SENDING.value])

@@ -123,9 +123,9 @@ def filter_stage(ids: list[int], lane: str) -> None:
     """Apply preferences and schedules; pass on what may be sent now."""
     limits = parse_limits(get_settings().rate_limits)
     with session_factory()() as session, session.begin():
-        result = filter_deliveries(session, get_redis(), ids, utcnow(), limits)
-    if result.proceed:
-        dedup_stage.apply_async((result.proceed, lane), queue=queue_for("pipeline", lane))
+        proceed = filter_deliveries(session, get_redis(), ids, utcnow(), limits)
+    if proceed:
+        dedup_stage.apply_async((proceed, lane), queue=queue_for("pipeline", lane))
 
 
 @app.task(base=NotifierTask, name="notifier.dedup", bind=True)
