@@ -27,13 +27,14 @@ from notifier.providers.twilio import TwilioProvider
 from notifier.sandbox.tls import TlsIdentity
 from notifier.settings import Settings, get_settings
 from notifier.users import get_status, set_preferences
+from notifier import models
 from tasks.pipeline import send_notification
 from tests.api_fixture import serve
 from tests.isolation import isolated_broker, produce
 from tests.conftest import TEST_VAR, child_env
 
 K = OutcomeKind
-TERMINAL = {"sent", "delivered", "failed", "suppressed", "rate_limited", "duplicate"}
+TERMINAL = {status.value for status in models.TERMINAL}
 PROVIDERS = {"sendgrid": SendgridProvider, "smtp": SmtpProvider, "twilio": TwilioProvider}
 
 

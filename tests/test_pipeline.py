@@ -10,8 +10,9 @@ import notifier
 from notifier.db import session_factory
 from notifier.models import DeviceToken
 from notifier.users import cancel_notification, get_status, register_device, set_preferences
+from notifier import models
 
-TERMINAL = {"sent", "delivered", "failed", "suppressed", "rate_limited", "duplicate"}
+TERMINAL = {status.value for status in models.TERMINAL}
 
 
 def _user_with_ios(unique, **prefs) -> tuple[str, str]:

@@ -12,11 +12,12 @@ from celeryconfig import QUEUES
 from notifier import devstack
 from notifier.redis_conn import broker_redis
 from notifier.users import get_status, register_device
+from notifier import models
 from tasks.pipeline import send_notification, send_notifications
 from tests.conftest import TEST_VAR, child_env
 from tests.isolation import isolated_broker, produce
 
-TERMINAL = {"sent", "delivered", "failed", "suppressed", "rate_limited", "duplicate"}
+TERMINAL = {status.value for status in models.TERMINAL}
 BACKLOG = 2000
 
 
