@@ -41,4 +41,4 @@ def test_produce_and_consume_round_trip():
     finally:
         consumer.close()
     assert got == sent  # one key -> one partition -> order kept
-    admin.delete_topics([topic])
+    admin.delete_topics([topic])[topic].result(30)
