@@ -59,22 +59,30 @@ pid_alive() {
     [[ -s $pidfile ]] || return 1
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/cmdline ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$pattern"
+    local cmdline
+    # Read, then match: under pipefail a `tr | grep -q` pipe can fail on SIGPIPE.
+    cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
+    [[ $cmdline == *"$pattern"* ]]
+}
+
+show_log() {
+    # show_log <logfile>: its last lines, then its error lines, last of all (a CI report
+    # keeps only the tail of the output, and the errors are what explain a failure).
+    local logfile=$1
+    [[ -f $logfile ]] || return 0
+    printf '[services] last lines of %s:\n' "$logfile" >&2
+    tail -n 30 "$logfile" | cut -c1-400 >&2
+    if grep -qE '(ERROR|FATAL|PANIC)' "$logfile"; then
+        printf '[services] errors in %s:\n' "$logfile" >&2
+        grep -E '(ERROR|FATAL|PANIC)' "$logfile" | tail -n 10 | cut -c1-400 >&2
+    fi
 }
 
 fail_with_log() {
-    # fail_with_log <what> <logfile> [reason]: say why a service is not up, show its log, exit.
+    # fail_with_log <what> <logfile> [reason]: show the log, say why a service is not up, exit.
     local what=$1 logfile=$2 reason=${3:-"not ready within ${TIMEOUT}s"}
+    show_log "$logfile"
     printf '[services] ERROR: %s: %s\n' "$what" "$reason" >&2
-    if [[ -f $logfile ]]; then
-        if grep -qE '(ERROR|FATAL|PANIC)' "$logfile"; then
-            printf '[services] errors in %s:\n' "$logfile" >&2
-            grep -E '(ERROR|FATAL|PANIC)' "$logfile" | tail -n 10 | cut -c1-400 >&2
-        fi
-        printf '[services] last lines of %s:\n' "$logfile" >&2
-        tail -n 30 "$logfile" | cut -c1-400 >&2
-    fi
     exit 1
 }
 
@@ -99,17 +107,42 @@ spawn() {
         </dev/null >"$outfile" 2>&1 &
 }
 
-wait_ready() {
-    # wait_ready <what> <pidfile> <pattern> <outfile> <logfile> <probe...>: poll the probe
-    # until it succeeds; fail at once, with the logs, if the spawned process has exited.
-    local what=$1 pidfile=$2 pattern=$3 outfile=$4 logfile=$5; shift 5
+start_server() {
+    # start_server <what> <pidfile> <pattern> <outfile> <logfile> <probe> <command...>: spawn
+    # the server and poll the probe until it answers. A server that exits while starting is
+    # started again after a growing pause (three attempts in all; each failed attempt's log is kept
+    # as <logfile>.failed-<n>); one that neither answers nor exits within TIMEOUT fails.
+    local what=$1 pidfile=$2 pattern=$3 outfile=$4 logfile=$5 probe=$6; shift 6
+    local attempt rc
+    for attempt in 1 2 3; do
+        spawn "$pidfile" "$outfile" "$@"
+        rc=0
+        try_ready "$what" "$pidfile" "$pattern" "$outfile" "$probe" || rc=$?
+        ((rc == 0)) && return
+        ((rc == 2)) || fail_with_log "$what" "$logfile"
+        ((attempt < 3)) || break
+        show_log "$logfile"
+        [[ -f $logfile ]] && cp "$logfile" "$logfile.failed-$attempt"
+        log "$what exited while starting (attempt $attempt of 3); starting it again"
+        sleep $((attempt * 5))
+    done
+    fail_with_log "$what" "$logfile" "exited while starting, 3 times (its output: $outfile)"
+}
+
+try_ready() {
+    # try_ready <what> <pidfile> <pattern> <outfile> <probe...>: poll the probe until it
+    # succeeds (0); 2 when the spawned process exits first, showing its output; 1 on timeout.
+    local what=$1 pidfile=$2 pattern=$3 outfile=$4; shift 4
     local deadline=$((SECONDS + TIMEOUT))
     until "$@" >/dev/null 2>&1; do
         if [[ -s $pidfile ]] && ! pid_alive "$pidfile" "$pattern"; then
-            tail -n 20 "$outfile" >&2 || true
-            fail_with_log "$what" "$logfile" "the process exited"
+            if [[ -s $outfile ]]; then
+                printf '[services] %s exited; its output:\n' "$what" >&2
+                tail -n 20 "$outfile" | cut -c1-400 >&2
+            fi
+            return 2
         fi
-        ((SECONDS < deadline)) || fail_with_log "$what" "$logfile"
+        ((SECONDS < deadline)) || return 1
         sleep 0.5
     done
 }
@@ -163,9 +196,8 @@ dir $REDIS_DIR/data
 stop-writes-on-bgsave-error no
 EOF
     log "starting redis on $HOST:$REDIS_PORT"
-    spawn "$REDIS_DIR/redis.pid" "$REDIS_DIR/redis.out" redis-server "$REDIS_DIR/redis.conf"
-    wait_ready redis "$REDIS_DIR/redis.pid" redis-server "$REDIS_DIR/redis.out" "$REDIS_DIR/redis.log" \
-        redis_running
+    start_server redis "$REDIS_DIR/redis.pid" redis-server "$REDIS_DIR/redis.out" "$REDIS_DIR/redis.log" \
+        redis_running redis-server "$REDIS_DIR/redis.conf"
 }
 
 redis_stop() {
@@ -306,8 +338,14 @@ pg_start() {
     else
         pg_init_cluster
         log "starting postgres $(basename "$(dirname "$PG_BIN")") on $HOST:$PG_PORT"
-        as_postgres "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$(pg_log)" -w -t "$TIMEOUT" >/dev/null \
-            || fail_with_log postgres "$(pg_log)" "pg_ctl start failed"
+        local attempt
+        for attempt in 1 2 3; do
+            as_postgres "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$(pg_log)" -w -t "$TIMEOUT" >/dev/null && break
+            ((attempt < 3)) || fail_with_log postgres "$(pg_log)" "pg_ctl start failed, 3 times"
+            show_log "$(pg_log)"
+            log "postgres did not start (attempt $attempt of 3); starting it again"
+            sleep 3
+        done
         wait_until postgres "$(pg_log)" pg_ready
     fi
     pg_create_databases
@@ -498,10 +536,9 @@ kafka_start() {
     kafka_format_storage
     log "starting kafka $KAFKA_VERSION on $HOST:$KAFKA_PORT (controller $HOST:$KAFKA_CONTROLLER_PORT)"
     kafka_java_cmd
-    spawn "$KAFKA_DIR/kafka.pid" "$KAFKA_DIR/logs/kafka.out" \
+    start_server kafka "$KAFKA_DIR/kafka.pid" kafka.Kafka "$KAFKA_DIR/logs/kafka.out" \
+        "$KAFKA_DIR/logs/server.log" kafka_answers \
         "${KAFKA_JAVA[@]}" kafka.Kafka "$KAFKA_DIR/server.properties"
-    wait_ready kafka "$KAFKA_DIR/kafka.pid" kafka.Kafka "$KAFKA_DIR/logs/kafka.out" \
-        "$KAFKA_DIR/logs/server.log" kafka_answers
 }
 
 kafka_stop() {
