@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 import redis
-from sqlalchemy import Row, delete
+from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
 from notifier import dedup, delivery_log, metrics
@@ -138,7 +138,7 @@ def _record(
     calls: Sequence[tuple[str, float]] = (),
 ) -> None:
     now = datetime.now(timezone.utc)
-    changes, release_keys, dead_tokens, opt_outs = [], [], [], []
+    changes, release_keys, opt_outs = [], [], []
     for row, o, provider in results:
         attempts = row.attempts + 1
         change = {"_id": row.id, "attempts": attempts, "provider": provider}
@@ -160,8 +160,11 @@ def _record(
             if o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED):
                 reason = f"gave up after {attempts} attempts: {reason}"
             elif o.kind is OutcomeKind.TOKEN_INVALID:
-                reason = f"device token invalid, token deleted: {reason}"
-                dead_tokens.append((row.target, o.invalid_since))
+                if _delete_token(session, row.target, o.invalid_since):
+                    reason = f"device token invalid, token deleted: {reason}"
+                else:
+                    reason = (f"device token invalid when sent, token kept: registered again after "
+                              f"the provider's timestamp {o.invalid_since:%Y-%m-%dT%H:%M:%SZ}: {reason}")
             elif o.kind is OutcomeKind.UNSUBSCRIBED:
                 reason = f"recipient unsubscribed at the provider, {row.channel} turned off: {reason}"
                 opt_outs.append((row.user_id, row.channel))
@@ -169,7 +172,6 @@ def _record(
         changes.append(change)
     # Only rows still `sending`: a webhook may already have moved one on (delivered, failed).
     delivery_log.record_each(session, changes, only_from=[Status.SENDING.value])
-    _delete_tokens(session, dead_tokens)
     _opt_out(session, opt_outs)
     dedup.release(r, release_keys, claim_id)
     metrics.record_sends(r, [(row.channel, c["provider"], c["status"]) for (row, _, _), c in zip(results, changes)], calls)
@@ -179,13 +181,15 @@ def _record(
     }
 
 
-def _delete_tokens(session: Session, dead: list[tuple[str, datetime | None]]) -> None:
-    """Delete dead tokens; after an APNs 410, only if registered before the provider's timestamp."""
-    for token, since in dead:
-        stmt = delete(DeviceToken).where(DeviceToken.token == token)
-        if since is not None:
-            stmt = stmt.where(DeviceToken.created_at < since)
-        session.execute(stmt)
+def _delete_token(session: Session, token: str, since: datetime | None) -> bool:
+    """Delete a dead token; after an APNs 410, only if it was registered before the provider's
+    timestamp (a token registered again since then is alive). True when it is gone."""
+    stmt = delete(DeviceToken).where(DeviceToken.token == token)
+    if since is not None:
+        stmt = stmt.where(DeviceToken.created_at < since)
+    if session.execute(stmt).rowcount:
+        return True
+    return since is None or session.scalar(select(DeviceToken.id).where(DeviceToken.token == token)) is None
 
 
 def _opt_out(session: Session, opt_outs: list[tuple[str, str]]) -> None:

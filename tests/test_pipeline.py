@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
@@ -165,6 +166,21 @@ def test_unregistered_token_fails_and_is_deleted(worker, sandbox, wait_until, un
     notifier.send_notification.delay(again)
     [row] = wait_until(lambda: _settled(again["notification_id"]))
     assert row["status"] == "suppressed" and "no device token" in row["reason"]
+
+
+def test_a_token_registered_again_after_the_410_timestamp_is_kept(worker, sandbox, wait_until, unique):
+    # Given a token APNs reports dead since now, which the app then registers again
+    user, token = _user_with_ios(unique)
+    sandbox.unregister(token)
+    time.sleep(0.01)  # the 410's timestamp has millisecond precision
+    register_device(user, token, "ios")
+    event = _event(unique, user)
+    notifier.send_notification.delay(event)
+    [row] = wait_until(lambda: _settled(event["notification_id"]))
+    # This send failed, but the token lives on: it was registered after APNs saw it die
+    assert row["status"] == "failed" and "token kept" in row["reason"] and "Unregistered" in row["reason"]
+    with session_factory()() as session:
+        assert session.scalar(select(DeviceToken).where(DeviceToken.token == token)) is not None
 
 
 def test_two_workers_given_the_same_delivery_make_one_request(worker, sandbox, wait_until, unique):

@@ -159,7 +159,9 @@ class ApnsSandbox:
             return Reply(goaway_after=0)
         if (fault.status and fault.status != 200) or fault.reason:
             status = fault.status or REASON_STATUS.get(fault.reason or "", 400)
-            reply = self._error(status, fault.reason or STATUS_REASON.get(status, "InternalServerError"), request)
+            reason = fault.reason or STATUS_REASON.get(status, "InternalServerError")
+            # A token made invalid by a fault became so when the fault was set, as APNs reports it.
+            reply = self._error(status, reason, request, invalid_since=fault.created_at)
             if fault.retry_after is not None:
                 reply.headers = [*reply.headers, ("retry-after", str(fault.retry_after))]
             if not request.connection.streams_unlocked:
@@ -239,14 +241,14 @@ class ApnsSandbox:
         )
         return Reply(200, [("apns-id", apns_id)])
 
-    def _error(self, status: int, reason: str, request: Request) -> Reply:
+    def _error(self, status: int, reason: str, request: Request, invalid_since: float | None = None) -> Reply:
         apns_id = request.headers.get("apns-id")
         if apns_id is None or not _UUID(apns_id):
             apns_id = str(uuid.uuid4())
         body: dict[str, Any] = {"reason": reason}
         if status == 410:
             # When APNs learned the token was no longer valid for the topic, in ms.
-            body["timestamp"] = int(self.clock() * 1000)
+            body["timestamp"] = int((invalid_since or self.clock()) * 1000)
         return Reply(
             status,
             [("apns-id", apns_id), ("content-type", "application/json")],

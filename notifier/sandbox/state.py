@@ -38,6 +38,7 @@ class Fault:
     count: int | None = 1  # requests left to hit; None: every matching request until reset
     fraction: float | None = None  # hit this share of matching requests instead of a count
     hits: int = 0
+    created_at: float = field(default_factory=time.time)  # a 410's timestamp: when the token died
     _match: Any = field(default=None, repr=False)
 
     def matches(self, target: str) -> bool:
