@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import time
 from typing import Iterable
 
@@ -70,12 +70,21 @@ def invalidate(r: redis.Redis, user_ids: Iterable[str]) -> None:
 
 
 def _encode(rec: Recipient) -> str:
-    d = asdict(rec)
-    d["quiet_start"] = rec.quiet_start.isoformat() if rec.quiet_start else None
-    d["quiet_end"] = rec.quiet_end.isoformat() if rec.quiet_end else None
-    d["opted_out_categories"] = sorted(rec.opted_out_categories)
-    d["devices"] = [[dv.token, dv.platform] for dv in rec.devices]
-    return json.dumps(d, separators=(",", ":"))
+    # Field by field: dataclasses.asdict deep-copies, and this runs once per cache miss.
+    return json.dumps({
+        "user_id": rec.user_id,
+        "push_enabled": rec.push_enabled,
+        "email_enabled": rec.email_enabled,
+        "sms_enabled": rec.sms_enabled,
+        "email": rec.email,
+        "phone": rec.phone,
+        "quiet_start": rec.quiet_start.isoformat() if rec.quiet_start else None,
+        "quiet_end": rec.quiet_end.isoformat() if rec.quiet_end else None,
+        "timezone": rec.timezone,
+        "opted_out_categories": sorted(rec.opted_out_categories),
+        "email_undeliverable": rec.email_undeliverable,
+        "devices": [[dv.token, dv.platform] for dv in rec.devices],
+    }, separators=(",", ":"))
 
 
 def _decode(raw: bytes) -> Recipient:
@@ -92,7 +101,13 @@ def _from_database(session: Session, ids: list[str]) -> dict[str, Recipient]:
     out = {uid: Recipient(uid) for uid in ids}
     if not ids:
         return out
-    for p in session.scalars(select(UserPreferences).where(UserPreferences.user_id.in_(ids))):
+    prefs = UserPreferences
+    # Rows of the columns needed, not ORM objects: this runs for every cache miss.
+    for p in session.execute(select(
+        prefs.user_id, prefs.push_enabled, prefs.email_enabled, prefs.sms_enabled, prefs.email, prefs.phone,
+        prefs.quiet_start, prefs.quiet_end, prefs.timezone, prefs.opted_out_categories,
+        prefs.email_undeliverable_at, prefs.email_undeliverable_reason,
+    ).where(prefs.user_id.in_(ids))):
         out[p.user_id] = Recipient(
             p.user_id,
             push_enabled=p.push_enabled,
