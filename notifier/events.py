@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import enum
+import math
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_EVENT_BYTES = 64 * 1024
 
@@ -64,13 +65,20 @@ class NotificationEvent(BaseModel):
     def _storable_text(self) -> "NotificationEvent":
         # PostgreSQL refuses NUL characters and lone surrogates can't be encoded: refuse them
         # here, naming the field, rather than fail after the producer was told it was accepted.
-        # (pydantic already refuses lone surrogates in the str fields; `data` is checked whole.)
+        # (pydantic already refuses lone surrogates in the str fields; `data` is checked below.)
         for name in ("notification_id", "user_id", "type", "category", "title", "body"):
             if "\x00" in getattr(self, name):
                 raise ValueError(f"{name}: NUL characters are not allowed")
-        if self.data:
-            _check_text(self.data, "data")
         return self
+
+    @field_validator("data")
+    @classmethod
+    def _storable_data(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Lone surrogates and NUL characters (as above), and NaN and Infinity, which Python's
+        # json accepts and PostgreSQL's JSON refuses.
+        if v:
+            _check_text(v, "data")
+        return v
 
     @property
     def lane(self) -> str:
@@ -85,6 +93,9 @@ def _check_text(value: Any, where: str) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"{where}: not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: NaN and Infinity are not JSON numbers")
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, f"{where}.{key!s}")
@@ -92,6 +103,14 @@ def _check_text(value: Any, where: str) -> None:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_text(item, f"{where}[{i}]")
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """'field: problem; …' for each error, without the input values (they may be personal data)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}"
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
 
 
 def parse_event(raw: dict[str, Any] | NotificationEvent) -> NotificationEvent:

@@ -9,4 +9,6 @@ BAD_EVENTS = [
     ({"title": "nul\x00byte"}, "title"),
     ({"colour": "red"}, "colour"),
     ({"data": {"k": "\ud800"}}, "data"),
+    ({"data": {"ratio": float("nan")}}, "data"),
+    ({"data": {"scores": [1.5, float("inf")]}}, "data"),
 ]
