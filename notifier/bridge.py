@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import ValidationError
 
 from notifier import metrics
-from notifier.events import MAX_EVENT_BYTES, NotificationEvent, parse_event
+from notifier.events import MAX_EVENT_BYTES, NotificationEvent, describe_errors, parse_event
 from notifier.publish import DEAD_LETTER_TOPIC, TOPIC_BY_LANE
 from notifier.settings import get_settings
 
@@ -137,14 +137,6 @@ def decode_event(value: bytes | None, lane: str) -> NotificationEvent:
     except ValidationError as exc:
         nid = raw.get("notification_id")
         raise BadMessage(describe_errors(exc), nid if isinstance(nid, str) and len(nid) <= 128 else None) from None
-
-
-def describe_errors(exc: ValidationError) -> str:
-    """'field: problem; …' for each error, without the input values (they may be personal data)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}"
-        for err in exc.errors(include_url=False, include_input=False, include_context=False)
-    )
 
 
 def _json_type(value: Any) -> str:

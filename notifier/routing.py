@@ -172,3 +172,42 @@ def event_row(event: NotificationEvent, status: Status, reason: str) -> dict:
         "created_at": now,
         "updated_at": now,
     }
+
+
+def invalid_event_row(raw: object, problem: str) -> dict | None:
+    """A `failed` row for an event that reached a worker unvalidated and does not validate.
+
+    Producers' events are validated before they are queued; this covers a message put on the
+    queue some other way. None when it has no usable notification_id to record it under."""
+
+    def text(name: str, limit: int) -> str | None:
+        value = raw.get(name) if isinstance(raw, dict) else None
+        if not isinstance(value, str) or not 0 < len(value) <= limit or "\x00" in value:
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return value
+
+    notification_id = text("notification_id", 128)
+    if notification_id is None:
+        return None
+    now = utcnow()
+    return {
+        "idempotency_key": f"{notification_id}:invalid:{uuid.uuid4().hex}",
+        "notification_id": notification_id,
+        "user_id": text("user_id", 128) or NO_TARGET,
+        "type": text("type", 64) or NO_TARGET,
+        "category": text("category", 64) or NO_TARGET,
+        "priority": text("priority", 16) or NO_TARGET,
+        "channel": "-",
+        "provider": None,
+        "target": NO_TARGET,
+        "status": Status.FAILED.value,
+        "reason": f"invalid event, not delivered: {problem}"[:1000],
+        "payload": {},
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }

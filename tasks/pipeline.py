@@ -9,17 +9,19 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
+from pydantic import ValidationError
+
 from celeryconfig import queue_for
 from notifier import metrics
 from notifier.db import session_factory
 from notifier.delivery_log import insert_ignoring_duplicates, utcnow
-from notifier.events import NotificationEvent, parse_event
+from notifier.events import NotificationEvent, describe_errors, parse_event
 from notifier.filtering import filter_deliveries
 from notifier.rate_limits import parse_limits
 from notifier.recipients import invalidate
 from notifier.redis_conn import get_redis
 from notifier.models import Status
-from notifier.routing import event_row, route
+from notifier.routing import event_row, invalid_event_row, route
 from notifier.scheduling import BATCH, Ready, release_due, sweep_stuck
 from notifier.sending import claim_deliveries, send_deliveries
 from notifier.settings import get_settings
@@ -86,7 +88,17 @@ class ManyEventsTask(EventTask):
 
 
 def _route_and_continue(raw_events: Iterable[dict]) -> None:
-    events = [parse_event(e) for e in raw_events]
+    events, invalid = [], []
+    for raw in raw_events:
+        try:
+            events.append(parse_event(raw))
+        except ValidationError as exc:
+            # Queued without the producer's validation (e.g. a raw send_task): record why, don't drop it.
+            invalid.append((raw, describe_errors(exc)))
+    if invalid:
+        _record_invalid(invalid)
+    if not events:
+        return
     try:
         with session_factory()() as session, session.begin():
             result = route(session, events, get_redis())
@@ -104,6 +116,16 @@ def _route_and_continue(raw_events: Iterable[dict]) -> None:
     for lane, ids in result.queued.items():
         if ids:
             filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane))
+
+
+def _record_invalid(invalid: list[tuple[object, str]]) -> None:
+    rows = [row for raw, problem in invalid if (row := invalid_event_row(raw, problem)) is not None]
+    for raw, problem in invalid:
+        nid = raw.get("notification_id") if isinstance(raw, dict) else None
+        log.error("route: invalid event%s refused: %s", f" notification_id={nid!r}" if isinstance(nid, str) else
+                  " without a notification_id (nothing to record it under)", problem)
+    with session_factory()() as session, session.begin():
+        insert_ignoring_duplicates(session, rows)
 
 
 @app.task(base=SingleEventTask, name="notifier.send_notification")

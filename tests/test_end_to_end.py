@@ -62,3 +62,27 @@ def test_bad_event_raises_naming_the_field_and_queues_nothing(change, field):
         notifier.send_notification.delay(event)
     assert field in str(info.value)
     assert {q: broker.llen(q) for q in before} == before
+
+
+def test_an_invalid_event_queued_around_the_producer_ends_failed_with_the_reason(worker, sandbox, wait_until, unique):
+    # Given a batch put on the queue without the producer's validation (a raw send_task):
+    # one good event, one with a bad field, one with no notification_id at all
+    from tasks.app import app
+
+    user, token = unique("user"), _ios_token()
+    register_device(user, token, "ios")
+    good, bad = unique("n"), unique("n")
+    base = {"user_id": user, "type": "order_shipped", "category": "transactional", "priority": "high",
+            "channels": ["push"], "title": "Shipped", "body": "On its way"}
+    app.send_task("notifier.send_notifications", args=[[
+        base | {"notification_id": good},
+        base | {"notification_id": bad, "channels": ["pigeon"]},
+        {"title": "no id"},
+    ]], queue="pipeline.high")
+
+    # Then the good one is sent, and the bad one ends `failed` naming the field, not dropped
+    wait_until(lambda: [r for r in get_status(good) if r["status"] == "sent"], message="the good event was not sent")
+    [row] = wait_until(lambda: get_status(bad), message="the invalid event left no row")
+    assert row["status"] == "failed" and "invalid event" in row["reason"] and "channels" in row["reason"]
+    assert row["user_id"] == user
+    assert len(sandbox.messages(provider="apns", target=token)) == 1
