@@ -23,13 +23,37 @@ os.environ.setdefault("NOTIFIER_APNS_CA_FILE", str(TEST_VAR / "sandbox" / "tls-c
 os.environ.update(devstack.private_sandbox_env())
 
 
+def _claim_redis_pair(base: str) -> int:
+    """A pair of Redis databases (2..13; the benchmark uses 14 and 15) no other live test run holds.
+
+    Held by a key in database 0 naming this run's pid, dropped when the run ends; a key left by a
+    run that died is taken over."""
+    import atexit
+
+    import redis
+
+    r = redis.Redis.from_url(f"{base}/0")
+    me = str(os.getpid())
+    for i in range(6):
+        pair = 2 + 2 * ((os.getpid() + i) % 6)
+        key = f"notifier-test:redis-pair:{pair}"
+        if not r.set(key, me, nx=True, ex=6 * 3600):
+            holder = (r.get(key) or b"").decode()
+            if holder.isdigit() and Path(f"/proc/{holder}").exists():
+                continue  # a live run holds it
+            r.set(key, me, ex=6 * 3600)
+        atexit.register(lambda: r.get(key) == me.encode() and r.delete(key))
+        return pair
+    raise RuntimeError("all six test Redis database pairs are held by live test runs")
+
+
 def _private_services() -> str | None:
     """Give this run its own PostgreSQL database and Redis databases on the shared servers."""
     db_url = os.environ.get("NOTIFIER_DATABASE_URL", "")
     redis_url_ = os.environ.get("NOTIFIER_REDIS_URL", "")
     if redis_url_.startswith("redis://"):
         base = redis_url_.rsplit("/", 1)[0]
-        pair = 2 + 2 * (os.getpid() % 6)  # databases 2..13; the benchmark uses 14 and 15
+        pair = _claim_redis_pair(base)
         os.environ["NOTIFIER_REDIS_URL"] = f"{base}/{pair}"
         os.environ["NOTIFIER_BROKER_URL"] = f"{base}/{pair + 1}"
     if not db_url.startswith("postgresql"):
