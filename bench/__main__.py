@@ -239,9 +239,12 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
             if parse_event(event).lane == "low":
                 produce(event)
         producer.flush(30)
+        # The high lane's clock starts now, not at `started`: producing the burst took a while,
+        # and catching up on that time would send the first high events as a burst of their own.
+        high_started = time.time()
         for i, event in enumerate(high_events):
             produce(event)
-            time.sleep(max(0.0, started + (i + 1) / args.high_rate - time.time()))
+            time.sleep(max(0.0, high_started + (i + 1) / args.high_rate - time.time()))
         flush(60)
         _wait_settled({e["notification_id"] for e in workload.events}, args.timeout_s, prefix)
         cpu = meter.stop()
