@@ -44,9 +44,19 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
+_factories: dict[str, sessionmaker[Session]] = {}
+
+
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
-    """Return a sessionmaker bound to the engine for `url`."""
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+    """Return the process's sessionmaker bound to the engine for `url`.
+
+    One per URL, not one per call: each sessionmaker makes a Session subclass whose event
+    dispatch SQLAlchemy builds anew (~0.4 ms of CPU), which a batch of one paid per stage."""
+    url = url or database_url()
+    factory = _factories.get(url)
+    if factory is None:
+        factory = _factories[url] = sessionmaker(get_engine(url), expire_on_commit=False)
+    return factory
 
 
 def dispose_engines() -> None:
