@@ -25,7 +25,9 @@ def _worker(args: argparse.Namespace) -> int:
     from celeryconfig import QUEUES
 
     queues = args.queues or ",".join(QUEUES)
-    argv = ["celery", "-A", "tasks.app", "worker", "-Q", queues, "-c", str(args.concurrency), "-E", "-l", args.loglevel]
+    concurrency = 1 if args.pool == "solo" else args.concurrency  # solo: this one process
+    argv = ["celery", "-A", "tasks.app", "worker", "-Q", queues, "-P", args.pool, "-c", str(concurrency),
+            "-E", "-l", args.loglevel]
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
 
 
@@ -312,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "worker", help="run a Celery worker on some queues (default: all)")
     p.add_argument("-Q", "--queues", help="comma-separated queues, e.g. push.high,pipeline.high")
-    p.add_argument("-c", "--concurrency", type=int, default=2, help="worker processes")
+    p.add_argument("-c", "--concurrency", type=int, default=2, help="worker processes (prefork pool)")
+    p.add_argument("-P", "--pool", choices=["prefork", "solo"], default="prefork",
+                   help="prefork: child processes; solo: tasks run in this one process, about 1 ms less CPU "
+                        "per task (no hand-off to a child): run several for concurrency")
     p.add_argument("-l", "--loglevel", default="INFO")
     p.set_defaults(func=_worker)
 

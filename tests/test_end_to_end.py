@@ -86,3 +86,37 @@ def test_an_invalid_event_queued_around_the_producer_ends_failed_with_the_reason
     assert row["status"] == "failed" and "invalid event" in row["reason"] and "channels" in row["reason"]
     assert row["user_id"] == user
     assert len(sandbox.messages(provider="apns", target=token)) == 1
+
+
+def test_a_solo_pool_worker_started_as_deployed_delivers(database, sandbox, wait_until, unique):
+    # Given only a `notifier worker --pool solo` (how the high lane runs) on a broker of its own
+    import subprocess
+    import sys
+
+    from notifier import devstack
+    from tests.conftest import TEST_VAR, child_env
+    from tests.isolation import isolated_broker, produce
+
+    user, token, nid = unique("user"), _ios_token(), unique("n")
+    register_device(user, token, "ios")
+    with isolated_broker("solo") as broker:
+        log_path = TEST_VAR / "logs" / "solo-worker.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier.cli", "worker", "--pool", "solo", "-Q", "pipeline.high,push.high"],
+            env=child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}, stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            devstack._wait_for_ready(proc, log_path, 60)
+            # When a high-priority event reaches it
+            produce(broker, notifier.send_notification, {
+                "notification_id": nid, "user_id": user, "type": "login_alert", "category": "security",
+                "priority": "critical", "channels": ["push"], "title": "New sign-in", "body": "Was it you?",
+            })
+            # Then it is sent once, through the whole chain in that one process
+            wait_until(lambda: [r for r in get_status(nid) if r["status"] == "sent"], message="not sent by the solo worker")
+            assert len(sandbox.messages(provider="apns", target=token)) == 1
+            assert "concurrency: 1 (solo)" in log_path.read_text()
+        finally:
+            devstack.stop(proc)
