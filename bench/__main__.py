@@ -198,17 +198,16 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
     topics = {"high": f"bench.{int(time.time())}.high", "low": f"bench.{int(time.time())}.low"}
     high = tuple(q for q in QUEUES if q.endswith(".high"))
     low = tuple(q for q in QUEUES if q.endswith(".low")) + ("scheduler",)
-    procs = {
-        "high_worker": devstack.start_worker(env, logs / "high.log", queues=high, concurrency=args.high_concurrency,
-                                             name="high", pool=args.pool),
-    }
-    low_kw = {"queues": low, "pool": args.pool, "nice": args.low_nice}
-    if args.pool == "solo":  # one process per worker: run as many low-lane workers as processes asked for
-        for i in range(args.low_concurrency):
-            procs[f"low_worker{i}"] = devstack.start_worker(env, logs / f"low{i}.log", name=f"low{i}", **low_kw)
-    else:
-        procs["low_worker"] = devstack.start_worker(env, logs / "low.log", concurrency=args.low_concurrency,
-                                                    name="low", **low_kw)
+    procs = {}
+    for lane, queues, concurrency, nice in (("high", high, args.high_concurrency, 0),
+                                            ("low", low, args.low_concurrency, args.low_nice)):
+        kw = {"queues": queues, "pool": args.pool, "nice": nice}
+        if args.pool == "solo":  # one process per worker: run as many workers as processes asked for
+            for i in range(concurrency):
+                procs[f"{lane}_worker{i}"] = devstack.start_worker(env, logs / f"{lane}{i}.log", name=f"{lane}{i}", **kw)
+        else:
+            procs[f"{lane}_worker"] = devstack.start_worker(env, logs / f"{lane}.log", concurrency=concurrency,
+                                                            name=lane, **kw)
     import subprocess
 
     # One bridge per lane, as deployed: a low-lane flood never queues in front of high-lane events.
@@ -288,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="events through the product (default 20000)")
     parser.add_argument("--naive-events", type=int, default=2_000, help="events through the naive design")
-    parser.add_argument("--high-concurrency", type=int, default=1, help="processes of the high-lane worker")
-    parser.add_argument("--low-concurrency", type=int, default=2, help="processes of the low-lane worker")
+    parser.add_argument("--high-concurrency", type=int, default=2, help="processes serving the high lane")
+    parser.add_argument("--low-concurrency", type=int, default=2, help="processes serving the low lane")
     parser.add_argument("--batch-size", type=int, default=500, help="bridge batch size")
-    parser.add_argument("--pool", choices=["prefork", "solo"], default="prefork", help="Celery worker pool")
+    parser.add_argument("--pool", choices=["prefork", "solo"], default="solo",
+                        help="Celery worker pool: solo runs one worker process per --*-concurrency (default), "
+                             "prefork one worker with that many children")
     parser.add_argument("--high-rate", type=float, default=200.0,
                         help="high-lane events per second, produced while the low-lane burst drains")
     parser.add_argument("--high-share", type=float, default=0.05, help="share of events in the high lane")
