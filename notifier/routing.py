@@ -127,8 +127,10 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
         for r in planned:
             lane_of_key[r["idempotency_key"]] = event.lane
         rows.extend(planned)
-    # The same key twice in one batch (a producer retry landing together) is one delivery.
-    rows = list({r["idempotency_key"]: r for r in rows}.values())
+    # The same key twice in one batch (a producer retry landing together) is one delivery. In key
+    # order: two batches inserting the same keys (a duplicate event in each) then take the unique
+    # index's locks in the same order and wait for each other instead of deadlocking.
+    rows = sorted({r["idempotency_key"]: r for r in rows}.values(), key=lambda r: r["idempotency_key"])
     inserted = dict((key, id_) for id_, key in insert_ignoring_duplicates(session, rows))
     result = RouteResult()
     queued_keys = {r["idempotency_key"] for r in rows if r["status"] == Status.QUEUED.value}

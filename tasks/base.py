@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg2
 import redis
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
@@ -11,10 +12,14 @@ from sqlalchemy import exc as sa_exc
 
 from notifier.db import dispose_engines
 
-# Our own infrastructure failing (database or Redis unreachable): the task is retried whole,
-# with backoff, instead of failing and losing its events. Provider outcomes never land here.
+# Our own infrastructure failing (database or Redis unreachable, a deadlock or serialization
+# failure between two transactions): the task is retried whole, with backoff, instead of failing
+# and losing its events. Provider outcomes never land here. The batched statements run on the
+# DBAPI cursor, so psycopg2's own errors come unwrapped; its OperationalError covers
+# DeadlockDetected and SerializationFailure (TransactionRollbackError).
 INFRASTRUCTURE_ERRORS = (
-    sa_exc.OperationalError, sa_exc.InterfaceError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+    sa_exc.OperationalError, sa_exc.InterfaceError, psycopg2.OperationalError, psycopg2.InterfaceError,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 )
 
 

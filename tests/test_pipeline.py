@@ -202,6 +202,45 @@ def test_two_workers_given_the_same_delivery_make_one_request(worker, sandbox, w
     assert len(sandbox.messages(target=token)) == 1
 
 
+def test_a_deadlock_while_routing_is_retried_not_failed(worker, sandbox, wait_until, unique):
+    # Given a transaction elsewhere that inserted the second of two deliveries' keys and holds it
+    from sqlalchemy import text
+
+    from notifier.delivery_log import insert_ignoring_duplicates
+    from notifier.events import parse_event
+    from notifier.recipients import Device, Recipient
+    from notifier.routing import plan
+
+    users = [_user_with_ios(unique) for _ in range(2)]
+    events = [_event(unique, user) for user, _ in users]
+    rows = [plan(parse_event(e), Recipient(user, devices=[Device(token, "ios")]))[0]
+            for e, (user, token) in zip(events, users)]
+    first, second = sorted(rows, key=lambda r: r["idempotency_key"])
+    other = session_factory()()
+    other.begin()
+    insert_ignoring_duplicates(other, [second])
+    try:
+        # When the worker routes both events (it inserts the first key, then waits on the second)
+        notifier.send_notifications.delay(events)
+        def waiting_on_a_lock() -> int:
+            with session_factory()() as watch:  # a new transaction each time: pg_stat_activity is a snapshot
+                return watch.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                         "WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+
+        wait_until(waiting_on_a_lock, message="the worker never waited on the held key")
+        # ... and the other transaction then wants the first key: a deadlock, which PostgreSQL breaks
+        # by failing the worker's statement (it has waited longest)
+        insert_ignoring_duplicates(other, [first])
+    finally:
+        other.rollback()
+        other.close()
+    # Then the route task is retried, not failed: both deliveries are sent, once
+    for event, (_, token) in zip(events, users):
+        [row] = wait_until(lambda: _settled(event["notification_id"]), timeout_s=30)
+        assert row["status"] == "sent", row
+        assert len(sandbox.messages(target=token)) == 1
+
+
 def test_cancel_that_overtakes_its_event_suppresses_it(worker, sandbox, wait_until, unique):
     user, token = _user_with_ios(unique)
     event = _event(unique, user)
