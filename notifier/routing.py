@@ -156,14 +156,20 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
 
 def event_row(event: NotificationEvent, status: Status, reason: str) -> dict:
     """A row about the event as a whole (not one delivery): a duplicate, or an event that could not be routed."""
+    return _whole_event_row(event.notification_id, event.user_id, event.type, event.category, event.priority.value,
+                            status, reason)
+
+
+def _whole_event_row(notification_id: str, user_id: str, type_: str, category: str, priority: str,
+                     status: Status, reason: str) -> dict:
     now = utcnow()
     return {
-        "idempotency_key": f"{event.notification_id}:{status.value}:{uuid.uuid4().hex}",
-        "notification_id": event.notification_id,
-        "user_id": event.user_id,
-        "type": event.type,
-        "category": event.category,
-        "priority": event.priority.value,
+        "idempotency_key": f"{notification_id}:{status.value}:{uuid.uuid4().hex}",
+        "notification_id": notification_id,
+        "user_id": user_id,
+        "type": type_,
+        "category": category,
+        "priority": priority,
         "channel": "-",
         "provider": None,
         "target": NO_TARGET,
@@ -195,21 +201,8 @@ def invalid_event_row(raw: object, problem: str) -> dict | None:
     notification_id = text("notification_id", 128)
     if notification_id is None:
         return None
-    now = utcnow()
-    return {
-        "idempotency_key": f"{notification_id}:invalid:{uuid.uuid4().hex}",
-        "notification_id": notification_id,
-        "user_id": text("user_id", 128) or NO_TARGET,
-        "type": text("type", 64) or NO_TARGET,
-        "category": text("category", 64) or NO_TARGET,
-        "priority": text("priority", 16) or NO_TARGET,
-        "channel": "-",
-        "provider": None,
-        "target": NO_TARGET,
-        "status": Status.FAILED.value,
-        "reason": f"invalid event, not delivered: {problem}"[:1000],
-        "payload": {},
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
+    return _whole_event_row(
+        notification_id, text("user_id", 128) or NO_TARGET, text("type", 64) or NO_TARGET,
+        text("category", 64) or NO_TARGET, text("priority", 16) or NO_TARGET,
+        Status.FAILED, f"invalid event, not delivered: {problem}"[:1000],
+    )
