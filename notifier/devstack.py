@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,12 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # Below Linux's ephemeral range (32768-60999): a port chosen here and bound a moment later is
 # not handed meanwhile to some outgoing connection, as a port 0 pick can be.
 _PORTS = range(20000, 32768)
+# A port is picked here and bound later by another process (a sandbox, a worker): between the two,
+# a second picker (another test run, the demo, the benchmark) must not take it too. A marker file
+# per port, naming the picking process, holds it until that process is gone.
+_PICKED = Path(tempfile.gettempdir()) / "notifier-ports"
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback), outside the ephemeral range."""
+    """A TCP port nobody listens on or has picked, on loopback, outside the ephemeral range."""
+    _PICKED.mkdir(exist_ok=True)
     for _ in range(200):
         port = random.choice(_PORTS)
+        if not _hold(port):
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -36,6 +44,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _hold(port: int) -> bool:
+    """Mark a port as picked by this process; False while a live process holds it."""
+    marker = _PICKED / str(port)
+    for _ in range(2):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(marker.read_text() or "0")
+                age_s = time.time() - marker.stat().st_mtime
+            except (OSError, ValueError):
+                holder, age_s = 0, 0.0
+            if holder == os.getpid() or (holder and Path(f"/proc/{holder}").exists()):
+                return False
+            if not holder and age_s < 5:
+                return False  # being written by its picker this instant
+            marker.unlink(missing_ok=True)  # its process is gone: take the port over
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
 
 
 def private_sandbox_env() -> dict[str, str]:
