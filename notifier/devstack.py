@@ -5,6 +5,7 @@ real processes, talking over real sockets.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import secrets
@@ -66,8 +67,25 @@ def _hold(port: int) -> bool:
             continue
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
+        if not _held:
+            atexit.register(_release_held)
+        _held.append(marker)
         return True
     return False
+
+
+_held: list[Path] = []
+
+
+def _release_held() -> None:
+    """At exit: drop this process's markers (a later picker would take them over anyway)."""
+    me = str(os.getpid())
+    for marker in _held:
+        try:
+            if marker.read_text() == me:
+                marker.unlink()
+        except OSError:
+            pass
 
 
 def private_sandbox_env() -> dict[str, str]:
