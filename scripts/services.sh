@@ -24,6 +24,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SERVICES_DIR="$ROOT/.services"
 CACHE_DIR="${NOTIFIER_CACHE:-$HOME/.cache/notifier}"
 TIMEOUT="${NOTIFIER_SERVICES_TIMEOUT:-120}"
+# A server that exits while starting is started again, this many times in all, after pauses of
+# 5, 10, 15 ... seconds (a minute of retrying in all at the default).
+START_ATTEMPTS=5
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 
 HOST=127.0.0.1
@@ -110,23 +113,23 @@ spawn() {
 start_server() {
     # start_server <what> <pidfile> <pattern> <outfile> <logfile> <probe> <command...>: spawn
     # the server and poll the probe until it answers. A server that exits while starting is
-    # started again after a growing pause (three attempts in all; each failed attempt's log is kept
+    # started again after a growing pause (START_ATTEMPTS in all; each failed attempt's log is kept
     # as <logfile>.failed-<n>); one that neither answers nor exits within TIMEOUT fails.
     local what=$1 pidfile=$2 pattern=$3 outfile=$4 logfile=$5 probe=$6; shift 6
     local attempt rc
-    for attempt in 1 2 3; do
+    for ((attempt = 1; attempt <= START_ATTEMPTS; attempt++)); do
         spawn "$pidfile" "$outfile" "$@"
         rc=0
         try_ready "$what" "$pidfile" "$pattern" "$outfile" "$probe" || rc=$?
         ((rc == 0)) && return
         ((rc == 2)) || fail_with_log "$what" "$logfile"
-        ((attempt < 3)) || break
+        ((attempt < START_ATTEMPTS)) || break
         show_log "$logfile"
         [[ -f $logfile ]] && cp "$logfile" "$logfile.failed-$attempt"
-        log "$what exited while starting (attempt $attempt of 3); starting it again"
+        log "$what exited while starting (attempt $attempt of $START_ATTEMPTS); starting it again"
         sleep $((attempt * 5))
     done
-    fail_with_log "$what" "$logfile" "exited while starting, 3 times (its output: $outfile)"
+    fail_with_log "$what" "$logfile" "exited while starting, $START_ATTEMPTS times (its output: $outfile)"
 }
 
 try_ready() {
@@ -339,11 +342,11 @@ pg_start() {
         pg_init_cluster
         log "starting postgres $(basename "$(dirname "$PG_BIN")") on $HOST:$PG_PORT"
         local attempt
-        for attempt in 1 2 3; do
+        for ((attempt = 1; attempt <= START_ATTEMPTS; attempt++)); do
             as_postgres "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$(pg_log)" -w -t "$TIMEOUT" >/dev/null && break
-            ((attempt < 3)) || fail_with_log postgres "$(pg_log)" "pg_ctl start failed, 3 times"
+            ((attempt < START_ATTEMPTS)) || fail_with_log postgres "$(pg_log)" "pg_ctl start failed, $START_ATTEMPTS times"
             show_log "$(pg_log)"
-            log "postgres did not start (attempt $attempt of 3); starting it again"
+            log "postgres did not start (attempt $attempt of $START_ATTEMPTS); starting it again"
             sleep 3
         done
         wait_until postgres "$(pg_log)" pg_ready
