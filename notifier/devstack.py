@@ -211,7 +211,7 @@ def start_worker(
         ],
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=new_session,
     )
-    _wait_for_ready(proc, log_path, timeout_s)
+    wait_for_ready(proc, log_path, timeout_s)
     return proc
 
 
@@ -233,7 +233,8 @@ def start_beat(env: dict[str, str], log_path: Path, schedule_dir: Path) -> subpr
     return proc
 
 
-def _wait_for_ready(proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+def wait_for_ready(proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Block until a Celery worker started with its log at log_path says it is ready."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -119,11 +119,14 @@ def _route_and_continue(raw_events: Iterable[dict]) -> None:
 
 
 def _record_invalid(invalid: list[tuple[object, str]]) -> None:
-    rows = [row for raw, problem in invalid if (row := invalid_event_row(raw, problem)) is not None]
+    rows = []
     for raw, problem in invalid:
-        nid = raw.get("notification_id") if isinstance(raw, dict) else None
-        log.error("route: invalid event%s refused: %s", f" notification_id={nid!r}" if isinstance(nid, str) else
-                  " without a notification_id (nothing to record it under)", problem)
+        row = invalid_event_row(raw, problem)
+        if row is None:
+            log.error("route: invalid event refused, no usable notification_id to record it under: %s", problem)
+            continue
+        log.error("route: invalid event notification_id=%r refused: %s", row["notification_id"], problem)
+        rows.append(row)
     with session_factory()() as session, session.begin():
         insert_ignoring_duplicates(session, rows)
 

@@ -108,7 +108,7 @@ def test_a_solo_pool_worker_started_as_deployed_delivers(database, sandbox, wait
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
-            devstack._wait_for_ready(proc, log_path, 60)
+            devstack.wait_for_ready(proc, log_path, 60)
             # When a high-priority event reaches it
             produce(broker, notifier.send_notification, {
                 "notification_id": nid, "user_id": user, "type": "login_alert", "category": "security",
