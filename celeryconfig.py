@@ -26,8 +26,12 @@ def queue_for(workload: str, lane: str) -> str:
 
 broker_url = _broker_url()
 broker_connection_retry_on_startup = True
-# Countdowns (retries, short ETAs) must stay below this, or Redis redelivers them.
-VISIBILITY_TIMEOUT_S = 3600
+# A Redis broker hands a dead worker's unacked messages to another after this long (kombu's
+# visibility timeout). Short, so nothing is parked for an hour; countdowns and ETAs (at most the
+# task retry backoff's 60 s, and the release beat's interval) must stay below it, or Redis
+# redelivers them early. The rows behind a lost message are re-driven sooner by the sweeper
+# (stuck_after_s); docs/guarantees.md states both bounds.
+VISIBILITY_TIMEOUT_S = _settings().visibility_timeout_s
 broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
 if _settings().broker_key_prefix:
     broker_transport_options["global_keyprefix"] = _settings().broker_key_prefix

@@ -200,13 +200,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from notifier import metrics
-    from notifier.db import session_factory
-    from notifier.delivery_log import utcnow
-    from notifier.redis_conn import get_redis
-    from notifier.scheduling import sweep_stuck
     from notifier.settings import get_settings
-    from tasks.pipeline import _enqueue, release_due_task
+    from tasks.pipeline import release_due_task, sweep
 
     settings = get_settings()
     if args.action == "release":
@@ -217,13 +212,7 @@ def _sweep(args: argparse.Namespace) -> int:
         # A younger `sending` row may still be in a live worker's hands: its lease has not expired.
         print(f"notifier sweep: --older-than must exceed the lease ({settings.lease_ttl_s} s)", file=sys.stderr)
         return 2
-    with session_factory()() as session, session.begin():
-        ready = sweep_stuck(session, utcnow(), older_than)
-    _enqueue(ready)
-    metrics.count_stuck(get_redis(), len(ready))
-    print(f"re-drove {len(ready)} deliveries stuck in queued/sending over {older_than:g} s")
-    for item in ready:
-        print(f"  delivery {item.id}  lane {item.lane}  back to {item.stage}")
+    print(f"re-drove {sweep(older_than)} deliveries stuck in queued/sending over {older_than:g} s")
     return 0
 
 

@@ -1,7 +1,10 @@
 """Database engine and sessions, one engine per process."""
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.settings import Settings, get_settings
@@ -63,3 +66,21 @@ def dispose_engines() -> None:
     """Forget pooled connections after fork: a child must not share its parent's sockets."""
     for engine in _engines.values():
         engine.dispose(close=False)
+
+
+@contextmanager
+def transaction(*, durable: bool = False, url: str | None = None) -> Iterator[Session]:
+    """One unit of work: a session whose transaction commits when the block ends, or rolls back.
+
+    `durable`: the commit returns only once PostgreSQL has flushed it to disk, whatever the
+    server's `synchronous_commit` says: the writes that stand for an acknowledgement (an event
+    accepted, a provider's acceptance recorded) must survive a database crash. `SET LOCAL`, not
+    a connection option, so it also holds behind PgBouncer's transaction pooling.
+    """
+    with session_factory(url)() as session, session.begin():
+        if durable and session.get_bind().dialect.name == "postgresql":
+            session.execute(_SYNCHRONOUS_COMMIT)
+        yield session
+
+
+_SYNCHRONOUS_COMMIT = text("SET LOCAL synchronous_commit TO on")

@@ -54,7 +54,7 @@ def _insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> list[tup
     from psycopg2.extras import execute_values
 
     now = utcnow()
-    defaults = {"created_at": now, "updated_at": now}
+    defaults = {"created_at": now, "updated_at": now, "attempts": 0, "redrives": 0}
     args = []
     for row in rows:
         values = []

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     release_interval_s: float = Field(1.0, description="How often beat releases due scheduled deliveries.")
     sweep_interval_s: float = Field(30.0, description="How often beat sweeps for stuck deliveries.")
     stuck_after_s: float = Field(120.0, description="A queued/sending delivery untouched this long is re-driven.")
+    visibility_timeout_s: int = Field(
+        300, ge=60, description="Redis broker: a message handed to a worker that died comes back after this long.")
+    max_redrives: int = Field(5, ge=1, description="Sweeper re-drives of one delivery before it ends failed.")
     sent_marker_ttl_s: int = Field(86400, description="How long a delivered key stays marked sent in Redis.")
 
     # The HTTP API (`notifier api`) and the provider webhooks it receives.

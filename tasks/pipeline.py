@@ -11,17 +11,18 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from celeryconfig import queue_for
+from celeryconfig import QUEUES, queue_for
 from notifier import metrics
-from notifier.db import session_factory
+from notifier import broker_epoch, intake
+from notifier.db import transaction
 from notifier.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.events import NotificationEvent, describe_errors, parse_event
 from notifier.filtering import filter_deliveries
 from notifier.rate_limits import parse_limits
 from notifier.recipients import invalidate
-from notifier.redis_conn import get_redis
+from notifier.redis_conn import broker_redis, get_redis
 from notifier.models import Status
-from notifier.routing import event_row, invalid_event_row, route
+from notifier.routing import event_row, invalid_event_row
 from notifier.scheduling import BATCH, Ready, release_due, sweep_stuck
 from notifier.sending import claim_deliveries, send_deliveries
 from notifier.settings import get_settings
@@ -33,31 +34,23 @@ log = logging.getLogger(__name__)
 
 
 class EventTask(NotifierTask):
-    """Validates events in the producer, before anything is queued, and picks the lane's queue."""
+    """Accepts events in the producer: validated, then stored durably, before delay() returns.
+
+    What is queued is the filter stage of the stored deliveries, not the raw event: a Celery
+    message lost after this point is re-driven from its rows by the sweeper (notifier.intake).
+    A worker still routes a raw event that reaches it some other way (`send_task`).
+    """
 
     abstract = True
 
     def apply_async(self, args=None, kwargs=None, **options: Any):
+        if options.get("retries"):
+            # Celery re-sending a raw event's route task (Task.retry after an outage): it stays one.
+            return super().apply_async(args, kwargs, **options)
         events = [parse_event(e) for e in self.raw_events(args or (), kwargs or {})]
-        lanes: dict[str, list[NotificationEvent]] = {}
-        for event in events:
-            lanes.setdefault(event.lane, []).append(event)
-        result = None
-        for lane, group in lanes.items():
-            payload = [e.model_dump(mode="json", exclude_none=True) for e in group]
-            result = super().apply_async(
-                self.pack(payload),
-                None,
-                queue=options.pop("queue", None) or queue_for("pipeline", lane),
-                argsrepr=_describe_events(group),
-                **options,
-            )
-        return result
+        return accept(events, **options)
 
     def raw_events(self, args, kwargs) -> list:
-        raise NotImplementedError
-
-    def pack(self, payload: list[dict]) -> tuple:
         raise NotImplementedError
 
 
@@ -73,9 +66,6 @@ class SingleEventTask(EventTask):
     def raw_events(self, args, kwargs):
         return [args[0] if args else kwargs["event"]]
 
-    def pack(self, payload):
-        return (payload[0],)
-
 
 class ManyEventsTask(EventTask):
     abstract = True
@@ -83,8 +73,30 @@ class ManyEventsTask(EventTask):
     def raw_events(self, args, kwargs):
         return list(args[0] if args else kwargs["events"])
 
-    def pack(self, payload):
-        return (payload,)
+
+def accept(events: list[NotificationEvent], **options: Any):
+    """Store validated events' deliveries durably, then queue their filter stage (after the commit).
+
+    Returns the AsyncResult of the last filter task queued, or None when nothing is left to send
+    (a repeat, or every delivery suppressed). A broker that refuses the filter task does not undo
+    the acceptance: the rows are stored, and the sweeper re-drives them."""
+    result = intake.store(events)
+    return _queue_filter(result.queued, events, **options)
+
+
+def _queue_filter(queued: dict[str, list[int]], events: list[NotificationEvent], **options: Any):
+    options.pop("queue", None)
+    last = None
+    for lane, ids in queued.items():
+        if not ids:
+            continue
+        try:
+            last = filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane),
+                                            argsrepr=_describe_events(events) + f" deliveries={len(ids)}", **options)
+        except Exception as exc:  # noqa: BLE001 - stored is accepted; the sweeper re-drives the rows
+            log.warning("intake: %d stored %s-lane deliveries not queued (%s: %s); the sweeper re-drives them",
+                        len(ids), lane, type(exc).__name__, exc)
+    return last
 
 
 def _route_and_continue(raw_events: Iterable[dict]) -> None:
@@ -100,22 +112,19 @@ def _route_and_continue(raw_events: Iterable[dict]) -> None:
     if not events:
         return
     try:
-        with session_factory()() as session, session.begin():
-            result = route(session, events, get_redis())
+        result = intake.store(events)
     except INFRASTRUCTURE_ERRORS:
         raise  # retried whole by the task (autoretry_for)
     except Exception as exc:
         # A bug of ours must not lose accepted events silently: each gets a terminal row saying so.
         log.exception("route: %d event(s) could not be routed", len(events))
-        with session_factory()() as session, session.begin():
+        with transaction() as session:
             insert_ignoring_duplicates(session, [
                 event_row(e, Status.FAILED, f"could not be routed: {type(exc).__name__} (see worker log)")
                 for e in events
             ])
         raise
-    for lane, ids in result.queued.items():
-        if ids:
-            filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane))
+    _queue_filter(result.queued, events)
 
 
 def _record_invalid(invalid: list[tuple[object, str]]) -> None:
@@ -127,7 +136,7 @@ def _record_invalid(invalid: list[tuple[object, str]]) -> None:
             continue
         log.error("route: invalid event notification_id=%r refused: %s", row["notification_id"], problem)
         rows.append(row)
-    with session_factory()() as session, session.begin():
+    with transaction() as session:
         insert_ignoring_duplicates(session, rows)
 
 
@@ -147,7 +156,7 @@ def send_notifications(events: list[dict]) -> None:
 def filter_stage(ids: list[int], lane: str) -> None:
     """Apply preferences and schedules; pass on what may be sent now."""
     limits = parse_limits(get_settings().rate_limits)
-    with session_factory()() as session, session.begin():
+    with transaction() as session:
         proceed = filter_deliveries(session, get_redis(), ids, utcnow(), limits)
     if proceed:
         dedup_stage.apply_async((proceed, lane), queue=queue_for("pipeline", lane))
@@ -157,16 +166,15 @@ def filter_stage(ids: list[int], lane: str) -> None:
 def dedup_stage(self, ids: list[int], lane: str) -> None:
     """Claim each delivery's lease; hand what we hold to its channel's send queue."""
     claim_id = self.request.id or "local"
-    with session_factory()() as session, session.begin():
+    with transaction() as session:
         claimed = claim_deliveries(session, get_redis(), ids, claim_id, get_settings().lease_ttl_s)
     for channel, channel_ids in claimed.by_channel.items():
         SEND_TASKS[channel].apply_async((channel_ids, lane, claim_id), queue=queue_for(channel, lane))
 
 
 def _send(ids: list[int], lane: str, claim_id: str) -> None:
-    settings = get_settings()
-    with session_factory()() as session, session.begin():
-        report = send_deliveries(session, get_redis(), ids, claim_id, settings)
+    # Opens its own short transactions: none is held across the provider call.
+    report = send_deliveries(get_redis(), ids, claim_id, get_settings())
     # Retries wait as `scheduled` rows; release_due puts them back on the queue when due.
     if report.changed_users:
         invalidate(get_redis(), report.changed_users)
@@ -209,7 +217,7 @@ def release_due_task() -> int:
     settings = get_settings()
     released = 0
     while True:
-        with session_factory()() as session, session.begin():
+        with transaction() as session:
             ready = release_due(session, utcnow(), settings.release_interval_s)
         _enqueue(ready)
         released += len(ready)
@@ -220,8 +228,38 @@ def release_due_task() -> int:
 @app.task(base=NotifierTask, name="notifier.sweep")
 def sweep_task() -> int:
     """Re-drive deliveries stuck in queued/sending (a worker died, a message was lost)."""
-    with session_factory()() as session, session.begin():
-        ready = sweep_stuck(session, utcnow(), get_settings().stuck_after_s)
-    _enqueue(ready)
-    metrics.count_stuck(get_redis(), len(ready))
-    return len(ready)
+    return sweep()
+
+
+def sweep(older_than_s: float | None = None) -> int:
+    """Re-drive stuck deliveries in batches until none is left; return how many were re-driven or failed.
+
+    Several sweeps may run at once: each batch claims its rows with SKIP LOCKED."""
+    settings = get_settings()
+    broker = broker_redis()
+    lost = broker_epoch.went_back(broker)
+    busy = set() if lost or broker is None else _busy_queues(broker)
+    now, total = utcnow(), 0
+    while True:
+        with transaction() as session:
+            swept = sweep_stuck(session, now, settings.stuck_after_s if older_than_s is None else older_than_s,
+                                max_redrives=settings.max_redrives, busy_queues=busy, everything=lost)
+        _enqueue(swept.ready)
+        done = len(swept.ready) + swept.failed
+        total += done
+        if swept.failed:
+            log.error("sweep: %d deliveries re-driven %d times without finishing ended failed",
+                      swept.failed, settings.max_redrives)
+        if done < BATCH:
+            break
+    metrics.count_stuck(get_redis(), total)
+    return total
+
+
+def _busy_queues(broker) -> set[str]:
+    try:
+        depths = metrics.queue_depths(broker, QUEUES, get_settings().broker_key_prefix)
+    except Exception as exc:  # noqa: BLE001 - unknown depth: sweep as if idle (a duplicate message is harmless)
+        log.warning("sweep: queue depths unavailable (%s)", exc)
+        return set()
+    return {queue for queue, depth in depths.items() if depth}
