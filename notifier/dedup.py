@@ -1,7 +1,8 @@
 """Dedup: one provider request per delivery, guarded by a lease in Redis.
 
 A delivery's key is claimed with SET NX and a short expiry before the provider call,
-and marked sent (24 h) after it. A crashed claimant's lease expires, so the sweeper
+and marked sent (24 h) the moment the provider's acceptance arrives, before the rest of
+its batch has answered. A crashed claimant's lease expires, so the sweeper
 can re-drive the delivery; a retryable failure releases the lease at once.
 
 Each operation is one script call for a whole batch: a command per delivery would cost
@@ -29,13 +30,14 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-# Per key: keep (or take) the lease if it is ours or free; 0 if another claim holds it or it was sent.
+# Per key: keep (or take) the lease if it is ours or free (1); 2 if it was sent; 0 if another claim holds it.
 _RENEW = """
 local out = {}
 for i, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
   if v == false then redis.call('SET', key, ARGV[1], 'EX', ARGV[2]); out[i] = 1
   elseif v == ARGV[1] then redis.call('EXPIRE', key, ARGV[2]); out[i] = 1
+  elseif v == 'sent' then out[i] = 2
   else out[i] = 0 end
 end
 return out
@@ -76,14 +78,19 @@ def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> lis
     ]
 
 
-def renew(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[bool]:
-    """Re-assert our leases right before sending; False where we no longer hold one."""
-    return [bool(x) for x in _run(r, _RENEW, keys, claim_id, ttl_s)]
+def renew(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[str]:
+    """Re-assert our leases right before sending: per key CLAIMED (ours), ALREADY_SENT or HELD (another's)."""
+    return [(HELD, CLAIMED, ALREADY_SENT)[x] for x in _run(r, _RENEW, keys, claim_id, ttl_s)]
 
 
 def mark_sent(r: redis.Redis, keys: Sequence[str], ttl_s: int) -> None:
     """Mark keys as sent, so no later claim succeeds for `ttl_s`."""
     _run(r, _MARK_SENT, keys, ttl_s)
+
+
+def mark_one_sent(r: redis.Redis, key: str, ttl_s: int) -> None:
+    """Mark one key sent the moment its provider accepted it (a plain SET: cheaper than a script call)."""
+    r.set(PREFIX + key, SENT, ex=ttl_s)
 
 
 def release(r: redis.Redis, keys: Sequence[str], claim_id: str) -> None:

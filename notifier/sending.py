@@ -14,7 +14,8 @@ from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
 from notifier import dedup, delivery_log, metrics
-from notifier.models import DeviceToken, Status, UserPreferences
+from notifier.db import transaction
+from notifier.models import DeviceToken, NotificationLog, Status, UserPreferences
 from notifier.providers import Delivery, Outcome, OutcomeKind, get_provider
 from notifier.settings import Settings
 
@@ -83,22 +84,32 @@ def backoff_s(attempt: int, retry_after_s: float | None, settings: Settings) -> 
     return min(delay, settings.retry_max_s)
 
 
-def send_deliveries(
-    session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, settings: Settings
-) -> SendReport:
-    """Send the deliveries we hold leases for, grouped by provider, and record each outcome."""
-    rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
-    held = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s)
+def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings: Settings) -> SendReport:
+    """Send the deliveries we hold leases for, grouped by provider, and record each outcome.
+
+    No database transaction is open while a provider is called: the rows are read in one short
+    transaction and the outcomes recorded in another (a slow provider must not pin a connection
+    `idle in transaction`). Each acceptance is marked sent in Redis the moment its response
+    arrives, so a worker killed mid-batch leaves every accepted delivery marked: the sweeper's
+    re-drive finds the mark and records it instead of sending it again.
+    """
+    with transaction() as session:
+        rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
+    leases = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s)
     report = SendReport()
     by_provider: dict[str, list[Row]] = defaultdict(list)
-    for row, ok in zip(rows, held):
-        if ok:
+    recovered: list[Row] = []
+    for row, lease in zip(rows, leases):
+        if lease == dedup.CLAIMED:
             by_provider[row.provider or ""].append(row)
+        elif lease == dedup.ALREADY_SENT:
+            recovered.append(row)  # accepted by an earlier run of this task whose record did not commit
     results: list[tuple[Row, Outcome, str]] = []
     calls: list[tuple[str, float]] = []  # (provider, seconds) per send_batch call, for metrics
+    marker = _SentMarker(r, settings.sent_marker_ttl_s)
     fallbacks = settings.fallback_providers()
     for name, group in by_provider.items():
-        outcomes = _send_with(name, group, calls)
+        outcomes = _send_with(name, group, calls, marker)
         used = [name] * len(group)
         # Provider failover: what the primary could not take now goes to the fallback at once.
         fallback = fallbacks.get(name)
@@ -106,16 +117,47 @@ def send_deliveries(
         if fallback and transient:
             log.warning("%s failing (%s); %d deliveries fail over to %s",
                         name, outcomes[transient[0]].reason, len(transient), fallback)
-            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls)):
+            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls, marker)):
                 outcomes[i], used[i] = o, fallback
         results.extend(zip(group, outcomes, used))
-    ok_keys = [row.idempotency_key for row, o, _ in results if o.kind is OutcomeKind.OK]
-    dedup.mark_sent(r, ok_keys, settings.sent_marker_ttl_s)  # first: narrows the crash window
-    _record(session, r, results, claim_id, settings, report, calls)
+    with transaction(durable=True) as session:
+        _record(session, r, results, claim_id, settings, report, calls)
+        _record_recovered(session, recovered)
     return report
 
 
-def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]]) -> list[Outcome]:
+class _SentMarker:
+    """Marks each accepted delivery sent in Redis as its response arrives (Provider.send_batch's on_outcome)."""
+
+    def __init__(self, r: redis.Redis, ttl_s: int) -> None:
+        self._r = r
+        self._ttl_s = ttl_s
+        self._failed = False
+
+    def for_group(self, rows: Sequence[Row]):
+        def on_outcome(index: int, outcome: Outcome) -> None:
+            if outcome.kind is not OutcomeKind.OK or self._failed:
+                return
+            try:
+                dedup.mark_one_sent(self._r, rows[index].idempotency_key, self._ttl_s)
+            except redis.RedisError as exc:
+                # The row's record (in PostgreSQL, after the batch) still says sent; only a worker
+                # death before that record is no longer covered. Stop trying for this batch.
+                self._failed = True
+                log.warning("dedup: marking accepted deliveries sent failed (%s); recording them in the "
+                            "database only", exc)
+
+        return on_outcome
+
+
+def _record_recovered(session: Session, rows: Sequence[Row]) -> None:
+    delivery_log.set_status(
+        session, [row.id for row in rows], Status.SENT.value, only_from=[Status.SENDING.value],
+        sent_at=datetime.now(timezone.utc), reason="provider accepted it before a worker crash; recorded on recovery",
+    )
+
+
+def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]], marker: _SentMarker) -> list[Outcome]:
     deliveries = [to_delivery(row) for row in rows]
     try:
         provider = get_provider(name)
@@ -123,7 +165,7 @@ def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]]) -> li
         log.error("provider %s cannot be used: %s", name, exc)
         return [Outcome(OutcomeKind.MISCONFIGURED, reason=f"provider {name}: {exc}")] * len(rows)
     started = time.perf_counter()
-    outcomes = provider.send_batch(deliveries)
+    outcomes = provider.send_batch(deliveries, on_outcome=marker.for_group(rows))
     calls.append((name, time.perf_counter() - started))
     return outcomes
 
@@ -143,7 +185,9 @@ def _record(
         attempts = row.attempts + 1
         change = {"_id": row.id, "attempts": attempts, "provider": provider}
         if o.kind is OutcomeKind.OK:
-            change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id}
+            # The reason of an earlier retry ("retry 2 of 5 after: …") no longer describes the row.
+            change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id,
+                       "reason": f"sent on attempt {attempts}" if attempts > 1 else None}
         elif o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED) and attempts < settings.max_attempts:
             if o.kind is OutcomeKind.MISCONFIGURED:
                 log.error("provider %s misconfigured: %s (delivery %s will retry)", row.provider, o.reason, row.id)
@@ -200,3 +244,18 @@ def _opt_out(session: Session, opt_outs: list[tuple[str, str]]) -> None:
             session.add(UserPreferences(user_id=user_id, **{column: False}))
         else:
             setattr(pref, column, False)
+
+
+def cancel_stranded(session: Session, r: redis.Redis, notification_id: str, ttl_s: int) -> list[int]:
+    """Cancel a notification's `sending` deliveries that no worker holds (their worker died, or their
+    task fails whole); return their ids. One whose lease a live worker holds is in flight: left alone.
+
+    The cancel takes the delivery's lease first, so no sweeper re-drive can claim and send it after."""
+    rows = session.execute(
+        select(NotificationLog.id, NotificationLog.idempotency_key).where(
+            NotificationLog.notification_id == notification_id, NotificationLog.status == Status.SENDING.value)
+    ).all()
+    states = dedup.claim(r, [row.idempotency_key for row in rows], f"cancel:{notification_id}", ttl_s)
+    free = [row.id for row, state in zip(rows, states) if state == dedup.CLAIMED]
+    return delivery_log.set_status(session, free, Status.SUPPRESSED.value, only_from=[Status.SENDING.value],
+                                   reason="cancelled by producer")

@@ -12,6 +12,8 @@ from notifier.models import DeviceToken, NotificationLog, Status, UserPreference
 from notifier.recipients import invalidate
 from notifier.redis_conn import get_redis
 from notifier.routing import CANCEL_PREFIX
+from notifier.sending import cancel_stranded
+from notifier.settings import get_settings
 
 PLATFORMS = ("ios", "android", "web")
 PREFERENCE_FIELDS = {
@@ -98,6 +100,8 @@ CANCEL_TTL_S = 7 * 86400
 def cancel_notification(notification_id: str) -> int:
     """Cancel every delivery of a notification that is not sent yet; returns how many.
 
+    Queued and scheduled deliveries, and `sending` ones whose worker is gone (see cancel_stranded).
+
     A cancel that overtakes its event (still queued for routing) is remembered for a week,
     so the event is routed straight to `suppressed`.
     """
@@ -113,4 +117,5 @@ def cancel_notification(notification_id: str) -> int:
             session, ids, Status.SUPPRESSED.value, only_from=[Status.QUEUED.value, Status.SCHEDULED.value],
             reason="cancelled by producer",
         )
-        return len(moved)
+        stranded = cancel_stranded(session, get_redis(), notification_id, get_settings().lease_ttl_s)
+        return len(moved) + len(stranded)
