@@ -220,8 +220,11 @@ def test_a_deadlock_while_routing_is_retried_not_failed(worker, sandbox, wait_un
     other.begin()
     insert_ignoring_duplicates(other, [second])
     try:
-        # When the worker routes both events (it inserts the first key, then waits on the second)
-        notifier.send_notifications.delay(events)
+        # When a worker routes both events (it inserts the first key, then waits on the second): a raw
+        # route task, as a producer that bypasses delay()'s intake would queue it
+        from tasks.app import app
+
+        app.send_task("notifier.send_notifications", args=[events], queue="pipeline.high")
         def waiting_on_a_lock() -> int:
             with session_factory()() as watch:  # a new transaction each time: pg_stat_activity is a snapshot
                 return watch.scalar(text("SELECT count(*) FROM pg_stat_activity "

@@ -164,7 +164,7 @@ class _Gate:
                     pass
 
 
-def test_database_outage_while_routing_loses_nothing(sandbox, database, wait_until, unique):
+def test_database_outage_in_the_workers_loses_nothing(sandbox, database, wait_until, unique):
     # Given a worker whose database is unreachable
     from urllib.parse import urlsplit
 
@@ -182,12 +182,12 @@ def test_database_outage_while_routing_loses_nothing(sandbox, database, wait_unt
         try:
             user, token = _ios_user(unique)
             nid = unique("n")
-            # When an event arrives during the outage
+            # When an event is accepted (stored by the producer) during the workers' outage
             produce(broker, send_notification, _event(nid, user, "high"))
             wait_until(lambda: b"Retry in" in (logs / "worker.log").read_bytes(), timeout_s=20)
-            assert get_status(nid) == []
+            assert [r["status"] for r in get_status(nid)] == ["queued"]
 
-            # Then once the database is back, it is routed and sent, once
+            # Then once the database is back, it is filtered and sent, once
             gate.open()
             [row] = wait_until(lambda: [r for r in get_status(nid) if r["status"] in TERMINAL], timeout_s=60)
             assert row["status"] == "sent"
@@ -233,3 +233,109 @@ def test_scheduled_delivery_survives_losing_workers_beat_and_the_broker_queues(s
         finally:
             devstack.stop(beat)
             devstack.stop(worker)
+
+
+def test_push_worker_killed_mid_batch_sends_nothing_twice(sandbox, database, wait_until, unique):
+    # Given a batch of 20 pushes in one send task, of which APNs answers 15 at once and holds 5 unanswered
+    logs = TEST_VAR / "logs" / "mid-batch"
+    users = [_ios_user(unique) for _ in range(20)]
+    slow = [token for _, token in users[15:]]
+    for token in slow:
+        # Dropped unanswered after 30 s: never accepted, so resending these is no duplicate.
+        sandbox.add_fault("apns", token, drop=True, latency_ms=30_000, count=1)
+    fast = [token for _, token in users[:15]]
+    with isolated_broker("mid-batch") as broker:
+        env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
+        push_queues = tuple(q for q in QUEUES if q.startswith("push."))
+        doomed = devstack.start_worker(env, logs / "doomed.log", queues=push_queues, concurrency=1,
+                                       new_session=True, name="doomed")
+        pipeline = devstack.start_worker(env, logs / "pipeline.log",
+                                         queues=tuple(q for q in QUEUES if q not in push_queues), name="pipeline")
+        beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
+        healthy = None
+        try:
+            events = [_event(unique("n"), user, "high") for user, _ in users]
+            produce(broker, send_notifications, events)
+
+            # When the push worker dies once the 15 answers are in, while it waits for the other 5
+            wait_until(lambda: all(sandbox.messages(target=t) for t in fast), timeout_s=30)
+            time.sleep(0.3)  # the answers reach the worker
+            os.killpg(doomed.pid, signal.SIGKILL)
+            doomed.wait(10)
+
+            # Then a new push worker, driven by the sweeper, finishes the batch: every delivery is sent,
+            # and APNs was asked exactly once per delivery
+            healthy = devstack.start_worker(env, logs / "healthy.log", queues=push_queues, name="healthy")
+            for event in events:
+                wait_until(lambda: _terminal(event["notification_id"]), timeout_s=60)
+                assert [r["status"] for r in get_status(event["notification_id"])] == ["sent"]
+            assert {t: len(sandbox.messages(target=t)) for _, t in users} == {t: 1 for _, t in users}
+            recovered = [r for e in events[:15] for r in get_status(e["notification_id"])]
+            assert all("recorded on recovery" in (r["reason"] or "") for r in recovered)
+        finally:
+            devstack.stop(healthy)
+            devstack.stop(beat)
+            devstack.stop(pipeline)
+            devstack.stop(doomed)
+
+
+def test_broker_redis_killed_and_restarted_empty_loses_nothing(sandbox, database, wait_until, unique, tmp_path):
+    # Given a stack on a Redis of its own (broker and data), and a backlog of accepted events in it
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server from `make services`")
+    from tasks.app import app
+
+    port = devstack.free_port()
+
+    def start_redis(data_dir) -> subprocess.Popen:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+                                 "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
+        wait_until(lambda: _answers(port), timeout_s=10)
+        return proc
+
+    server = start_redis(tmp_path / "before")
+    env = child_env() | {"NOTIFIER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                         "NOTIFIER_BROKER_URL": f"redis://127.0.0.1:{port}/1"}
+    logs = TEST_VAR / "logs" / "redis-kill"
+    worker = beat = None
+    try:
+        users = [_ios_user(unique) for _ in range(20)]
+        events = [_event(unique("n"), users[i % 20][0], "high" if i % 2 else "low") for i in range(200)]
+        with app.connection_for_write(env["NOTIFIER_BROKER_URL"]) as conn:
+            for i in range(0, len(events), 50):
+                send_notifications.apply_async((events[i:i + 50],), connection=conn)
+        assert all(r["status"] == "queued" for e in events for r in get_status(e["notification_id"]))
+
+        # When that Redis is SIGKILLed and comes back with nothing (its queued messages gone)
+        server.kill()
+        server.wait(10)
+        server = start_redis(tmp_path / "after")
+
+        # Then the stack started on it sends every event, once
+        worker = devstack.start_worker(env, logs / "worker.log")
+        beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
+        ids = [e["notification_id"] for e in events]
+        wait_until(lambda: all(_terminal(nid) for nid in ids), timeout_s=120, interval_s=0.5)
+        assert [r["status"] for nid in ids for r in get_status(nid)] == ["sent"] * len(ids)
+        per_token = {t: len(sandbox.messages(target=t)) for _, t in users}
+        assert per_token == {t: 10 for _, t in users}
+    finally:
+        devstack.stop(beat)
+        devstack.stop(worker)
+        server.kill()
+        server.wait(10)
+
+
+def _answers(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
