@@ -24,7 +24,14 @@ When the server stops a connection (measured against libcurl 8.23 + nghttp2 1.70
   with ``status`` 0 and ``error`` set: the server may have processed it, so
   retrying is the caller's decision.
 
-Device tokens travel in URLs: nothing here logs a URL, and nothing logs above DEBUG.
+One request that cannot be set up never stops the others: a URL or header that is
+not printable ASCII (CR/LF would inject a header; libcurl refuses non-ASCII with an
+exception; a ``#`` fragment is silently dropped, so ``<token>#x`` would reach another
+device), or a ``setopt`` that raises, gives that request a response with ``status`` 0
+and ``unsendable`` set, and is never sent: resending the same request cannot help.
+
+Device tokens travel in URLs: nothing here logs a URL, and error texts never quote
+a URL, a header or the exception that refused one (its repr carries the URL).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import logging
 import os
 import select
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import ceil
 from time import monotonic
@@ -93,6 +100,13 @@ class HttpResponse:
     body: bytes
     error: str | None  # transport error text; None when an HTTP response arrived
     elapsed_s: float
+    # True when the request could not be set up (bad URL, header or body) and was never
+    # sent: resending the same request cannot help.
+    unsendable: bool = False
+
+
+class _Unsendable(Exception):
+    """A request that cannot be set up; the text names what, never the value."""
 
 
 class Http2Transport:
@@ -143,8 +157,20 @@ class Http2Transport:
         multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
 
-    def send_all(self, requests: Sequence[HttpRequest]) -> list[HttpResponse]:
-        """Send every request; return their responses in the same order once all completed or timed out."""
+    def send_all(
+        self,
+        requests: Sequence[HttpRequest],
+        on_response: Callable[[HttpResponse], None] | None = None,
+    ) -> list[HttpResponse]:
+        """Send every request; return their responses in the same order once all completed or timed out.
+
+        ``on_response`` is called once per request with its final response (after the
+        transport's own resend, if any), as soon as that response is complete and while
+        the other requests are still in flight, in completion order, in this thread. It
+        must be cheap: the other streams wait while it runs. An exception from it is
+        logged (its type only) and ignored, so a failing callback never strands the
+        requests still in flight; a BaseException (KeyboardInterrupt) still propagates.
+        """
         if self._closed:
             raise RuntimeError("Http2Transport is closed")
         if self._pid != os.getpid():
@@ -170,9 +196,21 @@ class Http2Transport:
                     budget_s = timeout_s - (monotonic() - started)
                     while waiting and in_flight < max_in_flight:
                         index = waiting.popleft()
-                        curl = handles[index] = self._prepare(index, requests[index], budget_s)
+                        try:
+                            curl = self._prepare(index, requests[index], budget_s)
+                        except _Unsendable as exc:
+                            response = results[index] = HttpResponse(
+                                requests[index], 0, {}, b"", f"request not sent: {exc}", 0.0, True
+                            )
+                            done += 1
+                            if on_response is not None:
+                                _call(on_response, response)
+                            continue
+                        handles[index] = curl
                         multi.add_handle(curl)
                         in_flight += 1
+                    if done == count:
+                        break  # the last ones were unsendable: nothing to wait for
                 due = self._timer_due
                 if due is None:
                     wait_ms = _MAX_WAIT_MS
@@ -196,7 +234,7 @@ class Http2Transport:
                         in_flight -= 1
                         index = curl.index
                         handles[index] = None
-                        results[index] = HttpResponse(
+                        response = results[index] = HttpResponse(
                             requests[index],
                             curl.getinfo(_RESPONSE_CODE),
                             _parse_headers(curl.header_lines),
@@ -206,6 +244,8 @@ class Http2Transport:
                         )
                         self._release(curl)
                         done += 1
+                        if on_response is not None:
+                            _call(on_response, response)
                     for curl, code, message in failed:
                         multi.remove_handle(curl)
                         in_flight -= 1
@@ -227,10 +267,12 @@ class Http2Transport:
                             log.debug("resending a request after: %s (curl %d)", message, code)
                             continue
                         kind = "connection lost" if died_unanswered else _ERROR_KIND.get(code, "transport error")
-                        results[index] = HttpResponse(
+                        response = results[index] = HttpResponse(
                             requests[index], 0, {}, b"", f"{kind}: {message or 'no detail'} (curl {code})", elapsed_s
                         )
                         done += 1
+                        if on_response is not None:
+                            _call(on_response, response)
         finally:
             if done < count:
                 # Interrupted (a signal, a soft time limit): leave the multi clean for the next call.
@@ -282,7 +324,20 @@ class Http2Transport:
         self._timer_due = None if timeout_ms < 0 else monotonic() + timeout_ms / 1000
 
     def _prepare(self, index: int, request: HttpRequest, budget_s: float) -> pycurl.Curl:
+        problem = _malformed(request)
+        if problem is not None:
+            raise _Unsendable(problem)
         curl = self._idle.pop() if self._idle else pycurl.Curl()
+        try:
+            return self._set_up(curl, index, request, budget_s)
+        except (ValueError, TypeError, pycurl.error) as exc:
+            # Back to the idle list (reset at its next use); the exception itself is
+            # dropped: its text or repr may carry the URL, and so a device token.
+            curl.header_lines = curl.body_chunks = None
+            self._idle.append(curl)
+            raise _Unsendable(f"the request could not be set up ({type(exc).__name__})") from None
+
+    def _set_up(self, curl: pycurl.Curl, index: int, request: HttpRequest, budget_s: float) -> pycurl.Curl:
         curl.reset()
         setopt = curl.setopt
         setopt(pycurl.URL, request.url)
@@ -313,6 +368,32 @@ class Http2Transport:
     def _release(self, curl: pycurl.Curl) -> None:
         curl.header_lines = curl.body_chunks = None
         self._idle.append(curl)
+
+
+def _call(on_response: Callable[[HttpResponse], None], response: HttpResponse) -> None:
+    try:
+        on_response(response)
+    except Exception as exc:  # noqa: BLE001 - documented in send_all: logged, never strands the batch
+        log.error("on_response callback raised %s; the batch goes on", type(exc).__name__)
+
+
+def _printable_ascii(text: object) -> bool:
+    return isinstance(text, str) and text.isascii() and text.isprintable()
+
+
+def _malformed(request: HttpRequest) -> str | None:
+    """Say why a request must not be sent as it is, or None; never quotes the values."""
+    url = request.url
+    if not _printable_ascii(url) or " " in url or "#" in url:
+        return "the URL is not printable ASCII without spaces and '#'"
+    for name, value in request.headers.items():
+        if not _printable_ascii(name) or ":" in name or " " in name or not name:
+            return "a header name is not an HTTP token"
+        if not _printable_ascii(value):
+            return f"header {name} is not printable ASCII"
+    if not isinstance(request.body, bytes):
+        return "the body is not bytes"
+    return None
 
 
 def _curl_events(events: int) -> int:

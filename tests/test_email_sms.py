@@ -6,6 +6,7 @@ provider would (its own checks, its magic numbers, or an injected fault).
 """
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from dataclasses import dataclass, field
@@ -316,6 +317,119 @@ def test_smtp_message_id_is_derived_from_the_idempotency_key(sandbox, unique):
     records = sandbox.messages("smtp", d.target)
     assert [r["id"] for r in records] == [a.message_id] * 2
     assert records[0]["payload"]["subject"] == d.title and records[0]["payload"]["body"].strip() == d.body
+
+
+# ---- One delivery that cannot be sent never holds up its batch-mates (issue 10)
+
+@pytest.mark.parametrize("field", ["title", "notification_id", "target"])
+def test_smtp_a_header_value_with_cr_lf_fails_alone_and_the_others_go_once(sandbox, unique, field):
+    # Given a batch whose middle delivery would put CR/LF into a header line
+    good = [_delivery(unique, "email", f"{unique('smtp')}@example.com") for _ in range(2)]
+    bad = _delivery(unique, "email", f"{unique('smtp')}@example.com")
+    bad = dataclasses.replace(bad, **{field: getattr(bad, field) + "\r\nBcc: attacker@example.net"})
+    adapter = SmtpProvider()
+    before = sandbox.request_count("smtp")
+    try:
+        outcomes = adapter.send_batch([good[0], bad, good[1]])
+    finally:
+        adapter.close()
+    # Then it fails, naming the field, and the others are sent exactly once
+    assert [o.kind for o in outcomes] == [K.OK, K.FAILED, K.OK]
+    assert outcomes[1].reason == f"smtp: not sent, {field} holds CR or LF (it would become a header line)"
+    assert [len(sandbox.messages("smtp", d.target)) for d in good] == [1, 1]
+    assert sandbox.request_count("smtp") - before == 2
+    assert sandbox.messages("smtp", "attacker@example.net") == []
+
+
+def test_smtp_a_body_that_cannot_be_encoded_fails_alone(sandbox, unique):
+    good = _delivery(unique, "email", f"{unique('smtp')}@example.com")
+    bad = _delivery(unique, "email", f"{unique('smtp')}@example.com", body="lone surrogate \ud800")
+    adapter = SmtpProvider()
+    try:
+        outcomes = adapter.send_batch([bad, good])
+    finally:
+        adapter.close()
+    assert [o.kind for o in outcomes] == [K.FAILED, K.OK]
+    assert outcomes[0].reason.startswith("smtp: not sent, the message could not be")
+    assert sandbox.messages("smtp", bad.target) == [] and len(sandbox.messages("smtp", good.target)) == 1
+
+
+def test_smtp_on_outcome_fires_after_each_message_and_for_every_delivery_of_a_dead_connection(sandbox, unique):
+    batch = [_delivery(unique, "email", f"{unique('smtp')}@example.com") for _ in range(3)]
+    adapter = SmtpProvider()
+    seen: list[tuple[int, int]] = []  # (index, messages the sandbox had accepted for the batch by then)
+    try:
+        outcomes = adapter.send_batch(batch, lambda i, o: seen.append(
+            (i, sum(len(sandbox.messages("smtp", d.target)) for d in batch))))
+    finally:
+        adapter.close()
+    assert [o.kind for o in outcomes] == [K.OK] * 3
+    assert seen == [(0, 1), (1, 2), (2, 3)], "reported as each message is accepted, before the next goes"
+
+    refused = SmtpProvider(Settings(smtp_port=_closed_port()))
+    dead: list[tuple[int, OutcomeKind]] = []
+    try:
+        outcomes = refused.send_batch(batch, lambda i, o: dead.append((i, o.kind)))
+    finally:
+        refused.close()
+    assert dead == [(i, o.kind) for i, o in enumerate(outcomes)] and len(dead) == 3
+
+
+@pytest.mark.parametrize("provider", ["sendgrid", "twilio"])
+def test_http_on_outcome_fires_once_per_delivery_in_completion_order_before_send_batch_returns(
+    sandbox, unique, provider
+):
+    # Given a batch whose first delivery the provider answers slowly
+    channel = "email" if provider == "sendgrid" else "sms"
+    targets = ([f"{unique('sg')}@example.com" for _ in range(6)] if provider == "sendgrid"
+               else [f"+4793{(time.monotonic_ns() + i) % 10**6:06d}" for i in range(6)])
+    batch = [_delivery(unique, channel, t) for t in targets]
+    sandbox.add_fault(provider, targets[0], latency_ms=800)
+    adapter = PROVIDERS[provider]()
+    seen: list[tuple[int, OutcomeKind, float]] = []
+    started = time.monotonic()
+    try:
+        outcomes = adapter.send_batch(batch, lambda i, o: seen.append((i, o.kind, time.monotonic() - started)))
+    finally:
+        adapter.close()
+    # Then each delivery was reported once with its outcome, the slow one last, the others long before it
+    assert [o.kind for o in outcomes] == [K.OK] * 6
+    assert sorted(i for i, _, _ in seen) == list(range(6)) and seen[-1][0] == 0
+    assert {i: kind for i, kind, _ in seen} == {i: o.kind for i, o in enumerate(outcomes)}
+    assert all(t < 0.7 for i, _, t in seen if i != 0) and seen[-1][2] >= 0.75
+
+
+@pytest.mark.parametrize("provider", ["sendgrid", "twilio", "smtp"])
+def test_an_exception_in_on_outcome_is_logged_and_the_batch_goes_on(sandbox, unique, provider, caplog):
+    channel = "sms" if provider == "twilio" else "email"
+    targets = ([f"+4794{(time.monotonic_ns() + i) % 10**6:06d}" for i in range(4)] if provider == "twilio"
+               else [f"{unique('cb')}@example.com" for _ in range(4)])
+    adapter = PROVIDERS[provider]()
+
+    def failing(index, outcome):
+        raise ConnectionError("the record store is down")
+
+    try:
+        outcomes = adapter.send_batch([_delivery(unique, channel, t) for t in targets], failing)
+    finally:
+        adapter.close()
+    assert [o.kind for o in outcomes] == [K.OK] * 4
+    assert caplog.text.count("on_outcome callback raised ConnectionError") == 4
+    assert all(t not in caplog.text for t in targets)
+    assert all(len(sandbox.messages(provider, t)) == 1 for t in targets)
+
+
+def test_sendgrid_a_request_the_client_cannot_encode_fails_alone(sandbox, unique):
+    good = _delivery(unique, "email", f"{unique('sg')}@example.com")
+    bad = _delivery(unique, "email", b"not-a-str@example.com")  # what JSON cannot hold
+    adapter = SendgridProvider()
+    try:
+        outcomes = adapter.send_batch([bad, good])
+    finally:
+        adapter.close()
+    assert [o.kind for o in outcomes] == [K.FAILED, K.OK]
+    assert outcomes[0].reason.startswith("sendgrid: ") and outcomes[0].reason.endswith("Error)")
+    assert sandbox.messages("sendgrid", good.target) and sandbox.messages("sendgrid", "not-a-str@example.com") == []
 
 
 # ---- Through the pipeline: real workers, real PostgreSQL and Redis

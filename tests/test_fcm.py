@@ -215,6 +215,65 @@ def test_the_resend_after_a_refused_token_is_only_the_refused_ones(box: PrivateS
     assert box.counts() == (6, 2)
 
 
+# --- one delivery that cannot be sent never holds up its batch-mates (issue 10) -----------------
+
+@pytest.mark.parametrize("token", ["café", "tok en", "tok\r\nx-injected: yes", "tok\x00", ""],
+                         ids=["non-ASCII", "space", "CR/LF", "NUL", "empty"])
+def test_a_malformed_registration_token_fails_alone_and_is_never_sent(box: PrivateSandbox, fcm: FcmProvider, token):
+    batch = [delivery(), delivery(target=token), delivery()]
+    outcomes = fcm.send_batch(batch)
+    assert [o.kind for o in outcomes] == [K.OK, K.TOKEN_INVALID, K.OK]
+    assert "not sent" in outcomes[1].reason and (not token or token not in outcomes[1].reason)
+    assert box.counts() == (2, 1)
+
+
+def test_a_message_that_cannot_be_encoded_fails_alone(box: PrivateSandbox, fcm: FcmProvider):
+    batch = [delivery(body="lone surrogate \ud800"), delivery(data={"k": "\udfff"}), delivery()]
+    outcomes = fcm.send_batch(batch)
+    assert [o.kind for o in outcomes] == [K.FAILED, K.FAILED, K.OK]
+    assert outcomes[0].reason == "fcm: not sent, the message could not be built (UnicodeEncodeError)"
+    assert box.counts() == (1, 1)
+
+
+def test_a_collapse_key_with_cr_lf_stays_inside_the_json_body(box: PrivateSandbox, fcm: FcmProvider):
+    d = delivery(collapse_id="c2\r\nx-injected: yes")
+    [outcome] = fcm.send_batch([d])
+    [message] = box.client.messages("fcm", d.target)
+    assert "x-injected" not in message["headers"]
+    assert outcome.kind is K.OK or "collapse" in (outcome.reason or "").lower()
+
+
+def test_on_outcome_fires_once_per_delivery_in_completion_order_before_send_batch_returns(
+    box: PrivateSandbox, fcm: FcmProvider
+):
+    # given a slow device, a fast one, a malformed token, and one answered 401 until a new access token
+    batch = [delivery(), delivery(), delivery("café"), delivery()]
+    box.client.add_fault("fcm", batch[0].target, latency_ms=1200)
+    box.client.add_fault("fcm", batch[3].target, reason="ACCESS_TOKEN_EXPIRED")
+    seen: list[tuple[int, OutcomeKind, float]] = []
+    started = time.monotonic()
+
+    outcomes = fcm.send_batch(batch, lambda i, o: seen.append((i, o.kind, time.monotonic() - started)))
+
+    # then each was reported once with its final outcome, before send_batch returned, as it completed
+    assert [o.kind for o in outcomes] == [K.OK, K.OK, K.TOKEN_INVALID, K.OK]
+    assert [i for i, _, _ in seen] == [2, 1, 0, 3]
+    assert {i: kind for i, kind, _ in seen} == {i: o.kind for i, o in enumerate(outcomes)}
+    at = {i: t for i, _, t in seen}
+    assert at[1] < 1.0 and at[0] >= 1.1
+
+
+def test_on_outcome_reports_every_delivery_when_no_access_token_can_be_had(box: PrivateSandbox, tmp_path: Path):
+    provider = box.provider(fcm_credentials_path=tmp_path / "missing.json")
+    seen = []
+    try:
+        outcomes = provider.send_batch([delivery() for _ in range(3)], lambda i, o: seen.append((i, o.kind)))
+    finally:
+        provider.close()
+    assert [o.kind for o in outcomes] == [K.MISCONFIGURED] * 3
+    assert seen == [(0, K.MISCONFIGURED), (1, K.MISCONFIGURED), (2, K.MISCONFIGURED)]
+
+
 # --- the OAuth2 access token -------------------------------------------------------------------
 
 def test_one_access_token_serves_many_batches(box: PrivateSandbox, fcm: FcmProvider):

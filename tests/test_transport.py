@@ -347,3 +347,99 @@ def test_a_closed_transport_refuses_to_send(clean_sandbox_process):  # noqa: F81
 
     with pytest.raises(RuntimeError):
         transport.send_all([push(clean_sandbox_process)])
+
+
+# ---- One request that cannot be set up never stops the others (issue 10)
+
+UNSENDABLE = [
+    ("non-ASCII in the URL", {"token": "café" + device_token()}),
+    ("a fragment in the URL", {"token": device_token() + "#x"}),
+    ("CR/LF in the URL", {"token": device_token() + "\r\nx-injected: yes"}),
+    ("a space in the URL", {"token": device_token() + " x"}),
+    ("CR/LF in a header", {"apns_collapse_id": "c2\r\nx-injected: yes"}),
+    ("non-ASCII in a header", {"apns_collapse_id": "cölläpse"}),
+    ("NUL in a header", {"apns_collapse_id": "c\x00"}),
+]
+
+
+@pytest.mark.parametrize(("case", "changes"), UNSENDABLE, ids=[c for c, _ in UNSENDABLE])
+def test_an_unsendable_request_fails_alone_and_is_never_sent(clean_sandbox_process, transport, case, changes):  # noqa: F811
+    # given a batch with one request that cannot be sent as it is, between two good ones
+    bad = push(clean_sandbox_process, changes.get("token"), tag="bad",
+               **{k: v for k, v in changes.items() if k != "token"})
+    good = [push(clean_sandbox_process, tag=i) for i in range(2)]
+
+    # when
+    responses = transport.send_all([good[0], bad, good[1]])
+
+    # then the good ones went out, and the bad one was answered here without being sent
+    assert [r.status for r in responses] == [200, 0, 200]
+    assert responses[1].unsendable and responses[1].error.startswith("request not sent")
+    assert not responses[0].unsendable and not responses[2].unsendable
+    assert clean_sandbox_process.client.request_count() == 2
+    assert all("x-injected" not in m["headers"] for m in clean_sandbox_process.client.messages())
+    # and the error text never quotes the value (a device token, in a URL)
+    assert "café" not in responses[1].error and "/3/device/" not in responses[1].error
+    assert "c2" not in responses[1].error
+
+
+def test_a_batch_of_only_unsendable_requests_returns_at_once(clean_sandbox_process, transport):  # noqa: F811
+    started = time.monotonic()
+    responses = transport.send_all([push(clean_sandbox_process, "café") for _ in range(3)])
+    assert [r.unsendable for r in responses] == [True] * 3
+    assert time.monotonic() - started < 0.2
+    assert clean_sandbox_process.client.request_count() == 0
+
+
+def test_a_setopt_that_raises_fails_only_its_request(clean_sandbox_process, transport):  # noqa: F811
+    # given a request whose method pycurl refuses (non-ASCII: a bug of the caller, not the server's)
+    bad = push(clean_sandbox_process)
+    bad.method = "PÖST"
+
+    responses = transport.send_all([push(clean_sandbox_process), bad, push(clean_sandbox_process)])
+
+    assert [(r.status, r.unsendable) for r in responses] == [(200, False), (0, True), (200, False)]
+    # and the transport is fine afterwards
+    assert transport.send_all([push(clean_sandbox_process)])[0].status == 200
+
+
+def test_on_response_is_called_as_each_request_completes(clean_sandbox_process, transport):  # noqa: F811
+    # given a slow request, a fast one and one that cannot be sent
+    slow = device_token()
+    clean_sandbox_process.client.add_fault(target=slow, latency_ms=1500)
+    requests = [push(clean_sandbox_process, slow, tag="slow"), push(clean_sandbox_process, tag="fast"),
+                push(clean_sandbox_process, "café", tag="unsendable")]
+    seen: list[tuple[object, float]] = []
+    started = time.monotonic()
+
+    # when
+    responses = transport.send_all(requests, lambda r: seen.append((r.request.tag, time.monotonic() - started)))
+
+    # then each request was reported once, in completion order, the fast one while the slow one was in flight
+    assert [tag for tag, _ in seen] == ["unsendable", "fast", "slow"]
+    assert seen[1][1] < 1.0 <= 1.4 <= seen[2][1]
+    assert [r.status for r in responses] == [200, 200, 0]
+
+
+def test_a_resent_request_is_reported_once_with_its_final_response(clean_sandbox_process, transport):  # noqa: F811
+    token = device_token()
+    clean_sandbox_process.client.add_fault(target=token, drop=True, count=1)
+    seen = []
+    [response] = transport.send_all([push(clean_sandbox_process, token)], seen.append)
+    assert response.status == 200 and seen == [response]
+    assert clean_sandbox_process.client.request_count() == 2
+
+
+def test_an_exception_in_on_response_does_not_strand_the_batch(clean_sandbox_process, transport, caplog):  # noqa: F811
+    calls = []
+
+    def failing(response):
+        calls.append(response.request.tag)
+        raise ConnectionError("the record store is down")
+
+    responses = transport.send_all([push(clean_sandbox_process, tag=i) for i in range(5)], failing)
+
+    assert [r.status for r in responses] == [200] * 5
+    assert sorted(calls) == list(range(5))
+    assert "on_response callback raised ConnectionError" in caplog.text
+    assert clean_sandbox_process.client.request_count() == 5

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from notifier.providers.base import Delivery, Outcome, OutcomeKind, Provider
+from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, Provider
 
 # name -> "module:Class"; a provider is built lazily, once per worker process.
 REGISTRY: dict[str, str] = {
@@ -42,4 +42,4 @@ def close_all() -> None:
     _instances.clear()
 
 
-__all__ = ["Delivery", "Outcome", "OutcomeKind", "Provider", "REGISTRY", "get_provider", "close_all"]
+__all__ = ["Delivery", "OnOutcome", "Outcome", "OutcomeKind", "Provider", "REGISTRY", "get_provider", "close_all"]

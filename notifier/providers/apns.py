@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import jwt
 
-from notifier.providers.base import Delivery, Outcome, OutcomeKind
+from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome
 from notifier.settings import Settings, get_settings
 from notifier.transport import HttpRequest, HttpResponse, Http2Transport
 
@@ -29,6 +30,12 @@ MAX_COLLAPSE_ID_BYTES = 64
 # and one older than an hour (403 ExpiredProviderToken): refresh in between.
 TOKEN_REFRESH_AFTER_S = 40 * 60
 APNS_ID_NAMESPACE = uuid.UUID("6f6e6f74-6966-6965-722d-61706e732d69")
+# The device token goes into the URL path, so nothing but hex ever goes there: Apple's
+# tokens are hex (32 bytes today, longer possible), and anything else could carry a
+# fragment ("#x", which libcurl drops: the push reaches another device), a path or a
+# header. The length is left to Apple; the bound only keeps the URL sane.
+DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{1,1024}")
+EXPIRED_PROVIDER_TOKEN = "apns 403 ExpiredProviderToken"
 
 K = OutcomeKind
 # (HTTP status, reason) -> outcome kind. One row per documented reason; doc: RESPONSES_DOC.
@@ -136,23 +143,44 @@ def classify(resp: HttpResponse) -> Outcome:
     if resp.status == 200:
         return Outcome.ok(resp.headers.get("apns-id"))
     if resp.status == 0:
+        if resp.unsendable:  # never sent; the same request again cannot do better
+            return Outcome.failed(f"apns: {resp.error}")
         return Outcome.retry(f"transport: {resp.error}")
     try:
         body = json.loads(resp.body or b"{}")
     except ValueError:
+        body = None
+    if not isinstance(body, dict):
         body = {}
-    reason = body.get("reason") or f"HTTP {resp.status}"
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not printable_ascii(reason) or not reason:
+        reason = f"HTTP {resp.status}"
+    reason = reason[:100]
     kind = CLASSIFICATION.get((resp.status, reason))
     if kind is None:
         kind = K.RETRY if resp.status >= 500 or resp.status == 429 else K.FAILED
     text = f"apns {resp.status} {reason}"
     retry_after = _retry_after(resp.headers.get("retry-after"))
     if kind is K.TOKEN_INVALID:
-        since = None
-        if "timestamp" in body:
-            since = datetime.fromtimestamp(int(body["timestamp"]) / 1000, tz=timezone.utc)
-        return Outcome(kind, reason=text, invalid_since=since)
+        return Outcome(kind, reason=text, invalid_since=_invalid_since(body.get("timestamp")))
     return Outcome(kind, reason=text, retry_after_s=retry_after)
+
+
+def _invalid_since(timestamp: object) -> datetime | None:
+    """The 410's timestamp (ms since the epoch), or None when there is none that reads as one."""
+    if timestamp is None or isinstance(timestamp, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(int(timestamp) / 1000, tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _classify_safely(resp: HttpResponse) -> Outcome:
+    try:
+        return classify(resp)
+    except Exception as exc:  # noqa: BLE001 - one unreadable answer never fails the batch
+        return Outcome.failed(f"apns {resp.status}: the answer could not be read ({type(exc).__name__})")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -176,32 +204,105 @@ class ApnsProvider:
             ca_file=s.apns_ca_file or None, timeout_s=s.send_timeout_s
         )
 
-    def _request(self, d: Delivery, bearer: str) -> HttpRequest:
-        background = bool(d.data.get("background"))
-        headers = {
-            "authorization": f"bearer {bearer}",
-            "apns-topic": self._topic,
-            "apns-push-type": "background" if background else "alert",
-            # Background pushes must go at priority 5; low-lane alerts save the device's battery.
-            "apns-priority": "5" if background or d.priority in ("normal", "low") else "10",
-            "apns-id": apns_id(d.idempotency_key),
-            "apns-expiration": str(int(d.expires_at.timestamp())) if d.expires_at else "0",
-        }
-        if d.collapse_id and len(d.collapse_id.encode()) <= MAX_COLLAPSE_ID_BYTES:
-            headers["apns-collapse-id"] = d.collapse_id
-        return HttpRequest("POST", f"{self._origin}/3/device/{d.target}", headers, build_payload(d), tag=d)
+    def _request(self, index: int, d: Delivery, bearer: str) -> HttpRequest | Outcome:
+        """Build the request of one delivery, or the outcome that says why it cannot be sent."""
+        try:
+            if not (isinstance(d.target, str) and DEVICE_TOKEN.fullmatch(d.target)):
+                # What APNs answers for such a token (BadDeviceToken), without sending it.
+                return Outcome(CLASSIFICATION[(400, "BadDeviceToken")],
+                               reason="apns BadDeviceToken: not sent, the device token is not hex digits")
+            background = bool(d.data.get("background"))
+            headers = {
+                "authorization": f"bearer {bearer}",
+                "apns-topic": self._topic,
+                "apns-push-type": "background" if background else "alert",
+                # Background pushes must go at priority 5; low-lane alerts save the device's battery.
+                "apns-priority": "5" if background or d.priority in ("normal", "low") else "10",
+                "apns-id": apns_id(d.idempotency_key),
+                "apns-expiration": str(int(d.expires_at.timestamp())) if d.expires_at else "0",
+            }
+            if d.collapse_id:
+                # A header value: CR/LF would add headers of the producer's choosing.
+                if not printable_ascii(d.collapse_id):
+                    return Outcome.failed("apns: not sent, collapse_id is not printable ASCII")
+                if len(d.collapse_id) <= MAX_COLLAPSE_ID_BYTES:
+                    headers["apns-collapse-id"] = d.collapse_id
+        except Exception as exc:  # noqa: BLE001 - one delivery's bad value never fails the batch
+            return Outcome.failed(f"apns: not sent, the headers could not be built ({type(exc).__name__})")
+        try:
+            payload = build_payload(d)
+        except Exception as exc:  # noqa: BLE001
+            return Outcome.failed(f"apns: not sent, the payload could not be built ({type(exc).__name__})")
+        return HttpRequest("POST", f"{self._origin}/3/device/{d.target}", headers, payload, tag=index)
 
-    def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Send every delivery at once; refresh the JWT and resend once on ExpiredProviderToken."""
-        bearer = self._token.get()
-        outcomes = [classify(r) for r in self._transport.send_all([self._request(d, bearer) for d in deliveries])]
-        expired = [i for i, o in enumerate(outcomes) if o.reason == "apns 403 ExpiredProviderToken"]
+    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Send every delivery at once; refresh the JWT and resend once on ExpiredProviderToken.
+
+        on_outcome: see Provider.send_batch; a delivery answered ExpiredProviderToken is
+        reported after its resend, which starts once the first round has all its answers.
+        """
+        outcomes: list[Outcome | None] = [None] * len(deliveries)
+
+        def settle(index: int, outcome: Outcome) -> None:
+            outcomes[index] = outcome
+            report_outcome(on_outcome, index, outcome)
+
+        try:
+            bearer = self._token.get()
+        except Exception as exc:  # noqa: BLE001 - an unusable signing key: ours to fix, not the batch's
+            outcome = Outcome(K.MISCONFIGURED, reason=f"apns provider token cannot be signed: {type(exc).__name__}")
+            for i in range(len(deliveries)):
+                settle(i, outcome)
+            return outcomes  # type: ignore[return-value]
+        expired: list[int] = []
+
+        def first_answer(resp: HttpResponse) -> None:
+            outcome = _classify_safely(resp)
+            if outcome.reason == EXPIRED_PROVIDER_TOKEN:
+                outcomes[resp.request.tag] = outcome  # not final: resent below with a new JWT
+                expired.append(resp.request.tag)
+            else:
+                settle(resp.request.tag, outcome)
+
+        self._send_all(deliveries, range(len(deliveries)), bearer, settle, first_answer)
         if expired:
+            expired.sort()
             bearer = self._token.get(force=True)
-            again = self._transport.send_all([self._request(deliveries[i], bearer) for i in expired])
-            for i, resp in zip(expired, again):
-                outcomes[i] = classify(resp)
-        return outcomes
+            self._send_all(deliveries, expired, bearer, settle,
+                           lambda resp: settle(resp.request.tag, _classify_safely(resp)))
+        return outcomes  # type: ignore[return-value]
+
+    def _send_all(
+        self,
+        deliveries: Sequence[Delivery],
+        indexes: Iterable[int],
+        bearer: str,
+        settle: Callable[[int, Outcome], None],
+        on_response: Callable[[HttpResponse], None],
+    ) -> None:
+        """Build and send the deliveries at `indexes`; settle those that cannot be built at once."""
+        requests = []
+        for i in indexes:
+            built = self._request(i, deliveries[i], bearer)
+            if isinstance(built, Outcome):
+                settle(i, built)
+            else:
+                requests.append(built)
+        if not requests:
+            return
+        unsettled = {r.tag for r in requests}
+
+        def answered(resp: HttpResponse) -> None:
+            on_response(resp)
+            unsettled.discard(resp.request.tag)
+
+        responses = self._transport.send_all(requests, answered)
+        # The transport calls back for every request; should one callback have been lost
+        # (it logs and ignores exceptions), the returned response still settles it.
+        for resp in responses:
+            if resp.request.tag in unsettled:
+                unsettled.discard(resp.request.tag)
+                on_response(resp)
 
     def close(self) -> None:
         self._transport.close()

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
+
+log = logging.getLogger(__name__)
 
 
 class OutcomeKind(str, enum.Enum):
@@ -60,14 +63,51 @@ class Delivery:
     expires_at: datetime | None = None
 
 
+# Called with a delivery's index in the batch and its final outcome; see Provider.send_batch.
+OnOutcome = Callable[[int, Outcome], None]
+
+
 class Provider(Protocol):
     """Send a batch of deliveries and classify each answer."""
 
     name: str
 
-    def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Return one outcome per delivery, in order."""
+    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Return one outcome per delivery, in order; never raise for a problem of one delivery.
+
+        A delivery that cannot be built or sent (a value that cannot be encoded, a header
+        that would carry CR/LF, a malformed device token, an exception in the client, an
+        answer that cannot be read) ends with its own outcome, FAILED (TOKEN_INVALID for
+        a malformed device token) with a reason that names the problem but never quotes
+        the target, and the rest of the batch goes on.
+
+        ``on_outcome(index, outcome)`` is called exactly once per delivery, in the calling
+        thread, as soon as that delivery's final outcome is known (after any resend the
+        adapter makes itself), in completion order, and always before send_batch returns:
+        while the rest of the batch is still in flight where the adapter sends at once.
+        It lets the caller record an acceptance the moment it happens. It must be cheap
+        (the other sends wait while it runs) and should not raise: an exception from it
+        is logged (its type and the index only) and ignored, so one failed record never
+        aborts the remaining sends. The caller should therefore still record the outcomes
+        send_batch returns; the hook narrows the window, it is not the only record.
+        """
         ...
 
     def close(self) -> None:
         ...
+
+
+def report_outcome(on_outcome: OnOutcome | None, index: int, outcome: Outcome) -> None:
+    """Call on_outcome as Provider.send_batch documents: an exception from it is logged and ignored."""
+    if on_outcome is None:
+        return
+    try:
+        on_outcome(index, outcome)
+    except Exception as exc:  # noqa: BLE001 - the remaining sends must go on (Provider.send_batch)
+        log.error("on_outcome callback raised %s for delivery #%d of the batch; sending goes on",
+                  type(exc).__name__, index)
+
+
+def printable_ascii(text: object) -> bool:
+    """Tell whether text is a str of printable ASCII only (no CR, LF, NUL or other control)."""
+    return isinstance(text, str) and text.isascii() and text.isprintable()

@@ -26,7 +26,7 @@ import jwt
 import requests
 
 from notifier.events import Priority
-from notifier.providers.base import Delivery, Outcome, OutcomeKind
+from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome
 from notifier.settings import Settings, get_settings
 from notifier.transport import HttpRequest, HttpResponse, Http2Transport
 
@@ -52,6 +52,9 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 # INVALID_ARGUMENT about the registration token itself, not about the rest of the message.
 INVALID_REGISTRATION = "INVALID_ARGUMENT (registration token)"
+# Registration tokens are opaque, but printable ASCII without spaces; anything else is no
+# token FCM issued (it would answer INVALID_ARGUMENT about the registration token).
+MAX_TOKEN_CHARS = 4096
 # Answers that mean our access token was refused: fetch a new one and resend at once, once.
 REAUTHENTICATE = frozenset({(401, "UNAUTHENTICATED"), (401, "ACCESS_TOKEN_EXPIRED"), (401, "CREDENTIALS_MISSING")})
 
@@ -229,6 +232,8 @@ def _classify(resp: HttpResponse) -> tuple[Outcome, tuple[int, str] | None]:
         except (ValueError, KeyError, TypeError):
             return Outcome.ok(None), None
     if resp.status == 0:
+        if resp.unsendable:  # never sent; the same request again cannot do better
+            return Outcome.failed(f"fcm: {resp.error}"), None
         return Outcome.retry(f"transport: {resp.error}"), None
     try:
         error = json.loads(resp.body or b"{}").get("error")
@@ -287,6 +292,27 @@ def _about_registration_token(error: dict[str, Any], details: list[Any]) -> bool
     return False
 
 
+def _classify_safely(resp: HttpResponse) -> tuple[Outcome, tuple[int, str] | None]:
+    try:
+        return _classify(resp)
+    except Exception as exc:  # noqa: BLE001 - one unreadable answer never fails the batch
+        return Outcome.failed(f"fcm {resp.status}: the answer could not be read ({type(exc).__name__})"), None
+
+
+def _body(d: Delivery) -> bytes | Outcome:
+    """The request body of one delivery, or the outcome that says why it cannot be sent."""
+    target = d.target
+    if not (printable_ascii(target) and " " not in target and 0 < len(target) <= MAX_TOKEN_CHARS):
+        # What FCM answers for such a token, without sending it.
+        return Outcome(CLASSIFICATION[(400, INVALID_REGISTRATION)],
+                       reason="fcm INVALID_ARGUMENT: not sent, the registration token is not printable ASCII "
+                              "without spaces")
+    try:
+        return json.dumps({"message": build_message(d)}, separators=(",", ":"), ensure_ascii=False).encode()
+    except Exception as exc:  # noqa: BLE001 - one delivery's bad value never fails the batch
+        return Outcome.failed(f"fcm: not sent, the message could not be built ({type(exc).__name__})")
+
+
 def _retry_after(value: str | None) -> float | None:
     try:
         return float(value) if value else None
@@ -306,42 +332,87 @@ class FcmProvider:
         self._token = AccessToken(s.fcm_credentials_path, ca_file=ca_file, timeout_s=s.send_timeout_s)
         self._transport = transport or Http2Transport(ca_file=ca_file, timeout_s=s.send_timeout_s)
 
-    def _request(self, d: Delivery, body: bytes, bearer: str) -> HttpRequest:
+    def _request(self, index: int, body: bytes, bearer: str) -> HttpRequest:
         headers = {"authorization": f"Bearer {bearer}", "content-type": "application/json; charset=UTF-8"}
-        return HttpRequest("POST", self._url, headers, body, tag=d)
+        return HttpRequest("POST", self._url, headers, body, tag=index)
 
-    def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Send every delivery at once; on a refused access token, fetch a new one and resend those once."""
+    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Send every delivery at once; on a refused access token, fetch a new one and resend those once.
+
+        on_outcome: see Provider.send_batch; a delivery whose access token was refused is
+        reported after its resend, which starts once the first round has all its answers.
+        """
+        outcomes: list[Outcome | None] = [None] * len(deliveries)
+
+        def settle(index: int, outcome: Outcome) -> None:
+            outcomes[index] = outcome
+            report_outcome(on_outcome, index, outcome)
+
         if not deliveries:
             return []
         try:
             bearer = self._token.get()
-        except TokenError as exc:
-            return [exc.outcome] * len(deliveries)
-        bodies = [
-            json.dumps({"message": build_message(d)}, separators=(",", ":"), ensure_ascii=False).encode()
-            for d in deliveries
-        ]
-        results = [_classify(r) for r in self._transport.send_all(
-            [self._request(d, b, bearer) for d, b in zip(deliveries, bodies)]
-        )]  # fmt: skip
-        outcomes = [o for o, _ in results]
-        refused = [i for i, (_, row) in enumerate(results) if row in REAUTHENTICATE]
+        except Exception as exc:  # noqa: BLE001 - TokenError, or a key that does not sign: the batch's outcome
+            outcome = exc.outcome if isinstance(exc, TokenError) else Outcome(
+                K.MISCONFIGURED, reason=f"fcm oauth: the assertion cannot be signed ({type(exc).__name__})")
+            for i in range(len(deliveries)):
+                settle(i, outcome)
+            return outcomes  # type: ignore[return-value]
+        bodies: dict[int, bytes] = {}
+        for i, d in enumerate(deliveries):
+            built = _body(d)
+            if isinstance(built, Outcome):
+                settle(i, built)
+            else:
+                bodies[i] = built
+        refused: list[int] = []
+
+        def first_answer(resp: HttpResponse) -> None:
+            outcome, row = _classify_safely(resp)
+            if row in REAUTHENTICATE:
+                outcomes[resp.request.tag] = outcome  # not final: resent below with a new access token
+                refused.append(resp.request.tag)
+            else:
+                settle(resp.request.tag, outcome)
+
+        self._send_all([self._request(i, body, bearer) for i, body in bodies.items()], first_answer)
         if refused:
+            refused.sort()
             try:
                 bearer = self._token.refresh(bearer)
-            except TokenError as exc:
+            except Exception as exc:  # noqa: BLE001
+                outcome = exc.outcome if isinstance(exc, TokenError) else Outcome(
+                    K.MISCONFIGURED, reason=f"fcm oauth: the assertion cannot be signed ({type(exc).__name__})")
                 for i in refused:
-                    outcomes[i] = exc.outcome
-                return outcomes
-            again = self._transport.send_all([self._request(deliveries[i], bodies[i], bearer) for i in refused])
-            for i, resp in zip(refused, again):
-                outcome, row = _classify(resp)
+                    settle(i, outcome)
+                return outcomes  # type: ignore[return-value]
+
+            def second_answer(resp: HttpResponse) -> None:
+                outcome, row = _classify_safely(resp)
                 if row in REAUTHENTICATE:
                     # A fresh token refused too: our credentials, not the token's age.
                     outcome = Outcome(K.MISCONFIGURED, reason=f"{outcome.reason} (with a new access token)")
-                outcomes[i] = outcome
-        return outcomes
+                settle(resp.request.tag, outcome)
+
+            self._send_all([self._request(i, bodies[i], bearer) for i in refused], second_answer)
+        return outcomes  # type: ignore[return-value]
+
+    def _send_all(self, requests: list[HttpRequest], on_response: Callable[[HttpResponse], None]) -> None:
+        if not requests:
+            return
+        unsettled = {r.tag for r in requests}
+
+        def answered(resp: HttpResponse) -> None:
+            on_response(resp)
+            unsettled.discard(resp.request.tag)
+
+        responses = self._transport.send_all(requests, answered)
+        # The transport calls back for every request; should one callback have been lost
+        # (it logs and ignores exceptions), the returned response still settles it.
+        for resp in responses:
+            if resp.request.tag in unsettled:
+                unsettled.discard(resp.request.tag)
+                on_response(resp)
 
     def close(self) -> None:
         self._transport.close()

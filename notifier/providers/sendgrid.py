@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import requests
 
-from notifier.providers.base import Delivery, Outcome, OutcomeKind
-from notifier.providers.http1 import HttpClient
+from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, report_outcome
+from notifier.providers.http1 import HttpClient, send_one
 from notifier.settings import Settings, get_settings
 
 RESPONSES_DOC = "https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors"
@@ -96,16 +96,17 @@ class SendgridProvider:
         self._http = HttpClient(timeout_s=s.send_timeout_s, concurrency=s.provider_http_concurrency)
 
     def _send(self, d: Delivery) -> Outcome:
-        try:
-            resp = self._http.session.post(self._url, json=build_request(d, self.settings), headers=self._headers,
-                                           timeout=self._http.timeout_s)
-        except requests.RequestException as exc:
-            return Outcome.retry(f"sendgrid transport: {type(exc).__name__}: {exc}")
-        return classify(resp)
+        return send_one(
+            "sendgrid",
+            lambda: build_request(d, self.settings),
+            lambda body: self._http.session.post(self._url, json=body, headers=self._headers,
+                                                 timeout=self._http.timeout_s),
+            classify,
+        )
 
-    def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Send each delivery as its own request, a few at a time."""
-        return self._http.map(self._send, deliveries)
+    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Send each delivery as its own request, a few at a time (on_outcome: see Provider.send_batch)."""
+        return self._http.map(self._send, deliveries, lambda i, o: report_outcome(on_outcome, i, o))
 
     def close(self) -> None:
         self._http.close()

@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Sequence
 
-from notifier.providers.base import Delivery, Outcome, OutcomeKind
+from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, report_outcome
 from notifier.settings import Settings, get_settings
 
 RESPONSES_DOC = "https://www.rfc-editor.org/rfc/rfc5321#section-4.2.3"
@@ -65,7 +65,21 @@ def message_id(d: Delivery, domain: str) -> str:
     return f"<{uuid.uuid5(MESSAGE_ID_NAMESPACE, d.idempotency_key)}@{domain}>"
 
 
+# The delivery's values that become header lines, by the name a reason gives them.
+_HEADER_FIELDS = (("target", "To"), ("title", "Subject"), ("notification_id", "X-Notifier-Notification-Id"))
+
+
+def refused_header(d: Delivery) -> str | None:
+    """Name the delivery's field that cannot be a header line (CR or LF would start another), or None."""
+    for field, _ in _HEADER_FIELDS:
+        value = getattr(d, field)
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            return field
+    return None
+
+
 def build_message(d: Delivery, s: Settings) -> EmailMessage:
+    """Build the message of one delivery; ValueError when a header value holds CR or LF."""
     msg = EmailMessage()
     msg["From"] = formataddr((s.email_from_name, s.email_from)) if s.email_from_name else s.email_from
     msg["To"] = d.target
@@ -130,20 +144,32 @@ class SmtpProvider:
             raise
         return smtp
 
-    def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Send each delivery in turn on the one connection; a connection-level failure ends the batch."""
+    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Send each delivery in turn on the one connection; a connection-level failure ends the batch.
+
+        on_outcome: see Provider.send_batch; called after each message.
+        """
         outcomes: list[Outcome] = []
         for i, d in enumerate(deliveries):
             outcome, fatal = self._send(d)
             outcomes.append(outcome)
+            report_outcome(on_outcome, i, outcome)
             if fatal:  # nothing else will get through now: the rest share this outcome
-                outcomes.extend(Outcome(outcome.kind, reason=outcome.reason) for _ in deliveries[i + 1:])
+                for j in range(i + 1, len(deliveries)):
+                    outcomes.append(shared := Outcome(outcome.kind, reason=outcome.reason))
+                    report_outcome(on_outcome, j, shared)
                 break
         return outcomes
 
     def _send(self, d: Delivery) -> tuple[Outcome, bool]:
         """Send one delivery; return its outcome and whether no connection can be had for the rest."""
-        msg = build_message(d, self.settings)
+        field = refused_header(d)
+        if field is not None:
+            return Outcome.failed(f"smtp: not sent, {field} holds CR or LF (it would become a header line)"), False
+        try:
+            msg = build_message(d, self.settings)
+        except Exception as exc:  # noqa: BLE001 - its text may quote the address: the type only
+            return Outcome.failed(f"smtp: not sent, the message could not be built ({type(exc).__name__})"), False
         for attempt in (1, 2):
             reused = self._smtp is not None
             if self._smtp is None:
@@ -165,6 +191,15 @@ class SmtpProvider:
                 if reused and attempt == 1:
                     continue  # an idle kept-alive connection the server closed: open a new one, once
                 return Outcome.retry(f"smtp disconnected: {exc}"), False
+            except smtplib.SMTPNotSupportedError:
+                # Raised before MAIL FROM for an address that needs SMTPUTF8 the server does not
+                # offer: about this message, not the connection, and no resend helps.
+                return Outcome.failed("smtp: not sent, the address needs SMTPUTF8, which the server lacks"), False
+            except (UnicodeError, ValueError, TypeError) as exc:
+                # Raised while the message is flattened, before anything is sent; a new
+                # connection all the same, in case it came mid-transaction.
+                self._reset()
+                return Outcome.failed(f"smtp: not sent, the message could not be encoded ({type(exc).__name__})"), False
             except Exception as exc:  # noqa: BLE001
                 outcome = self._classify_error(exc)
             if self._smtp is not None and self._smtp.sock is None:
@@ -185,7 +220,9 @@ class SmtpProvider:
             return Outcome(K.MISCONFIGURED, reason=f"smtp TLS certificate not trusted: {exc.verify_message}")
         if isinstance(exc, (OSError, smtplib.SMTPException)):
             return Outcome.retry(f"smtp transport: {type(exc).__name__}: {exc}")
-        raise exc
+        # Anything else leaves the connection in an unknown state (reset above) and may have
+        # come after the message went out: failed, never resent, never raised to the batch.
+        return Outcome.failed(f"smtp: the client failed ({type(exc).__name__})")
 
     def _reset(self) -> None:
         if self._smtp is not None:

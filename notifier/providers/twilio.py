@@ -14,8 +14,8 @@ from typing import Sequence
 
 import requests
 
-from notifier.providers.base import Delivery, Outcome, OutcomeKind
-from notifier.providers.http1 import HttpClient
+from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, report_outcome
+from notifier.providers.http1 import HttpClient, send_one
 from notifier.settings import Settings, get_settings
 
 RESPONSES_DOC = "https://www.twilio.com/docs/api/errors"
@@ -92,16 +92,17 @@ class TwilioProvider:
         self._http = HttpClient(timeout_s=s.send_timeout_s, concurrency=s.provider_http_concurrency)
 
     def _send(self, d: Delivery) -> Outcome:
-        form = {"To": d.target, "Body": sms_body(d)} | self._form
-        try:
-            resp = self._http.session.post(self._url, data=form, auth=self._auth, timeout=self._http.timeout_s)
-        except requests.RequestException as exc:
-            return Outcome.retry(f"twilio transport: {type(exc).__name__}: {exc}")
-        return classify(resp)
+        return send_one(
+            "twilio",
+            lambda: {"To": d.target, "Body": sms_body(d)} | self._form,
+            lambda form: self._http.session.post(self._url, data=form, auth=self._auth,
+                                                 timeout=self._http.timeout_s),
+            classify,
+        )
 
-    def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Send each SMS as its own request, a few at a time."""
-        return self._http.map(self._send, deliveries)
+    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Send each SMS as its own request, a few at a time (on_outcome: see Provider.send_batch)."""
+        return self._http.map(self._send, deliveries, lambda i, o: report_outcome(on_outcome, i, o))
 
     def close(self) -> None:
         self._http.close()
