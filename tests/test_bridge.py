@@ -4,13 +4,11 @@ Every test uses its own topics and consumer group, so tests never see each other
 """
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +33,7 @@ from notifier.events import MAX_EVENT_BYTES, NotificationEvent
 from notifier.models import NotificationLog
 from notifier.users import register_device
 from tests.conftest import TEST_VAR, child_env
+from tests.isolation import TcpGate
 
 BOOTSTRAP = os.environ.get("NOTIFIER_KAFKA_BOOTSTRAP_SERVERS")
 needs_kafka = pytest.mark.skipif(not BOOTSTRAP, reason="Kafka comes from `make services` (make test starts it)")
@@ -454,57 +453,63 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_redis(port: int) -> subprocess.Popen:
-    binary = shutil.which("redis-server") or str(Path(sys.executable).parent / "redis-server")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    devstack.wait_for_port("127.0.0.1", port, proc=proc)
-    return proc
+def test_a_database_outage_holds_the_offsets_and_loses_nothing(topics, bridges, database, wait_until, unique):
+    # Given a bridge whose database (where it stores what it accepts) sits behind a gate
+    from urllib.parse import urlsplit
 
-
-def _queued_notification_ids(broker_url: str) -> set[str]:
-    """Notification ids in the send_notifications tasks waiting in a Redis broker's pipeline queues."""
-    import redis
-
-    broker = redis.Redis.from_url(broker_url)
-    found = set()
-    for queue in ("pipeline.high", "pipeline.low"):
-        for raw in broker.lrange(queue, 0, -1):
-            message = json.loads(raw)
-            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            found.update(e["notification_id"] for e in args[0])
-    return found
-
-
-@needs_kafka
-def test_a_celery_broker_outage_holds_the_offsets_and_loses_nothing(topics, bridges, wait_until, unique):
-    # Given a bridge whose Celery broker is a Redis of its own (no worker drains it)
-    port = _free_port()
-    redis_proc = _start_redis(port)
-    env = child_env() | {"NOTIFIER_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
+    url = urlsplit(database)
+    if not url.scheme.startswith("postgresql"):
+        pytest.skip("needs PostgreSQL from `make services`")
+    gate = TcpGate((url.hostname, url.port))
+    gate.open()
+    env = child_env() | {"NOTIFIER_DATABASE_URL": database.replace(f":{url.port}/", f":{gate.port}/")}
     try:
         bridge = bridges(topics, "--batch-ms", "50", env=env)
         before = [_event(unique, unique("user")) for _ in range(10)]
         _produce(topics.high, [(e["user_id"].encode(), json.dumps(e).encode()) for e in before])
         wait_until(lambda: _all_committed(topics), timeout_s=30, message=bridge.log()[-2000:])
 
-        # When the broker goes away while events keep coming
-        devstack.stop(redis_proc)
+        # When the database goes away while events keep coming
+        gate.close()
         committed_before = _committed(topics.group, topics.consumed)
         during = [_event(unique, unique("user")) for _ in range(10)]
         _produce(topics.high, [(e["user_id"].encode(), json.dumps(e).encode()) for e in during])
-        wait_until(lambda: "to Celery failed" in bridge.log(), timeout_s=30, message=bridge.log()[-2000:])
+        wait_until(lambda: "failed" in bridge.log()[len(bridge.log()) // 2:] and "retrying" in bridge.log(),
+                   timeout_s=60, message=bridge.log()[-2000:])
         time.sleep(1.0)
 
-        # Then nothing past the unhanded events is committed, and the bridge keeps retrying
+        # Then nothing past the events not yet stored is committed, and the bridge keeps retrying
         assert _committed(topics.group, topics.consumed) == committed_before
         assert bridge.proc.poll() is None
+        assert _rows([e["notification_id"] for e in during]) == []
 
-        # ... and once the broker is back, the events reach it and the offsets move on
-        redis_proc = _start_redis(port)
-        wait_until(lambda: _all_committed(topics), timeout_s=30, message=bridge.log()[-2000:])
-        assert {e["notification_id"] for e in during} <= _queued_notification_ids(env["NOTIFIER_BROKER_URL"])
+        # ... and once the database is back, the events are stored (accepted) and the offsets move on
+        gate.open()
+        wait_until(lambda: _all_committed(topics), timeout_s=60, message=bridge.log()[-2000:])
+        rows = _rows([e["notification_id"] for e in during])
+        assert sorted(r.notification_id for r in rows) == sorted(e["notification_id"] for e in during)
         bridge.proc.send_signal(signal.SIGTERM)
         assert bridge.proc.wait(15) == 0
     finally:
-        devstack.stop(redis_proc)
+        gate.close()
+
+
+def test_a_celery_broker_outage_loses_nothing_the_rows_are_stored(topics, bridges, database, wait_until, unique):
+    # Given a bridge whose Celery broker is a Redis of its own, which is down
+    port = _free_port()
+    env = child_env() | {"NOTIFIER_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
+    bridge = bridges(topics, "--batch-ms", "50", env=env)
+    events = [_event(unique, _ios_user(unique)[0]) for _ in range(10)]
+
+    # When events arrive
+    _produce(topics.high, [(e["user_id"].encode(), json.dumps(e).encode()) for e in events])
+
+    # Then they are accepted all the same: stored `queued` (the sweeper re-drives them once a broker
+    # takes work), and their offsets committed
+    wait_until(lambda: _all_committed(topics), timeout_s=60, message=bridge.log()[-2000:])
+    rows = _rows([e["notification_id"] for e in events])
+    assert sorted(r.notification_id for r in rows) == sorted(e["notification_id"] for e in events)
+    assert {r.status for r in rows} == {"queued"}
+    assert "the sweeper re-drives them" in bridge.log()
+    bridge.proc.send_signal(signal.SIGTERM)
+    assert bridge.proc.wait(15) == 0

@@ -15,7 +15,7 @@ from notifier.users import get_status, register_device
 from notifier import models
 from tasks.pipeline import send_notification, send_notifications
 from tests.conftest import TEST_VAR, child_env
-from tests.isolation import isolated_broker, produce
+from tests.isolation import TcpGate, isolated_broker, produce
 
 TERMINAL = {status.value for status in models.TERMINAL}
 BACKLOG = 2000
@@ -122,48 +122,6 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
             devstack.stop(low)
 
 
-class _Gate:
-    """A TCP forwarder to PostgreSQL that can be closed and opened: a database outage on demand."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        import threading
-
-        self.target, self.port, self._listener, self._threading = target, devstack.free_port(), None, threading
-
-    def open(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
-
-    def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 def test_database_outage_in_the_workers_loses_nothing(sandbox, database, wait_until, unique):
     # Given a worker whose database is unreachable
     from urllib.parse import urlsplit
@@ -173,7 +131,7 @@ def test_database_outage_in_the_workers_loses_nothing(sandbox, database, wait_un
         import pytest
 
         pytest.skip("needs PostgreSQL from `make services`")
-    gate = _Gate((url.hostname, url.port))
+    gate = TcpGate((url.hostname, url.port))
     logs = TEST_VAR / "logs" / "outage"
     with isolated_broker("outage") as broker:
         env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker,
