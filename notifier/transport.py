@@ -190,6 +190,7 @@ class Http2Transport:
         max_in_flight = self.max_in_flight
         timeout_s = self.timeout_s
         in_flight = done = 0
+        checked: set[str] = set()  # header names and values found good (see _malformed)
         try:
             while done < count:
                 if waiting and in_flight < max_in_flight:
@@ -197,7 +198,7 @@ class Http2Transport:
                     while waiting and in_flight < max_in_flight:
                         index = waiting.popleft()
                         try:
-                            curl = self._prepare(index, requests[index], budget_s)
+                            curl = self._prepare(index, requests[index], budget_s, checked)
                         except _Unsendable as exc:
                             response = results[index] = HttpResponse(
                                 requests[index], 0, {}, b"", f"request not sent: {exc}", 0.0, True
@@ -323,8 +324,8 @@ class Http2Transport:
     def _on_timer(self, timeout_ms: int) -> None:
         self._timer_due = None if timeout_ms < 0 else monotonic() + timeout_ms / 1000
 
-    def _prepare(self, index: int, request: HttpRequest, budget_s: float) -> pycurl.Curl:
-        problem = _malformed(request)
+    def _prepare(self, index: int, request: HttpRequest, budget_s: float, checked: set[str]) -> pycurl.Curl:
+        problem = _malformed(request, checked)
         if problem is not None:
             raise _Unsendable(problem)
         curl = self._idle.pop() if self._idle else pycurl.Curl()
@@ -381,16 +382,25 @@ def _printable_ascii(text: object) -> bool:
     return isinstance(text, str) and text.isascii() and text.isprintable()
 
 
-def _malformed(request: HttpRequest) -> str | None:
-    """Say why a request must not be sent as it is, or None; never quotes the values."""
+def _malformed(request: HttpRequest, checked: set[str]) -> str | None:
+    """Say why a request must not be sent as it is, or None; never quotes the values.
+
+    ``checked`` holds the header names and values already found good in this batch: the
+    provider token and the constant headers are the same objects on every request, so
+    each is scanned once per batch, not once per request (the hot path).
+    """
     url = request.url
     if not _printable_ascii(url) or " " in url or "#" in url:
         return "the URL is not printable ASCII without spaces and '#'"
     for name, value in request.headers.items():
-        if not _printable_ascii(name) or ":" in name or " " in name or not name:
-            return "a header name is not an HTTP token"
-        if not _printable_ascii(value):
-            return f"header {name} is not printable ASCII"
+        if type(name) is not str or name not in checked:
+            if not _printable_ascii(name) or ":" in name or " " in name or not name:
+                return "a header name is not an HTTP token"
+            checked.add(name)
+        if type(value) is not str or value not in checked:
+            if not _printable_ascii(value):
+                return f"header {name} is not printable ASCII"
+            checked.add(value)
     if not isinstance(request.body, bytes):
         return "the body is not bytes"
     return None

@@ -220,8 +220,11 @@ def test_an_exception_in_on_outcome_is_logged_and_the_batch_goes_on(apns, sandbo
     assert all(len(sandbox.messages("apns", t)) == 1 for t in tokens)
 
 
-@pytest.mark.parametrize("body", [b"[1, 2]", b'{"reason": ["BadDeviceToken"]}', b'{"reason": "Unregistered", '
-                                  b'"timestamp": "soon"}', b"\xff\xfe"], ids=["list", "odd reason", "odd time", "bytes"])
+ODD_ANSWERS = {"list": b"[1, 2]", "odd reason": b'{"reason": ["BadDeviceToken"]}',
+               "odd time": b'{"reason": "Unregistered", "timestamp": "soon"}', "bytes": b"\xff\xfe"}
+
+
+@pytest.mark.parametrize("body", list(ODD_ANSWERS.values()), ids=list(ODD_ANSWERS))
 def test_an_odd_answer_is_classified_never_raised(body):
     from notifier.providers.apns import classify
     from notifier.transport import HttpRequest, HttpResponse

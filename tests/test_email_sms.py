@@ -580,6 +580,35 @@ def test_sendgrid_failing_fails_over_to_smtp(own_worker, sandbox, wait_until, un
     assert sandbox.messages("sendgrid", address) == []
 
 
+def test_a_poison_email_failing_over_to_smtp_fails_alone_and_its_batch_mate_is_sent_once(
+    own_worker, sandbox, wait_until, unique
+):
+    # Given SendGrid down for two addresses, and two events in one batch, one with CR/LF in its title
+    # (handed to the route task raw, as a producer skipping validation would)
+    from celeryconfig import queue_for
+    from tasks.app import app
+
+    innocent, poisoned = (f"{unique('mate')}@example.com" for _ in range(2))
+    for address in (innocent, poisoned):
+        sandbox.add_fault("sendgrid", address, status=503, count=None)
+    good = _event(unique, _user(unique, email=innocent), ["email"])
+    bad = _event(unique, _user(unique, email=poisoned), ["email"], title="Shipped\r\nBcc: attacker@example.net")
+    with app.connection_for_write(transport_options={"global_keyprefix": own_worker}) as conn:
+        app.send_task("notifier.send_notifications", args=[[good, bad]], queue=queue_for("pipeline", "high"),
+                      connection=conn)
+
+    # When both fail over to SMTP, the poison one fails alone and its batch-mate is sent by SMTP
+    [good_row] = wait_until(lambda: _settled(good["notification_id"]), timeout_s=30)
+    [bad_row] = wait_until(lambda: _settled(bad["notification_id"]), timeout_s=30)
+    assert (good_row["status"], good_row["provider"]) == ("sent", "smtp")
+    assert bad_row["status"] == "failed" and "title" in bad_row["reason"], bad_row
+    # Then, even after the sweeper had its chance to re-drive, SMTP got the innocent one exactly once
+    time.sleep(get_settings().stuck_after_s + 2)
+    assert len(sandbox.messages("smtp", innocent)) == 1
+    assert sandbox.messages("smtp", poisoned) == [] and sandbox.messages("smtp", "attacker@example.net") == []
+    assert [r["status"] for r in get_status(good["notification_id"])] == ["sent"]
+
+
 def test_sendgrid_delivered_receipt_marks_the_delivery_delivered(own_worker, receipts_api, sandbox, wait_until,
                                                                  unique):
     # Given an email SendGrid accepted

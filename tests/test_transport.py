@@ -363,7 +363,9 @@ UNSENDABLE = [
 
 
 @pytest.mark.parametrize(("case", "changes"), UNSENDABLE, ids=[c for c, _ in UNSENDABLE])
-def test_an_unsendable_request_fails_alone_and_is_never_sent(clean_sandbox_process, transport, case, changes):  # noqa: F811
+def test_an_unsendable_request_fails_alone_and_is_never_sent(
+    clean_sandbox_process, transport, case, changes  # noqa: F811
+):
     # given a batch with one request that cannot be sent as it is, between two good ones
     bad = push(clean_sandbox_process, changes.get("token"), tag="bad",
                **{k: v for k, v in changes.items() if k != "token"})

@@ -153,7 +153,7 @@ def classify(resp: HttpResponse) -> Outcome:
     if not isinstance(body, dict):
         body = {}
     reason = body.get("reason")
-    if not isinstance(reason, str) or not printable_ascii(reason) or not reason:
+    if not reason or not printable_ascii(reason):
         reason = f"HTTP {resp.status}"
     reason = reason[:100]
     kind = CLASSIFICATION.get((resp.status, reason))

@@ -65,15 +65,16 @@ def message_id(d: Delivery, domain: str) -> str:
     return f"<{uuid.uuid5(MESSAGE_ID_NAMESPACE, d.idempotency_key)}@{domain}>"
 
 
-# The delivery's values that become header lines, by the name a reason gives them.
-_HEADER_FIELDS = (("target", "To"), ("title", "Subject"), ("notification_id", "X-Notifier-Notification-Id"))
+# The delivery's fields that become header lines (To, Subject, X-Notifier-Notification-Id);
+# the address is also the RCPT TO argument.
+_HEADER_FIELDS = ("target", "title", "notification_id")
 
 
 def refused_header(d: Delivery) -> str | None:
     """Name the delivery's field that cannot be a header line (CR or LF would start another), or None."""
-    for field, _ in _HEADER_FIELDS:
+    for field in _HEADER_FIELDS:
         value = getattr(d, field)
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
+        if isinstance(value, str) and ("\r" in value or "\n" in value):
             return field
     return None
 
