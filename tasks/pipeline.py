@@ -91,8 +91,10 @@ def _queue_filter(queued: dict[str, list[int]], events: list[NotificationEvent],
         if not ids:
             continue
         try:
-            last = filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane),
-                                            argsrepr=_describe_events(events) + f" deliveries={len(ids)}", **options)
+            # Flower shows the deliveries and the events they came from: staff search by notification id.
+            argsrepr = f"{filter_stage.describe((ids, lane), {})} {_describe_events(events)}"
+            last = filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane), argsrepr=argsrepr,
+                                            **options)
         except Exception as exc:  # noqa: BLE001 - stored is accepted; the sweeper re-drives the rows
             log.warning("intake: %d stored %s-lane deliveries not queued (%s: %s); the sweeper re-drives them",
                         len(ids), lane, type(exc).__name__, exc)

@@ -440,7 +440,8 @@ def test_sigterm_hands_over_the_batch_in_flight_commits_and_exits_0(worker, sand
 
     # Then it exits 0 within seconds, having handed the batch over and committed up to the end
     assert code == 0, bridge.log()[-3000:]
-    assert took < 5, f"took {took:.1f}s to stop"
+    # The bridge gives itself 10 s (shutdown_timeout_s) to hand over and commit before it gives up.
+    assert took < 10, f"took {took:.1f}s to stop"
     end = _end_offsets(topics.consumed)
     assert sum(end.values()) == len(events)
     assert _committed(topics.group, topics.consumed) == end
