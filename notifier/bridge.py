@@ -8,6 +8,7 @@ delivery.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -393,6 +394,7 @@ class Bridge:
         revoke_timeout_s: float = 5.0,
         dead_letter_flush_s: float = 1.0,
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+        unsent_letters_max_bytes: int = UNSENT_LETTERS_MAX_BYTES,
         instance_id: str | None = None,
     ) -> None:
         if batch_size < 1 or batch_ms < 0:
@@ -415,6 +417,7 @@ class Bridge:
         self.revoke_timeout_s = revoke_timeout_s
         self.dead_letter_flush_s = dead_letter_flush_s
         self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.unsent_letters_max_bytes = unsent_letters_max_bytes
         # Static membership: a bridge restarted with the same id takes its partitions back at once.
         # Each running bridge needs its own id (a StatefulSet pod name, a systemd instance name).
         self.instance_id = instance_id or os.environ.get(INSTANCE_ID_ENV) or None
@@ -559,7 +562,7 @@ class Bridge:
 
     def _held(self) -> bool:
         """True while the bridge must not fetch: Celery refuses work or dead letters fill their bound."""
-        return self._retry_at is not None or self._letter_bytes > UNSENT_LETTERS_MAX_BYTES
+        return self._retry_at is not None or self._letter_bytes > self.unsent_letters_max_bytes
 
     def _wait_s(self) -> float:
         started = [b.started for b in self._batches.values() if b.events]
@@ -730,6 +733,7 @@ class Bridge:
                 if smaller is not None:
                     self._unsent_letters[0] = smaller
                     continue
+                self._unsent_letters[0] = self._full_size(letter)
                 self._dead_letter_refused(letter, exc.args[0])
                 return
             self._unsent_letters.popleft()
@@ -743,13 +747,17 @@ class Bridge:
                 # The topic's max.message.bytes is below the producer's: try again at half the size.
                 self._unsent_letters.appendleft(smaller)
             else:
-                self._unsent_letters.append(letter)
+                self._unsent_letters.append(self._full_size(letter))
                 self._dead_letter_refused(letter, err)
             return
         self._ledger.handed_over(letter.topic, letter.partition, letter.offset)
         self._letter_bytes -= letter.size
         self.stats.dead_lettered += 1
         self._letter_retry_delay = 0.0
+
+    def _full_size(self, letter: DeadLetter) -> DeadLetter:
+        # The next attempt, after the backoff, starts whole again: the topic may have been fixed.
+        return dataclasses.replace(letter, max_bytes=self.dead_letter_max_bytes)
 
     def _dead_letter_refused(self, letter: DeadLetter, err: KafkaError) -> None:
         """Back off before producing dead letters again, and say so once per REPEAT_LOG_S."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import time
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from notifier.bridge import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MIN_BYTES, DeadLetter
 from tests.test_bridge import (  # noqa: F401 - fixtures
-    BOOTSTRAP, _all_committed, _all_sent, _event, _ios_user, _read, bridges, needs_kafka, topics,
+    BOOTSTRAP, _all_committed, _all_sent, _committed, _event, _ios_user, _produce, _read, bridges, needs_kafka, topics,
 )
+from tests.test_bridge_hand_over import running  # noqa: F401 - fixture
 
 # What a producer can put on the broker: its default message.max.bytes (1,000,000) and the broker's
 # default record-batch limit (message.max.bytes 1,048,588), both less some framing.
@@ -141,3 +144,60 @@ def test_two_thousand_malformed_messages_five_of_them_1mb_all_reach_the_dead_let
     bridge.proc.send_signal(signal.SIGTERM)
     assert bridge.proc.wait(20) == 0, bridge.log()[-3000:]
     assert bridge.stat("dead_lettered") == 2000
+
+
+def _set_max_message_bytes(topic: str, value: int) -> None:
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(15)
+
+
+@needs_kafka
+def test_a_dead_letter_topic_that_refuses_letters_holds_the_offset_not_the_lane_and_backs_off(
+    topics, running, wait_until, caplog
+):
+    # Given a dead-letter topic that refuses anything over 4 KiB (below the letters' 16 KiB floor)
+    _set_max_message_bytes(topics.dead, 4096)
+    handed: list[str] = []
+    events = [json.dumps({"notification_id": f"n-{i}", "user_id": "u", "type": "t", "category": "social",
+                          "title": "Hi", "body": "Yo"}).encode() for i in range(30)]
+    too_big = b"{not json " + b"x" * 40_000
+    positions = _produce(topics.low, [(b"k", events[0]), (b"k", too_big), *[(b"k", e) for e in events[1:]]])
+    partition, letter_offset = positions[1]
+
+    # When a bridge reads them, and a second poison arrives while the first still waits
+    caplog.set_level("INFO", logger="notifier.bridge")
+    bridge = running(topics, lambda batch, lane: handed.extend(e.notification_id for e in batch),
+                     unsent_letters_max_bytes=60_000)
+    wait_until(lambda: len(handed) == len(events), timeout_s=30, message="valid events behind the letter")
+    wait_until(lambda: _committed(topics.group, [topics.low]).get((topics.low, partition)) == letter_offset,
+               timeout_s=15)
+    more = [json.dumps({"notification_id": f"m-{i}", "user_id": "u", "type": "t", "category": "social",
+                        "title": "Hi", "body": "Yo"}).encode() for i in range(5)]
+    _produce(topics.low, [(b"k", too_big)])
+    wait_until(lambda: bridge.bridge.stats.consumed == len(events) + 2, timeout_s=15)
+    _produce(topics.low, [(b"k", e) for e in more])
+    time.sleep(4)
+
+    # Then the valid events behind the first letter were handed over, the offset waits at it, the letters
+    # past the byte bound pause fetching, and the refusals are logged with a backoff, not once per loop
+    assert handed == [json.loads(e)["notification_id"] for e in events]
+    assert _committed(topics.group, [topics.low])[(topics.low, partition)] == letter_offset
+    refusals = [r for r in caplog.records if r.levelname == "ERROR" and "refused the dead letter" in r.getMessage()]
+    assert 1 <= len(refusals) <= 2, [r.getMessage() for r in refusals]
+    assert bridge.bridge.stats.dead_lettered == 0
+
+    # ... and once the topic takes them, both letters go and the lane and the offsets move on
+    _set_max_message_bytes(topics.dead, 1_048_588)
+    wait_until(lambda: bridge.bridge.stats.dead_lettered == 2, timeout_s=60)
+    wait_until(lambda: len(handed) == len(events) + len(more), timeout_s=30)
+    wait_until(lambda: _all_committed(topics), timeout_s=30)
+    letters = _read(topics.dead, 2)
+    for letter in letters:  # whole, or (if sent while the topic's new limit spread) cut with proof
+        headers = dict(letter.headers())
+        assert letter.value() == too_big or (
+            too_big.startswith(letter.value())
+            and headers["original_sha256"] == hashlib.sha256(too_big).hexdigest().encode())
+    assert bridge.stop() == 0

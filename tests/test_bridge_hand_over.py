@@ -30,10 +30,10 @@ def _nested(depth: int) -> dict:
 class Running:
     """A Bridge in a thread of this process, with the hand-over the test gives it."""
 
-    def __init__(self, topics: Topics, hand_over) -> None:
+    def __init__(self, topics: Topics, hand_over, **options) -> None:
         self.bridge = Bridge({topics.high: "high", topics.low: "low"}, group_id=topics.group,
                              dead_letter_topic=topics.dead, bootstrap_servers=BOOTSTRAP, create_topics=False,
-                             batch_size=50, batch_ms=50, stats_interval_s=0.5, hand_over=hand_over)
+                             batch_size=50, batch_ms=50, stats_interval_s=0.5, hand_over=hand_over, **options)
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -51,8 +51,8 @@ class Running:
 def running():
     started: list[Running] = []
 
-    def _start(topics: Topics, hand_over) -> Running:
-        started.append(Running(topics, hand_over))
+    def _start(topics: Topics, hand_over, **options) -> Running:
+        started.append(Running(topics, hand_over, **options))
         return started[-1]
 
     yield _start
