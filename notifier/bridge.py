@@ -5,6 +5,16 @@ been handed over — enqueued to Celery, or produced to the dead-letter topic an
 acknowledged by Kafka. A message consumed twice (after a crash or a rebalance) is
 harmless: route() records a repeated notification_id as a `duplicate`, not a second
 delivery.
+
+One message never stalls a lane. Only an outage of our infrastructure (notifier.outages)
+holds a batch; a batch whose hand-over fails for any other reason is split until the events
+at fault are found, and those are dead-lettered. A dead letter carries the original key,
+value and headers after ours: source_topic, source_partition, source_offset and error. One
+too large for a Kafka record keeps a prefix of its value and says so: truncated=true,
+original_size, original_sha256 (and original_key_size/original_key_sha256,
+original_headers_dropped when the key or the producer's headers were cut too). A letter
+Kafka refuses is retried with backoff while the events behind it flow on; the committed
+offset waits at it.
 """
 from __future__ import annotations
 
@@ -72,8 +82,13 @@ UNSENT_LETTERS_MAX_BYTES = 64 * 1024 * 1024
 # bridge's partitions stay assigned to it: a restarted bridge waited that long for them. The
 # broker's group.min.session.timeout.ms is 6 s; 10 s leaves room for a loaded machine, and
 # librdkafka heartbeats from its own thread, so a busy Python loop does not miss them.
-# A bridge given a stable group.instance.id (static membership, KIP-345) takes its old
-# partitions back at once on restart, with no rebalance at all.
+# A bridge given a stable group.instance.id (static membership, KIP-345; from
+# NOTIFIER_BRIDGE_INSTANCE_ID or -X group.instance.id=…) takes its old partitions back at once
+# on restart, with no rebalance at all. The id must be unique per running bridge (two with one
+# id fence each other), and a static member stays in the group when it closes: a bridge
+# stopped for good hands its partitions on only after the session timeout.
+# (The KIP-848 consumer protocol would not help: its session timeout is the broker's, 45 s,
+# and a static member restarting before that is refused with UNRELEASED_INSTANCE_ID.)
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 2_000
 INSTANCE_ID_ENV = "NOTIFIER_BRIDGE_INSTANCE_ID"
@@ -628,9 +643,10 @@ class Bridge:
             except OUTAGE_ERRORS as exc:
                 raise _Outage(exc) from exc
             except Exception as exc:  # noqa: BLE001 - any other error is some event's own fault
-                log.warning("bridge: handing %d %s-lane events over failed (%s: %r), not an outage; "
-                            "finding the events at fault", len(batch.events), batch.lane, type(exc).__name__,
-                            str(exc)[:500])
+                # The type only: the exception's text may quote an event's content (it goes to the
+                # dead-letter headers, beside the message itself).
+                log.warning("bridge: handing %d %s-lane events over failed (%s), not an outage; finding the "
+                            "events at fault", len(batch.events), batch.lane, type(exc).__name__)
                 self._isolate(batch, range(len(batch.events)), exc, done)
             else:
                 done.update(range(len(batch.events)))
@@ -659,9 +675,9 @@ class Bridge:
             i = indexes[0]
             msg, event = batch.messages[i], batch.events[i]
             reason = f"hand-over failed: {type(error).__name__}: {error}"
-            log.warning("bridge: %s[%d]@%d notification_id=%r could not be handed over (%r); dead-lettered to %s",
-                        msg.topic(), msg.partition(), msg.offset(), event.notification_id, reason[:500],
-                        self.dead_letter_topic)
+            log.warning("bridge: %s[%d]@%d notification_id=%r could not be handed over (%s); dead-lettered to %s "
+                        "with the error", msg.topic(), msg.partition(), msg.offset(), event.notification_id,
+                        type(error).__name__, self.dead_letter_topic)
             self._dead_letter(DeadLetter.of(msg, reason, self.dead_letter_max_bytes))
             done.add(i)
             return
