@@ -1,4 +1,4 @@
-"""Dead letters never jam a lane: a message too large to dead-letter whole goes truncated, with proof of the original."""
+"""Dead letters never jam a lane: one too large to go whole goes truncated, with proof of the original."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +11,8 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from notifier.bridge import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MIN_BYTES, DeadLetter
 from tests.test_bridge import (  # noqa: F401 - fixtures
-    BOOTSTRAP, _all_committed, _all_sent, _committed, _event, _ios_user, _produce, _read, bridges, needs_kafka, topics,
+    BOOTSTRAP, _all_committed, _all_sent, _committed, _end_offsets, _event, _ios_user, _produce, _read, bridges,
+    needs_kafka, topics,
 )
 from tests.test_bridge_hand_over import running  # noqa: F401 - fixture
 
@@ -124,6 +125,7 @@ def test_two_thousand_malformed_messages_five_of_them_1mb_all_reach_the_dead_let
         headers = dict(msg.headers())
         origins[(headers["source_topic"], headers["source_partition"], headers["source_offset"])] = (msg, headers)
     assert len(origins) == 2000, (len(dead), len(origins), bridge.log()[-3000:])
+    assert sum(_end_offsets([topics.dead]).values()) == 2000, "each one once"
     truncated = [(msg, h) for msg, h in origins.values() if h.get("truncated") == b"true"]
     originals = {v: v for topic in big.values() for _, v, _ in topic}
     assert len(truncated) == 5
