@@ -5,12 +5,25 @@ been handed over — enqueued to Celery, or produced to the dead-letter topic an
 acknowledged by Kafka. A message consumed twice (after a crash or a rebalance) is
 harmless: route() records a repeated notification_id as a `duplicate`, not a second
 delivery.
+
+One message never stalls a lane. Only an outage of our infrastructure (notifier.outages)
+holds a batch; a batch whose hand-over fails for any other reason is split until the events
+at fault are found, and those are dead-lettered. A dead letter carries the original key,
+value and headers after ours: source_topic, source_partition, source_offset and error. One
+too large for a Kafka record keeps a prefix of its value and says so: truncated=true,
+original_size, original_sha256 (and original_key_size/original_key_sha256,
+original_headers_dropped when the key or the producer's headers were cut too). A letter
+Kafka refuses is retried with backoff while the events behind it flow on; the committed
+offset waits at it.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import logging
+import os
 import re
 import signal
 import threading
@@ -25,6 +38,7 @@ from pydantic import ValidationError
 
 from notifier import metrics
 from notifier.events import MAX_EVENT_BYTES, NotificationEvent, describe_errors, parse_event
+from notifier.outages import OUTAGE_ERRORS
 from notifier.publish import DEAD_LETTER_TOPIC, TOPIC_BY_LANE
 from notifier.settings import get_settings
 
@@ -46,6 +60,38 @@ TRANSIENT_ERRORS = {
 }
 # While Kafka is down librdkafka reports every reconnect attempt; say so once per this many seconds.
 REPEAT_LOG_S = 30.0
+# A dead letter must fit one Kafka record. librdkafka refuses a produce whose key, value and
+# serialized headers exceed the producer's message.max.bytes (default 1,000,000), and the
+# broker refuses a record batch over its message.max.bytes (default 1,048,588; a topic may
+# set a lower max.message.bytes). A bigger letter keeps a prefix of the value so that the
+# whole, with our headers and framing, stays under the producer's limit; a topic that still
+# refuses it gets the letter again at half the size, down to DEAD_LETTER_MIN_BYTES.
+DEAD_LETTER_MAX_BYTES = 1_000_000 - 8 * 1024
+DEAD_LETTER_MIN_BYTES = 16 * 1024
+# Per header: the varint lengths of its name and value.
+HEADER_OVERHEAD = 10
+# A truncated letter keeps at most this much of the key and of the producer's own headers.
+TRUNCATED_KEY_BYTES = 1024
+TRUNCATED_HEADERS_BYTES = 8 * 1024
+# Backoff between attempts to produce a dead letter that Kafka refused.
+DEAD_LETTER_RETRY_MIN_S, DEAD_LETTER_RETRY_MAX_S = 0.5, 30.0
+# While dead letters wait for the dead-letter topic, valid events keep flowing; past this many
+# bytes of them the bridge stops fetching until they are out, so memory stays bounded.
+UNSENT_LETTERS_MAX_BYTES = 64 * 1024 * 1024
+# Consumer group timing. librdkafka's default session timeout (45 s) is how long a SIGKILLed
+# bridge's partitions stay assigned to it: a restarted bridge waited that long for them. The
+# broker's group.min.session.timeout.ms is 6 s; 10 s leaves room for a loaded machine, and
+# librdkafka heartbeats from its own thread, so a busy Python loop does not miss them.
+# A bridge given a stable group.instance.id (static membership, KIP-345; from
+# NOTIFIER_BRIDGE_INSTANCE_ID or -X group.instance.id=…) takes its old partitions back at once
+# on restart, with no rebalance at all. The id must be unique per running bridge (two with one
+# id fence each other), and a static member stays in the group when it closes: a bridge
+# stopped for good hands its partitions on only after the session timeout.
+# (The KIP-848 consumer protocol would not help: its session timeout is the broker's, 45 s,
+# and a static member restarting before that is refused with UNRELEASED_INSTANCE_ID.)
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 2_000
+INSTANCE_ID_ENV = "NOTIFIER_BRIDGE_INSTANCE_ID"
 HandOver = Callable[[list[NotificationEvent], str], None]
 
 
@@ -146,26 +192,72 @@ def _json_type(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message on its way to the dead-letter topic: the original bytes plus why."""
+    """A message on its way to the dead-letter topic: the original bytes, where they came from and why."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    error: str
+    source_headers: tuple[tuple[str, bytes], ...] = ()
+    max_bytes: int = DEAD_LETTER_MAX_BYTES
 
     @classmethod
-    def of(cls, msg: Message, error: str) -> "DeadLetter":
-        headers = [
-            ("source_topic", msg.topic().encode()),
-            ("source_partition", str(msg.partition()).encode()),
-            ("source_offset", str(msg.offset()).encode()),
-            ("error", error[:4096].encode()),
+    def of(cls, msg: Message, error: str, max_bytes: int = DEAD_LETTER_MAX_BYTES) -> "DeadLetter":
+        source_headers = tuple((k, v if v is not None else b"") for k, v in (msg.headers() or []))
+        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), error, source_headers,
+                   max_bytes)
+
+    @property
+    def size(self) -> int:
+        """Bytes this letter holds in memory (the original key, value and headers)."""
+        return len(self.key or b"") + len(self.value or b"") + _headers_size(self.source_headers)
+
+    def smaller(self) -> "DeadLetter | None":
+        """The same letter cut to half its byte budget, or None if it is already at the floor."""
+        if self.max_bytes <= DEAD_LETTER_MIN_BYTES:
+            return None
+        return DeadLetter(self.topic, self.partition, self.offset, self.key, self.value, self.error,
+                          self.source_headers, max(self.max_bytes // 2, DEAD_LETTER_MIN_BYTES))
+
+    def record(self) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        """Key, value and headers to produce: the whole message if it fits in max_bytes, else a prefix."""
+        ours = [
+            ("source_topic", self.topic.encode()),
+            ("source_partition", str(self.partition).encode()),
+            ("source_offset", str(self.offset).encode()),
+            ("error", self.error[:4096].encode(errors="replace")),
         ]
         # The producer's own headers follow ours, so nothing of the original is lost.
-        headers.extend((k, v if v is not None else b"") for k, v in (msg.headers() or []))
-        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers)
+        whole = ours + list(self.source_headers)
+        if len(self.key or b"") + len(self.value or b"") + _headers_size(whole) <= self.max_bytes:
+            return self.key, self.value, whole
+        value = self.value or b""
+        ours += [
+            ("truncated", b"true"),
+            ("original_size", str(len(value)).encode()),
+            ("original_sha256", hashlib.sha256(value).hexdigest().encode()),
+        ]
+        key = self.key
+        if key is not None and len(key) > TRUNCATED_KEY_BYTES:
+            ours += [("original_key_size", str(len(key)).encode()),
+                     ("original_key_sha256", hashlib.sha256(key).hexdigest().encode())]
+            key = key[:TRUNCATED_KEY_BYTES]
+        kept: list[tuple[str, bytes]] = []
+        for header in self.source_headers:
+            if _headers_size([*kept, header]) > min(TRUNCATED_HEADERS_BYTES, self.max_bytes // 4):
+                break
+            kept.append(header)
+        if len(kept) < len(self.source_headers):
+            ours.append(("original_headers_dropped", str(len(self.source_headers) - len(kept)).encode()))
+        headers = ours + kept
+        room = self.max_bytes - len(key or b"") - _headers_size(headers)
+        return key, value[:max(room, 0)], headers
+
+
+def _headers_size(headers: Iterable[tuple[str, bytes]]) -> int:
+    return sum(len(k.encode()) + len(v) + HEADER_OVERHEAD for k, v in headers)
 
 
 @dataclass(slots=True)
@@ -225,19 +317,35 @@ class OffsetLedger:
 class _Batch:
     lane: str
     events: list[NotificationEvent] = field(default_factory=list)
-    positions: list[tuple[str, int, int]] = field(default_factory=list)
+    # Each event's message, kept to dead-letter it should its hand-over fail for a reason of its own.
+    messages: list[Message] = field(default_factory=list)
     size_bytes: int = 0
     started: float = 0.0
 
-    def add(self, event: NotificationEvent, position: tuple[str, int, int], size: int) -> None:
+    def add(self, event: NotificationEvent, msg: Message) -> None:
         if not self.events:
             self.started = time.monotonic()
         self.events.append(event)
-        self.positions.append(position)
-        self.size_bytes += size
+        self.messages.append(msg)
+        self.size_bytes += len(msg.value() or b"")
+
+    def keep(self, indexes: Iterable[int]) -> None:
+        """Keep only the entries at these indexes, in order."""
+        kept = sorted(set(indexes))
+        self.events = [self.events[i] for i in kept]
+        self.messages = [self.messages[i] for i in kept]
+        self.size_bytes = sum(len(m.value() or b"") for m in self.messages)
 
     def clear(self) -> None:
-        self.events, self.positions, self.size_bytes = [], [], 0
+        self.events, self.messages, self.size_bytes = [], [], 0
+
+
+class _Outage(Exception):
+    """A hand-over met an outage of our infrastructure part-way through isolating a batch's bad events."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(slots=True)
@@ -300,6 +408,9 @@ class Bridge:
         shutdown_timeout_s: float = 10.0,
         revoke_timeout_s: float = 5.0,
         dead_letter_flush_s: float = 1.0,
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+        unsent_letters_max_bytes: int = UNSENT_LETTERS_MAX_BYTES,
+        instance_id: str | None = None,
     ) -> None:
         if batch_size < 1 or batch_ms < 0:
             raise ValueError("batch_size must be at least 1 and batch_ms at least 0")
@@ -320,6 +431,11 @@ class Bridge:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.revoke_timeout_s = revoke_timeout_s
         self.dead_letter_flush_s = dead_letter_flush_s
+        self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.unsent_letters_max_bytes = unsent_letters_max_bytes
+        # Static membership: a bridge restarted with the same id takes its partitions back at once.
+        # Each running bridge needs its own id (a StatefulSet pod name, a systemd instance name).
+        self.instance_id = instance_id or os.environ.get(INSTANCE_ID_ENV) or None
 
         self.stats = BridgeStats()
         self._stopping = False
@@ -328,6 +444,10 @@ class Bridge:
         self._batches = {lane: _Batch(lane) for lane in LANES}
         self._unsent_letters: deque[DeadLetter] = deque()
         self._letters_in_flight = 0
+        self._letter_bytes = 0  # held by letters not yet acknowledged by Kafka
+        self._letter_retry_at = 0.0  # set while Kafka refuses dead letters
+        self._letter_retry_delay = 0.0
+        self._paused = False
         self._retry_at: float | None = None  # set while Celery refuses hand-overs
         self._retry_delay = 0.0
         self._commit_retry_at = 0.0
@@ -411,6 +531,9 @@ class Bridge:
             "enable.auto.offset.store": False,
             # A new group starts at the beginning: events produced before the first bridge ran still count.
             "auto.offset.reset": "earliest",
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+            **({"group.instance.id": self.instance_id} if self.instance_id else {}),
             "error_cb": self._on_kafka_error,
             "logger": _kafka_logger(),
             **self.consumer_config,
@@ -422,6 +545,9 @@ class Bridge:
             "client.id": "notifier-bridge-dlq",
             "acks": "all",
             "linger.ms": 5,
+            # A letter Kafka cannot take comes back as an error within this, to be retried by us
+            # with a backoff and a log line, rather than waiting librdkafka's default 5 minutes.
+            "message.timeout.ms": 30_000,
             "error_cb": self._on_kafka_error,
             "logger": _kafka_logger(),
         }
@@ -430,20 +556,28 @@ class Bridge:
 
     def _step(self) -> None:
         consumer = self._consumer
-        if self._retry_at is None:
+        if not self._held():
             for msg in consumer.consume(self.batch_size, self._wait_s()):
                 self._take(msg)
         else:
-            # Celery refuses work: serve the group (heartbeats, rebalances) without fetching more.
+            # Celery refuses work, or too many dead letters wait for Kafka: serve the group
+            # (heartbeats, rebalances) without fetching more.
             self._pause()
-            msg = consumer.poll(min(max(self._retry_at - time.monotonic(), 0.0), 0.5))
+            wait = self._retry_at - time.monotonic() if self._retry_at is not None else 0.1
+            msg = consumer.poll(min(max(wait, 0.0), 0.5))
             if msg is not None:
                 self._take(msg)
         self._flush_due()
         self._send_dead_letters()
         self._producer.poll(0)
+        if self._paused and not self._held():
+            self._resume()
         self._commit()
         self._log_stats()
+
+    def _held(self) -> bool:
+        """True while the bridge must not fetch: Celery refuses work or dead letters fill their bound."""
+        return self._retry_at is not None or self._letter_bytes > self.unsent_letters_max_bytes
 
     def _wait_s(self) -> float:
         started = [b.started for b in self._batches.values() if b.events]
@@ -464,17 +598,20 @@ class Bridge:
         try:
             event = decode_event(msg.value(), self.topics.get(topic) or lane_of_topic(topic))
         except BadMessage as bad:
-            log.warning("bridge: %s[%d]@%d%s is not a valid event (%s); dead-lettered to %s", topic, partition,
-                        offset, f" notification_id={bad.notification_id}" if bad.notification_id else "",
+            # %r: the id and the reason (which names the producer's fields) are the producer's text,
+            # and a newline in them must not forge a log line.
+            log.warning("bridge: %s[%d]@%d%s is not a valid event (%r); dead-lettered to %s", topic, partition,
+                        offset, f" notification_id={bad.notification_id!r}" if bad.notification_id else "",
                         bad.reason, self.dead_letter_topic)
-            self._dead_letter(DeadLetter.of(msg, bad.reason))
+            self._dead_letter(DeadLetter.of(msg, bad.reason, self.dead_letter_max_bytes))
             return
         except Exception as exc:  # noqa: BLE001 - a bug of ours must not lose the message either
             log.exception("bridge: %s[%d]@%d could not be read; dead-lettered", topic, partition, offset)
-            self._dead_letter(DeadLetter.of(msg, f"internal error: {type(exc).__name__}: {exc}"))
+            self._dead_letter(DeadLetter.of(msg, f"internal error: {type(exc).__name__}: {exc}",
+                                            self.dead_letter_max_bytes))
             return
         batch = self._batches[event.lane]
-        batch.add(event, (topic, partition, offset), len(msg.value()))
+        batch.add(event, msg)
         if self._retry_at is None and (len(batch.events) >= self.batch_size or batch.size_bytes >= BATCH_MAX_BYTES):
             self._hand_over(batch)
 
@@ -492,26 +629,74 @@ class Bridge:
                     return
 
     def _hand_over(self, batch: _Batch) -> bool:
-        """Enqueue one batch to Celery; on failure keep it, back off and pause fetching."""
+        """Hand one batch over; True if none of it is left.
+
+        An outage of our infrastructure (OUTAGE_ERRORS) keeps the batch, backs off and pauses
+        fetching: the offsets wait for it. Any other exception belongs to some event in the
+        batch, so the batch is split in halves until the events at fault are found; those are
+        dead-lettered with the error as the reason and the rest are handed over.
+        """
+        done: set[int] = set()
         try:
-            self.hand_over(batch.events, batch.lane)
-        except Exception as exc:  # noqa: BLE001 - the Celery broker is down or refusing; never drop
+            try:
+                self.hand_over(batch.events, batch.lane)
+            except OUTAGE_ERRORS as exc:
+                raise _Outage(exc) from exc
+            except Exception as exc:  # noqa: BLE001 - any other error is some event's own fault
+                # The type only: the exception's text may quote an event's content (it goes to the
+                # dead-letter headers, beside the message itself).
+                log.warning("bridge: handing %d %s-lane events over failed (%s), not an outage; finding the "
+                            "events at fault", len(batch.events), batch.lane, type(exc).__name__)
+                self._isolate(batch, range(len(batch.events)), exc, done)
+            else:
+                done.update(range(len(batch.events)))
+                self._handed_over(batch.messages)
+        except _Outage as outage:
+            batch.keep(i for i in range(len(batch.events)) if i not in done)
+            exc = outage.cause
             self._retry_delay = min(max(self._retry_delay * 2, RETRY_MIN_S), RETRY_MAX_S)
             self._retry_at = time.monotonic() + self._retry_delay
-            log.warning("bridge: handing %d %s-lane events to Celery failed (%s: %s); retrying in %.1fs, "
-                        "offsets not committed", len(batch.events), batch.lane, type(exc).__name__, exc,
-                        self._retry_delay)
+            held = self._error_throttle.allow(("hand-over", type(exc)))
+            if held is not None:
+                log.warning("bridge: handing %d %s-lane events over failed (%s: %r); retrying in %.1fs, "
+                            "offsets not committed%s", len(batch.events), batch.lane, type(exc).__name__,
+                            str(exc)[:500], self._retry_delay, f" ({held} similar held back)" if held else "")
             return False
-        for position in batch.positions:
-            self._ledger.handed_over(*position)
-        self.stats.handed_over += len(batch.events)
-        log.debug("bridge: handed %d %s-lane events to Celery", len(batch.events), batch.lane)
+        log.debug("bridge: handed %d %s-lane events over", len(batch.events), batch.lane)
         batch.clear()
         if self._retry_at is not None:
-            log.info("bridge: Celery accepts events again")
+            log.info("bridge: hand-over works again")
             self._retry_at, self._retry_delay = None, 0.0
-            self._resume()
         return True
+
+    def _isolate(self, batch: _Batch, indexes: range, error: Exception, done: set[int]) -> None:
+        """Hand over the events at `indexes` (which failed together with `error`) in halves; dead-letter the bad."""
+        if len(indexes) == 1:
+            i = indexes[0]
+            msg, event = batch.messages[i], batch.events[i]
+            reason = f"hand-over failed: {type(error).__name__}: {error}"
+            log.warning("bridge: %s[%d]@%d notification_id=%r could not be handed over (%s); dead-lettered to %s "
+                        "with the error", msg.topic(), msg.partition(), msg.offset(), event.notification_id,
+                        type(error).__name__, self.dead_letter_topic)
+            self._dead_letter(DeadLetter.of(msg, reason, self.dead_letter_max_bytes))
+            done.add(i)
+            return
+        middle = len(indexes) // 2
+        for half in (indexes[:middle], indexes[middle:]):
+            try:
+                self.hand_over([batch.events[i] for i in half], batch.lane)
+            except OUTAGE_ERRORS as exc:
+                raise _Outage(exc) from exc
+            except Exception as exc:  # noqa: BLE001 - narrowing down to the event at fault
+                self._isolate(batch, half, exc, done)
+            else:
+                done.update(half)
+                self._handed_over([batch.messages[i] for i in half])
+
+    def _handed_over(self, messages: Iterable[Message]) -> None:
+        for msg in messages:
+            self._ledger.handed_over(msg.topic(), msg.partition(), msg.offset())
+            self.stats.handed_over += 1
 
     def _hand_over_all(self, deadline: float) -> bool:
         """Hand over every batch, retrying until `deadline`; True if none is left."""
@@ -528,12 +713,14 @@ class Bridge:
     def _pause(self) -> None:
         try:
             self._consumer.pause(self._consumer.assignment())
+            self._paused = True
         except KafkaException as exc:
             log.debug("bridge: pause failed: %s", exc)
 
     def _resume(self) -> None:
         try:
             self._consumer.resume(self._consumer.assignment())
+            self._paused = False
         except (KafkaException, RuntimeError) as exc:
             log.debug("bridge: resume failed: %s", exc)
 
@@ -541,19 +728,29 @@ class Bridge:
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         self._unsent_letters.append(letter)
+        self._letter_bytes += letter.size
         self._send_dead_letters()
 
     def _send_dead_letters(self) -> None:
+        """Produce the waiting dead letters, unless Kafka refused one lately and the backoff runs."""
+        if time.monotonic() < self._letter_retry_at:
+            return
         while self._unsent_letters:
             letter = self._unsent_letters[0]
+            key, value, headers = letter.record()
             try:
-                self._producer.produce(self.dead_letter_topic, value=letter.value, key=letter.key,
-                                       headers=letter.headers, on_delivery=functools.partial(self._dead_lettered, letter))
+                self._producer.produce(self.dead_letter_topic, value=value, key=key, headers=headers,
+                                       on_delivery=functools.partial(self._dead_lettered, letter))
             except BufferError:
                 self._producer.poll(0.05)  # librdkafka's queue is full; try again next step
                 return
             except KafkaException as exc:
-                log.error("bridge: producing to %s failed: %s; will retry", self.dead_letter_topic, exc)
+                smaller = letter.smaller() if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE else None
+                if smaller is not None:
+                    self._unsent_letters[0] = smaller
+                    continue
+                self._unsent_letters[0] = self._full_size(letter)
+                self._dead_letter_refused(letter, exc.args[0])
                 return
             self._unsent_letters.popleft()
             self._letters_in_flight += 1
@@ -561,12 +758,34 @@ class Bridge:
     def _dead_lettered(self, letter: DeadLetter, err: KafkaError | None, _msg: Message) -> None:
         self._letters_in_flight -= 1
         if err is not None:
-            log.error("bridge: dead letter for %s[%d]@%d not accepted (%s); will retry",
-                      letter.topic, letter.partition, letter.offset, err.str())
-            self._unsent_letters.append(letter)
+            smaller = letter.smaller() if err.code() == KafkaError.MSG_SIZE_TOO_LARGE else None
+            if smaller is not None:
+                # The topic's max.message.bytes is below the producer's: try again at half the size.
+                self._unsent_letters.appendleft(smaller)
+            else:
+                self._unsent_letters.append(self._full_size(letter))
+                self._dead_letter_refused(letter, err)
             return
         self._ledger.handed_over(letter.topic, letter.partition, letter.offset)
+        self._letter_bytes -= letter.size
         self.stats.dead_lettered += 1
+        self._letter_retry_delay = 0.0
+
+    def _full_size(self, letter: DeadLetter) -> DeadLetter:
+        # The next attempt, after the backoff, starts whole again: the topic may have been fixed.
+        return dataclasses.replace(letter, max_bytes=self.dead_letter_max_bytes)
+
+    def _dead_letter_refused(self, letter: DeadLetter, err: KafkaError) -> None:
+        """Back off before producing dead letters again, and say so once per REPEAT_LOG_S."""
+        self._letter_retry_delay = min(max(self._letter_retry_delay * 2, DEAD_LETTER_RETRY_MIN_S),
+                                       DEAD_LETTER_RETRY_MAX_S)
+        self._letter_retry_at = time.monotonic() + self._letter_retry_delay
+        held = self._error_throttle.allow(("dead-letter", err.code()))
+        if held is not None:
+            log.error("bridge: %s refused the dead letter for %s[%d]@%d (%s); %d waiting, retrying in %.1fs; "
+                      "valid events go on, offsets wait at the letter%s", self.dead_letter_topic, letter.topic,
+                      letter.partition, letter.offset, err.str(), len(self._unsent_letters),
+                      self._letter_retry_delay, f" ({held} similar held back)" if held else "")
 
     def _confirm_dead_letters(self, deadline: float) -> bool:
         """Wait (until `deadline`) for Kafka to acknowledge every dead letter; True if it did."""
@@ -578,6 +797,8 @@ class Bridge:
                 return True
             if time.monotonic() >= deadline:
                 return False
+            if self._unsent_letters and not self._letters_in_flight:
+                time.sleep(min(max(self._letter_retry_at - time.monotonic(), 0.01), 0.1))
 
     # -- commits -------------------------------------------------------------------
 
@@ -585,7 +806,7 @@ class Bridge:
         """Commit, per partition, the first offset not yet handed over; True if nothing is left uncommitted."""
         if not force and time.monotonic() < self._commit_retry_at:
             return False
-        if self._letters_in_flight:
+        if self._letters_in_flight and force:
             # A dead letter counts as handed over only once Kafka has it.
             self._producer.flush(self.dead_letter_flush_s)
         offsets = self._ledger.committable()
