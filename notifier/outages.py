@@ -17,6 +17,11 @@ What each client raises when its server is gone, as read in the pinned versions:
   psycopg2's own classes come unwrapped from statements run on the DBAPI cursor (its
   OperationalError also covers deadlocks and serialization failures, which a retry resolves).
 - redis-py raises ConnectionError / TimeoutError (BusyLoadingError is a ConnectionError).
+- Our own database being wrong for the code (a migration not run: UndefinedTable; a statement
+  of ours PostgreSQL refuses) is a ProgrammingError or InternalError. It is no outage, but it
+  is not one event's fault either: every event would fail the same way, and dead-lettering
+  the whole stream would be worse than waiting for the operator. Held too. What a single
+  event can cause in the database (DataError, IntegrityError) stays that event's.
 - The builtin ConnectionError and TimeoutError are what a socket raises when a client lets
   it through unwrapped. OSError as a whole is not here: it covers far more than the network.
 """
@@ -36,6 +41,10 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.InterfaceError,
     psycopg2.OperationalError,
     psycopg2.InterfaceError,
+    sa_exc.ProgrammingError,
+    sa_exc.InternalError,
+    psycopg2.ProgrammingError,
+    psycopg2.InternalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     ConnectionError,
