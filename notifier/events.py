@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from notifier.validation import MAX_DATA_BYTES, MAX_DATA_DEPTH, Body, Id, JsonData, Name, Title, send_at_in_range
+from notifier.validation import (  # noqa: F401  (MAX_EVENT_BYTES: imported from here by the edges)
+    MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_EVENT_BYTES, Body, Id, JsonData, Name, Title, send_at_in_range,
+)
 
-MAX_EVENT_BYTES = 64 * 1024
 
 
 class Priority(str, enum.Enum):

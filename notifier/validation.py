@@ -71,10 +71,13 @@ AppId = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(singl
 # ---- data: what JSON can hold, bounded.
 # Depth: 16 containers (the data object itself is one) is far more than any app payload needs and
 # far below what breaks anything downstream (pydantic's serializer gives up near 255, Python's
-# json near 1000; finding 3 and 5 of issue 10). Size: push providers carry 4 KiB in all (APNs,
-# FCM), so 16 KiB of data is room to spare while every event stays under MAX_EVENT_BYTES.
+# json near 1000; finding 3 and 5 of issue 10). Size: no more than a whole event may be
+# (MAX_EVENT_BYTES: a Kafka message, an API body), so `delay()`, which has no body limit of its
+# own, cannot queue data that no other edge would take. (Push carries 4 KiB in all: an app that
+# puts more in data for push gets its delivery refused by the provider, not by us.)
+MAX_EVENT_BYTES = 64 * 1024
 MAX_DATA_DEPTH = 16
-MAX_DATA_BYTES = 16 * 1024
+MAX_DATA_BYTES = MAX_EVENT_BYTES
 # Integers a 64-bit JSON parser reads exactly (Swift, Kotlin, Go, PostgreSQL bigint); Python's own
 # json refuses to write integers past 4300 digits, which would fail the task after it was accepted.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1

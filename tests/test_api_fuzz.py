@@ -103,7 +103,8 @@ def test_hostile_events_are_accepted_storable_or_422(api, database):
         response = session.post(f"{api.url}/v1/notifications", data=body, timeout=10,
                                 headers=api.auth(api.admin_key) | {"Content-Type": "application/json"})
         tally(str(response.status_code))
-        assert response.status_code in (202, 413, 422), response.text
+        # 400: FastAPI's answer to a body its JSON parser gives up on (nested past Python's stack)
+        assert response.status_code in (202, 400, 413, 422), response.text
         if response.status_code == 202:
             assert_storable(parse_event(json_.loads(body)))
 
