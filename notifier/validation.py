@@ -20,7 +20,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-def Invalid(message: str) -> PydanticCustomError:  # noqa: N802  (raised like an exception class)
+def invalid(message: str) -> PydanticCustomError:
     """The error a rule raises: pydantic reports it as it is, naming the field, without "Value error, "."""
     return PydanticCustomError("invalid_value", message)
 
@@ -40,10 +40,10 @@ _NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
 
 def _refuse(char: str, otherwise: str) -> None:
     if char == "\x00":
-        raise Invalid("NUL characters are not allowed")
+        raise invalid("NUL characters are not allowed")
     if "\ud800" <= char <= "\udfff":
-        raise Invalid("not valid Unicode (a lone surrogate)")
-    raise Invalid(f"{otherwise} (U+{ord(char):04X})")
+        raise invalid("not valid Unicode (a lone surrogate)")
+    raise invalid(f"{otherwise} (U+{ord(char):04X})")
 
 
 def single_line(value: str) -> str:
@@ -98,11 +98,11 @@ def json_data(value: dict[str, Any]) -> dict[str, Any]:
     if "collapse_id" in clean:
         cid = clean["collapse_id"]
         if not isinstance(cid, str) or not COLLAPSE_ID.fullmatch(cid):
-            raise Invalid("data.collapse_id: at most 64 bytes of printable ASCII (no control characters, "
+            raise invalid("data.collapse_id: at most 64 bytes of printable ASCII (no control characters, "
                              "no space at either end)")
     size = len(json.dumps(clean, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode())
     if size > MAX_DATA_BYTES:
-        raise Invalid(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES}")
+        raise invalid(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES}")
     return clean
 
 
@@ -113,30 +113,30 @@ def _json_value(value: Any, where: str, depth: int) -> Any:
         return value
     if isinstance(value, str):
         if _NOT_STORABLE.search(value):
-            raise Invalid(f"{_short(where)}: NUL characters and lone surrogates are not allowed")
+            raise invalid(f"{_short(where)}: NUL characters and lone surrogates are not allowed")
         return value
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
-            raise Invalid(f"{_short(where)}: integers are 64-bit (±9.2e18); send a larger number as a string")
+            raise invalid(f"{_short(where)}: integers are 64-bit (±9.2e18); send a larger number as a string")
         return int(value)
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
-            raise Invalid(f"{_short(where)}: NaN and Infinity are not JSON numbers")
+            raise invalid(f"{_short(where)}: NaN and Infinity are not JSON numbers")
         return float(value)
     if isinstance(value, (dict, list, tuple)):
         if depth > MAX_DATA_DEPTH:
-            raise Invalid(f"{_short(where)}: nested more than {MAX_DATA_DEPTH} deep")
+            raise invalid(f"{_short(where)}: nested more than {MAX_DATA_DEPTH} deep")
         if isinstance(value, dict):
             clean = {}
             for key, item in value.items():
                 if not isinstance(key, str):
-                    raise Invalid(f"{_short(where)}: keys must be strings, not {type(key).__name__}")
+                    raise invalid(f"{_short(where)}: keys must be strings, not {type(key).__name__}")
                 if _NOT_STORABLE.search(key):
-                    raise Invalid(f"{_short(where)}: NUL characters and lone surrogates are not allowed in keys")
+                    raise invalid(f"{_short(where)}: NUL characters and lone surrogates are not allowed in keys")
                 clean[key] = _json_value(item, f"{where}.{key}", depth + 1)
             return clean
         return [_json_value(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
-    raise Invalid(f"{_short(where)}: {type(value).__name__} is not a JSON type (object, array, string, number, "
+    raise invalid(f"{_short(where)}: {type(value).__name__} is not a JSON type (object, array, string, number, "
                      "boolean, null)")
 
 
@@ -155,12 +155,12 @@ def send_at_in_range(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None or value.utcoffset() is None:
-        raise Invalid("send_at must carry a timezone offset, e.g. 2026-01-01T09:00:00Z")
+        raise invalid("send_at must carry a timezone offset, e.g. 2026-01-01T09:00:00Z")
     if not 2000 <= value.year <= 9998:
-        raise Invalid("send_at must be from 2000-01-01 to a year ahead")
+        raise invalid("send_at must be from 2000-01-01 to a year ahead")
     value = value.astimezone(timezone.utc)
     if value < SEND_AT_EARLIEST or value > datetime.now(timezone.utc) + SEND_AT_MAX_AHEAD:
-        raise Invalid("send_at must be from 2000-01-01 to a year ahead")
+        raise invalid("send_at must be from 2000-01-01 to a year ahead")
     return value
 
 
@@ -187,7 +187,7 @@ PLATFORMS: tuple[str, ...] = ("ios", "android")
 def any_token(value: str) -> str:
     """Refuse what no platform's token can be: empty, over 512, non-ASCII, spaces, controls, # / ? %."""
     if not _FCM_TOKEN.fullmatch(value) or _FCM_FORBIDDEN.search(value):
-        raise Invalid(f"a device token is 1 to {MAX_FCM_TOKEN_CHARS} printable ASCII characters, "
+        raise invalid(f"a device token is 1 to {MAX_FCM_TOKEN_CHARS} printable ASCII characters, "
                          "without spaces or # / ? %")
     return value
 
@@ -196,14 +196,14 @@ def token_for(platform: str, value: str) -> str:
     """Check a token against its platform's shape (APNs: hex; FCM: see any_token)."""
     any_token(value)
     if platform == "ios" and not _APNS_TOKEN.fullmatch(value):
-        raise Invalid(f"an APNs device token is {MIN_APNS_TOKEN_CHARS} to {MAX_APNS_TOKEN_CHARS} hex digits "
+        raise invalid(f"an APNs device token is {MIN_APNS_TOKEN_CHARS} to {MAX_APNS_TOKEN_CHARS} hex digits "
                          "(whole bytes)")
     return value
 
 
 def _not_web(value: Any) -> Any:
     if value == "web":
-        raise Invalid("web push is not delivered yet: platform must be ios or android")
+        raise invalid("web push is not delivered yet: platform must be ios or android")
     return value
 
 
@@ -244,14 +244,14 @@ def email_address(value: str) -> str:
     try:
         result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
-        raise Invalid(f"not a valid email address: {exc}") from None
+        raise invalid(f"not a valid email address: {exc}") from None
     return result.ascii_email or result.normalized
 
 
 def phone_number(value: str) -> str:
     """Check a phone number is E.164: + and 7 to 15 digits."""
     if not PHONE.fullmatch(value):
-        raise Invalid("must be an E.164 phone number: + and 7 to 15 digits, e.g. +4712345678")
+        raise invalid("must be an E.164 phone number: + and 7 to 15 digits, e.g. +4712345678")
     return value
 
 
@@ -263,13 +263,13 @@ def _timezones() -> frozenset[str]:
 def timezone_name(value: str) -> str:
     """Check a timezone is an IANA name this machine's tz database knows."""
     if value not in _timezones():
-        raise Invalid("must be an IANA timezone name, e.g. Europe/Oslo")
+        raise invalid("must be an IANA timezone name, e.g. Europe/Oslo")
     return value
 
 
 def _naive_time(value: time) -> time:
     if value.tzinfo is not None:
-        raise Invalid("is a local time of day in `timezone`: no offset")
+        raise invalid("is a local time of day in `timezone`: no offset")
     return value
 
 

@@ -229,6 +229,8 @@ def test_set_preferences_keeps_good_values(database, unique):
         ["send", "{not json"],
         ["send", "[1, 2]"],
         ["send", '{"notification_id": "n", "data": ' + "[" * 30_000 + "]" * 30_000 + "}"],
+        ["publish", json.dumps(GOOD | {"data": {"collapse_id": "c2\r\nx-injected: yes"}})],
+        ["publish", "{not json"],
         ["devices", "register", "u-1", "café" + APNS, "--platform", "ios"],
         ["devices", "register", "u-1", APNS + "#x", "--platform", "ios"],
         ["preferences", "set", "u-1", "--timezone", "Mars/Base"],
