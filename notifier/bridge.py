@@ -175,6 +175,8 @@ def decode_event(value: bytes | None, lane: str) -> NotificationEvent:
         raw = json.loads(value)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError; neither quotes the input
         raise BadMessage(f"not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than Python's parser goes (no event is: data is 16 deep at most)
+        raise BadMessage("not JSON: nested too deep") from None
     if not isinstance(raw, dict):
         raise BadMessage(f"not a JSON object: got {_json_type(raw)}")
     raw.setdefault("priority", PRIORITY_BY_LANE[lane])

@@ -37,12 +37,34 @@ def _demo(args: argparse.Namespace) -> int:
     return main()
 
 
-def _send(args: argparse.Namespace) -> int:
-    from notifier import send_notification
+def _refused(command: str, problem: str) -> int:
+    """Say in one line on stderr why input was refused; exit status 2, as for a usage error."""
+    print(f"notifier {command}: {' '.join(problem.split())}", file=sys.stderr)
+    return 2
 
-    event = json.loads(args.event if args.event != "-" else sys.stdin.read())
+
+def _json_argument(text: str) -> Any:
+    """Parse a JSON argument; ValueError saying why (without quoting it) if it is not JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("not JSON: nested too deep") from None
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+
+
+def _send(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from notifier import send_notification
+    from notifier.events import describe_errors, parse_event
+
+    try:
+        event = parse_event(_json_argument(args.event if args.event != "-" else sys.stdin.read()))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        return _refused("send", describe_errors(exc) if isinstance(exc, ValidationError) else str(exc))
     send_notification.delay(event)
-    print(f"queued {event['notification_id']}")
+    print(f"queued {event.notification_id}")
     return 0
 
 
@@ -67,18 +89,22 @@ def _publish(args: argparse.Namespace) -> int:
 
     from notifier.publish import flush, publish_many
 
-    if args.file:
-        if args.file == "-":
-            lines = sys.stdin.read().splitlines()
+    from notifier.events import describe_errors
+
+    try:
+        if args.file:
+            if args.file == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                with open(args.file) as f:
+                    lines = f.read().splitlines()
+            events = [_json_argument(line) for line in lines if line.strip()]
+        elif args.event:
+            events = [_json_argument(args.event if args.event != "-" else sys.stdin.read())]
         else:
-            with open(args.file) as f:
-                lines = f.read().splitlines()
-        events = [json.loads(line) for line in lines if line.strip()]
-    elif args.event:
-        events = [json.loads(args.event if args.event != "-" else sys.stdin.read())]
-    else:
-        print("notifier publish: give an event (JSON or -) or --file", file=sys.stderr)
-        return 2
+            return _refused("publish", "give an event (JSON or -) or --file")
+    except ValueError as exc:
+        return _refused("publish", f"nothing published, an event is {exc}")
     failed = []
 
     def delivered(err, _msg) -> None:
@@ -88,8 +114,7 @@ def _publish(args: argparse.Namespace) -> int:
     try:
         publish_many(events, topic=args.topic, on_delivery=delivered)
     except ValidationError as exc:
-        print(f"not published, an event is invalid: {exc}", file=sys.stderr)
-        return 2
+        return _refused("publish", f"nothing published, an event is invalid: {describe_errors(exc)}")
     left = flush(30.0)
     if failed or left:
         print(f"{len(failed) + left} of {len(events)} event(s) not acknowledged by Kafka", file=sys.stderr)
@@ -226,7 +251,14 @@ def _devices(args: argparse.Namespace) -> int:
 
     shown = (lambda token: token) if getattr(args, "show_tokens", False) else (lambda token: redact("push", token))
     if args.devices_command == "register":
-        users.register_device(args.user_id, args.token, args.platform, args.app)
+        from pydantic import ValidationError
+
+        from notifier.events import describe_errors
+
+        try:
+            users.register_device(args.user_id, args.token, args.platform, args.app)
+        except ValidationError as exc:
+            return _refused("devices register", describe_errors(exc))
         print(f"registered {shown(args.token)} ({args.platform}) for user {args.user_id}")
     elif args.devices_command == "unregister":
         if not users.unregister_device(args.user_id, args.token):
@@ -257,7 +289,8 @@ def _preferences(args: argparse.Namespace) -> int:
     from notifier.preferences_view import get_preferences, update_preferences
 
     if args.preferences_command == "set":
-        from notifier.api.app import PreferencesUpdate  # the API's validation: the same rules everywhere
+        from notifier.events import describe_errors
+        from notifier.validation import PreferencesUpdate  # the same rules as the API and set_preferences
 
         changes = {name: getattr(args, name) for name in PREFERENCE_FLAGS if getattr(args, name) is not None}
         if not changes:
@@ -271,9 +304,7 @@ def _preferences(args: argparse.Namespace) -> int:
         try:
             valid = PreferencesUpdate.model_validate(changes).model_dump(exclude_unset=True)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
-            print(f"notifier preferences set: {problems}", file=sys.stderr)
-            return 2
+            return _refused("preferences set", describe_errors(exc))
         prefs = update_preferences(args.user_id, **valid)
     else:
         prefs = get_preferences(args.user_id)
@@ -411,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = _command(devices, "register", help="register (or move to this user) a device token")
     d.add_argument("user_id")
     d.add_argument("token")
-    d.add_argument("--platform", choices=["ios", "android", "web"], required=True, help="ios: APNs; android: FCM")
+    d.add_argument("--platform", choices=["ios", "android"], required=True,
+                   help="ios: APNs (hex token); android: FCM (web push is not delivered yet)")
     d.add_argument("--app", help="the app's id, if the user has several apps")
     d = _command(devices, "unregister", help="forget a user's device token")
     d.add_argument("user_id")

@@ -1,12 +1,11 @@
 """The Python API for producers and the HTTP API: devices, preferences, status, cancel."""
 from __future__ import annotations
 
-from datetime import time
 from typing import Any
 
 from sqlalchemy import delete, select
 
-from notifier import delivery_log
+from notifier import delivery_log, validation
 from notifier.db import session_factory
 from notifier.models import DeviceToken, NotificationLog, Status, UserPreferences
 from notifier.recipients import invalidate
@@ -15,19 +14,18 @@ from notifier.routing import CANCEL_PREFIX
 from notifier.sending import cancel_stranded
 from notifier.settings import get_settings
 
-PLATFORMS = ("ios", "android", "web")
-PREFERENCE_FIELDS = {
-    "push_enabled", "email_enabled", "sms_enabled", "email", "phone",
-    "quiet_start", "quiet_end", "timezone", "opted_out_categories",
-}
+# The rules live in notifier.validation, shared with the HTTP API and the CLI.
+PLATFORMS = validation.PLATFORMS
+PREFERENCE_FIELDS = validation.PREFERENCE_FIELDS
 
 
 def register_device(user_id: str, token: str, platform: str, app: str | None = None) -> None:
-    """Register (or move to this user) a device token; re-registering renews it."""
-    if platform not in PLATFORMS:
-        raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}, not {platform!r}")
-    if not token or len(token) > 512:
-        raise ValueError("token must be 1 to 512 characters")
+    """Register (or move to this user) a device token; re-registering renews it.
+
+    Raises pydantic.ValidationError naming the field for a token that is not its platform's shape.
+    """
+    device = validation.Device(user_id=user_id, token=token, platform=platform, app=app)
+    user_id, token, platform, app = device.user_id, device.token, device.platform, device.app
     affected = {user_id}
     with session_factory()() as session, session.begin():
         existing = session.scalar(select(DeviceToken).where(DeviceToken.token == token))
@@ -52,13 +50,13 @@ def unregister_device(user_id: str, token: str) -> bool:
 
 
 def set_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
-    """Change some of a user's preferences; returns them all."""
-    unknown = set(changes) - PREFERENCE_FIELDS
-    if unknown:
-        raise ValueError(f"unknown preference(s): {', '.join(sorted(unknown))}")
-    for name in ("quiet_start", "quiet_end"):
-        if isinstance(changes.get(name), str):
-            changes[name] = time.fromisoformat(changes[name])
+    """Change some of a user's preferences; returns them all.
+
+    Raises pydantic.ValidationError naming the field for an unknown preference or a bad value.
+    """
+    valid = validation.PreferencesChange.model_validate({**changes, "user_id": user_id})
+    changes = valid.model_dump(exclude_unset=True)
+    user_id = changes.pop("user_id")
     with session_factory()() as session, session.begin():
         prefs = session.get(UserPreferences, user_id)
         if prefs is None:

@@ -224,3 +224,69 @@ def test_openapi_document_is_served_and_declares_the_bearer_scheme(api):
     assert {"/v1/notifications", "/v1/notifications/{notification_id}", "/v1/users/{user_id}/devices/{token}",
             "/v1/users/{user_id}/preferences", "/v1/webhooks/sendgrid", "/v1/webhooks/twilio",
             "/healthz"} <= set(doc["paths"])
+
+
+# ---- Issue 10, findings 1, 5 and 7 at the HTTP edge (the rules: notifier/validation.py).
+
+
+@pytest.mark.parametrize(
+    ("path_token", "platform"),
+    [
+        ("caf%C3%A9" + "c85f" * 16, "ios"),   # finding 1: answered 204, then wedged every push batch holding it
+        ("c85f" * 16 + "%23x", "ios"),        # finding 7: '#x' reached another user's device
+        ("c85f" * 8 + "%20" + "c85f" * 8, "ios"),
+        ("c85f" * 16 + "%0D%0A", "ios"),
+        ("c85f" * 15, "ios"),
+        ("fcm%20token", "android"),
+        ("c85f" * 16, "web"),
+    ],
+)
+def test_a_token_that_is_not_its_platforms_shape_is_422_and_not_stored(api, unique, path_token, platform):
+    user = unique("user")
+    url = f"{api.url}/v1/users/{user}/devices/{path_token}"
+
+    response = requests.put(url, json={"platform": platform}, headers=api.auth(), timeout=10)
+
+    assert response.status_code == 422, response.text
+    assert {e["loc"][-1] for e in response.json()["detail"]} & {"token", "platform"}, response.json()
+    assert requests.delete(url, headers=api.auth(), timeout=10).status_code in (404, 422)
+
+
+@pytest.mark.parametrize("send_at", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_finding_5_send_at_at_the_ends_of_the_calendar_is_422_not_500(api, send_at):
+    response = requests.post(f"{api.url}/v1/notifications", json=_event("n-cal", "u1", send_at=send_at),
+                             headers=api.auth(), timeout=10)
+    assert response.status_code == 422, response.text
+    assert [e["loc"] for e in response.json()["detail"]] == [["body", "send_at"]]
+
+
+def test_finding_5_a_body_nested_past_what_json_parses_is_4xx_not_500(api):
+    body = b'{"notification_id": "n", "data": {"k": ' + b"[" * 30_000 + b"]" * 30_000 + b"}}"
+    response = requests.post(f"{api.url}/v1/notifications", data=body, timeout=10,
+                             headers=api.auth() | {"Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+
+
+def _api_log() -> str:
+    from tests.conftest import TEST_VAR
+
+    return (TEST_VAR / "logs" / "api.log").read_text(errors="replace")
+
+
+def test_finding_5_a_signed_sendgrid_body_nested_100000_deep_is_4xx_not_500(api):
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = requests.post(f"{api.url}/v1/webhooks/sendgrid", data=body, headers=api.sendgrid_headers(body),
+                             timeout=30)
+    assert response.status_code == 400, response.text
+
+
+def test_finding_5_a_sendgrid_timestamp_of_superscript_two_is_403_and_not_logged_as_a_bad_key(api):
+    body = b"[]"
+    headers = api.sendgrid_headers(body) | {"X-Twilio-Email-Event-Webhook-Timestamp": "²"}
+    before = _api_log().count("bad NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY")
+
+    response = requests.post(f"{api.url}/v1/webhooks/sendgrid", data=body, headers=headers, timeout=10)
+
+    assert response.status_code == 403, response.text
+    assert "timestamp is not unix seconds" in response.text
+    assert _api_log().count("bad NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY") == before

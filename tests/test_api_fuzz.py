@@ -76,3 +76,71 @@ def test_no_input_makes_the_api_answer_with_a_server_error(api, api_schema, meth
         case.validate_response(response, checks=[not_a_server_error])
 
     check()
+
+
+# ---- Hostile values (tests/bad_events.py), as in tests/test_edges_fuzz.py for the other edges:
+# only 422 (or 413), never a 5xx, and what is accepted is storable.
+
+HOSTILE_EXAMPLES = 40
+
+
+def test_hostile_events_are_accepted_storable_or_422(api, database):
+    import json as json_
+
+    from hypothesis import event as tally
+    from hypothesis import strategies as st
+
+    from notifier.events import parse_event
+    from tests.bad_events import EVENTS, assert_storable, dumps, nested_json
+
+    session = requests.Session()
+    bodies = st.one_of(EVENTS.map(lambda e: dumps(e).encode()), st.integers(0, 30_000).map(nested_json),
+                       st.binary(max_size=64))
+
+    @given(body=bodies)
+    @settings(max_examples=HOSTILE_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(body):
+        response = session.post(f"{api.url}/v1/notifications", data=body, timeout=10,
+                                headers=api.auth(api.admin_key) | {"Content-Type": "application/json"})
+        tally(str(response.status_code))
+        # 400: FastAPI's answer to a body its JSON parser gives up on (nested past Python's stack)
+        assert response.status_code in (202, 400, 413, 422), response.text
+        if response.status_code == 202:
+            assert_storable(parse_event(json_.loads(body)))
+
+    check()
+
+
+def test_hostile_devices_and_preferences_are_accepted_or_422(api, database):
+    from urllib.parse import quote
+
+    from hypothesis import event as tally
+    from hypothesis import strategies as st
+
+    from tests.bad_events import PREFERENCES, TEXT, dumps, field
+
+    session = requests.Session()
+    devices = st.tuples(field("u-fuzz", TEXT), st.one_of(
+        st.tuples(st.one_of(st.sampled_from(["ios", "android", "web"]), TEXT), TEXT),
+        st.tuples(st.just("ios"), st.binary(min_size=32, max_size=100).map(bytes.hex)),
+        st.tuples(st.just("android"), st.from_regex(r"[A-Za-z0-9_:-]{20,200}", fullmatch=True)),
+    ))
+
+    @given(device=devices, preferences=PREFERENCES)
+    @settings(max_examples=HOSTILE_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(device, preferences):
+        user, (platform, token) = device
+        try:
+            path_user, path_token = quote(user, safe=""), quote(token, safe="")
+        except UnicodeEncodeError:  # a lone surrogate has no URL spelling: no client can send it
+            return
+        registered = session.put(f"{api.url}/v1/users/{path_user}/devices/{path_token}", json={"platform": platform},
+                                 headers=api.auth(api.admin_key), timeout=10)
+        changed = session.put(f"{api.url}/v1/users/{path_user}/preferences", data=dumps(preferences),
+                              headers=api.auth(api.admin_key) | {"Content-Type": "application/json"}, timeout=10)
+        tally(f"device {registered.status_code}, preferences {changed.status_code}")
+        # 404/405: a user id or token holding '/' is another path (route not found), never a 5xx
+        assert registered.status_code in (204, 404, 405, 414, 422), registered.text
+        assert changed.status_code in (200, 404, 405, 413, 414, 422), changed.text
+
+    check()

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 import notifier
 from notifier.users import get_status, register_device, set_preferences
-from tests.bad_events import BAD_EVENTS
+from tests.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS
 
 
 def _ios_token() -> str:
@@ -49,7 +49,7 @@ def test_user_without_device_gets_a_suppressed_row_with_reason(worker, wait_unti
     assert "no device token" in rows[0]["reason"]
 
 
-@pytest.mark.parametrize(("change", "field"), BAD_EVENTS)
+@pytest.mark.parametrize(("change", "field"), BAD_EVENTS + PYTHON_ONLY_BAD_EVENTS)
 def test_bad_event_raises_naming_the_field_and_queues_nothing(change, field):
     from notifier.redis_conn import broker_redis
 

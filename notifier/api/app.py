@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zoneinfo
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, time
 from functools import lru_cache
@@ -20,11 +19,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from notifier import users
+from notifier import users, validation
 from notifier.api import auth, webhooks
 from notifier.db import get_engine
 from notifier.events import MAX_EVENT_BYTES, NotificationEvent
@@ -39,49 +38,18 @@ OTHER_MAX_BYTES = 64 * 1024
 HEALTH_TIMEOUT_S = 2.0
 
 
-def _storable(value: str) -> str:
-    """Refuse text no database column can hold: NUL characters and lone surrogates."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
-    return value
-
-
-def _storable_json(value: Any) -> Any:
-    if isinstance(value, str):
-        _storable(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _storable(k)
-            _storable_json(v)
-    elif isinstance(value, list):
-        for v in value:
-            _storable_json(v)
-    return value
-
-
-UserId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(_storable)]
-NotificationId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(_storable)]
-DeviceToken = Annotated[str, Path(min_length=1, max_length=512), AfterValidator(_storable)]
+# Path parameters: the same rules as everywhere (notifier/validation.py). A token's platform is in
+# the body, so the path holds it to what any platform's token can be; register_device checks the rest.
+UserId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(validation.single_line)]
+NotificationId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(validation.single_line)]
+DeviceToken = Annotated[str, Path(min_length=1, max_length=validation.MAX_FCM_TOKEN_CHARS),
+                        AfterValidator(validation.any_token)]
 
 
 class NotificationRequest(NotificationEvent):
     """A notification event (the same fields as `send_notification`)."""
 
     model_config = ConfigDict(title="NotificationEvent")
-
-    @field_validator("notification_id", "user_id", "type", "category", "title", "body")
-    @classmethod
-    def _text_storable(cls, v: str) -> str:
-        return _storable(v)
-
-    @field_validator("data")
-    @classmethod
-    def _data_storable(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _storable_json(v)
 
 
 class NotificationAccepted(BaseModel):
@@ -122,46 +90,11 @@ class Cancelled(BaseModel):
 class DeviceRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    platform: Literal["ios", "android", "web"]
-    app: Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_storable)] | None = None
+    platform: validation.PlatformName = Field(description="ios (APNs) or android (FCM); web is not delivered yet")
+    app: validation.AppId | None = None
 
 
-@lru_cache(maxsize=1)
-def _timezones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
-Category = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable)]
-
-
-class PreferencesUpdate(BaseModel):
-    """The preferences to change; fields left out stay as they are, null clears an optional one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    push_enabled: bool = Field(None)
-    email_enabled: bool = Field(None)
-    sms_enabled: bool = Field(None)
-    email: Annotated[str, Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"), AfterValidator(_storable)] | None = None
-    phone: Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$")] | None = Field(None, description="E.164")
-    quiet_start: time | None = None
-    quiet_end: time | None = None
-    timezone: Annotated[str, Field(max_length=64)] | None = Field(None, description="IANA name, e.g. Europe/Oslo")
-    opted_out_categories: list[Category] = Field(None, max_length=100)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, v: str | None) -> str | None:
-        if v is not None and v not in _timezones():
-            raise ValueError("must be an IANA timezone name, e.g. Europe/Oslo")
-        return v
-
-    @field_validator("quiet_start", "quiet_end")
-    @classmethod
-    def _naive_time(cls, v: time | None) -> time | None:
-        if v is not None and v.tzinfo is not None:
-            raise ValueError("is a local time of day in `timezone`: no offset")
-        return v
+PreferencesUpdate = validation.PreferencesUpdate
 
 
 class Preferences(BaseModel):
@@ -187,6 +120,13 @@ class Health(BaseModel):
 def _invalid(_request: Any, exc: RequestValidationError) -> Response:
     """FastAPI's 422 body, encoded so that echoed input with lone surrogates still renders."""
     content = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+    return Response(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+
+
+def _invalid_call(_request: Any, exc: ValidationError) -> Response:
+    """A 422 for what notifier/ refused after the request's own checks (e.g. a token not of its platform)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    content = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
     return Response(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
 
 
@@ -234,6 +174,7 @@ def create_app() -> FastAPI:
         "(`notifier keys create`); webhooks authenticate by the provider's signature.",
     )
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(ValidationError, _invalid_call)
     app.add_exception_handler(sa_exc.OperationalError, _unavailable("database"))
     app.add_exception_handler(sa_exc.InterfaceError, _unavailable("database"))
     app.add_exception_handler(redis.ConnectionError, _unavailable("redis"))

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from functools import lru_cache
 from typing import Any
@@ -60,12 +61,16 @@ def _sendgrid_key(configured: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
+
+
 def verify_sendgrid(public_key: str, body: bytes, signature: str | None, timestamp: str | None,
                     max_age_s: float, now: float | None = None) -> str | None:
     """Check a SendGrid Event Webhook signature; return why it is refused, or None if genuine."""
     if not signature or not timestamp:
         return "missing signature or timestamp header"
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    # ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses.
+    if not _UNIX_SECONDS.fullmatch(timestamp):
         return "timestamp is not unix seconds"
     now = time.time() if now is None else now
     if abs(now - int(timestamp)) > max_age_s:
@@ -118,11 +123,13 @@ async def sendgrid_events(request: Request) -> dict[str, int]:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "SendGrid webhook verification is not configured")
     body = await request.body()
     try:
-        refused = verify_sendgrid(settings.sendgrid_webhook_public_key, body, request.headers.get(SENDGRID_SIGNATURE),
-                                  request.headers.get(SENDGRID_TIMESTAMP), settings.webhook_max_age_s)
-    except ValueError as exc:  # the configured key does not load
+        # Loaded on its own, so that nothing else a request can make go wrong is taken for a bad key.
+        _sendgrid_key(settings.sendgrid_webhook_public_key)
+    except ValueError as exc:
         log.error("SendGrid webhook refused: bad NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY: %s", exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "SendGrid webhook verification is misconfigured")
+    refused = verify_sendgrid(settings.sendgrid_webhook_public_key, body, request.headers.get(SENDGRID_SIGNATURE),
+                              request.headers.get(SENDGRID_TIMESTAMP), settings.webhook_max_age_s)
     if refused:
         log.warning("SendGrid webhook refused: %s", refused)
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"signature refused: {refused}")
@@ -130,6 +137,8 @@ async def sendgrid_events(request: Request) -> dict[str, int]:
         events = json.loads(body)
     except (UnicodeDecodeError, ValueError):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is not JSON")
+    except RecursionError:  # signed, but nested deeper than Python's parser goes: no SendGrid body is
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is nested too deep")
     if not isinstance(events, list):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "body must be a JSON array of events")
     report = await run_in_threadpool(webhook_effects.apply_sendgrid_events, events)

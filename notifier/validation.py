@@ -1,0 +1,305 @@
+"""The rules every value from outside must pass, one definition for every edge.
+
+The HTTP API, `send_notification.delay`, `notifier.publish`, the Kafka bridge, the Python API
+(`register_device`, `set_preferences`) and the CLI all validate through the types and models
+here, so each refuses the same values with the same pydantic `ValidationError` naming the
+field (HTTP 422, CLI exit 2, a dead letter from the bridge). What they accept can be stored
+(PostgreSQL text and JSON columns), queued (Celery's JSON serializer) and sent (HTTP headers,
+URL paths, SMTP headers) without a second check downstream.
+"""
+from __future__ import annotations
+
+import json
+import re
+import zoneinfo
+from datetime import datetime, time, timedelta, timezone
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+def invalid(message: str) -> PydanticCustomError:
+    """The error a rule raises: pydantic reports it as it is, naming the field, without "Value error, "."""
+    return PydanticCustomError("invalid_value", message)
+
+
+# ---- Text.
+# A single-line field (ids, type, category, title, app, categories) travels in email headers,
+# HTTP headers, log lines and Redis keys: no control character (C0, DEL, C1) and no line or
+# paragraph separator (U+2028/9), which str.splitlines and email header folding treat as line
+# breaks. Lone surrogates (U+D800–DFFF; in a Python str they are always lone) cannot be encoded
+# as UTF-8, and PostgreSQL text refuses NUL.
+_NOT_SINGLE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# A body is many lines: tab, LF and CR (and the Unicode line separators) are fine, other controls not.
+_NOT_BODY = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
+# Strings anywhere inside `data` are the app's business, but must be storable: no NUL, no lone surrogate.
+_NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _refuse(char: str, otherwise: str) -> None:
+    if char == "\x00":
+        raise invalid("NUL characters are not allowed")
+    if "\ud800" <= char <= "\udfff":
+        raise invalid("not valid Unicode (a lone surrogate)")
+    raise invalid(f"{otherwise} (U+{ord(char):04X})")
+
+
+def single_line(value: str) -> str:
+    """Refuse control characters, line breaks, NUL and lone surrogates."""
+    bad = _NOT_SINGLE_LINE.search(value)
+    if bad:
+        _refuse(bad.group(), "must be one line of text: no control character or line break")
+    return value
+
+
+def body_text(value: str) -> str:
+    """Refuse NUL, lone surrogates and control characters other than tab and line breaks."""
+    bad = _NOT_BODY.search(value)
+    if bad:
+        _refuse(bad.group(), "no control character other than tab and line breaks")
+    return value
+
+
+Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(single_line)]
+Name = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(single_line)]
+Title = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(single_line)]
+Body = Annotated[str, Field(min_length=1, max_length=16_384), AfterValidator(body_text)]
+AppId = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(single_line)]
+
+# ---- data: what JSON can hold, bounded.
+# Depth: 16 containers (the data object itself is one) is far more than any app payload needs and
+# far below what breaks anything downstream (pydantic's serializer gives up near 255, Python's
+# json near 1000; finding 3 and 5 of issue 10). Size: no more than a whole event may be
+# (MAX_EVENT_BYTES: a Kafka message, an API body), so `delay()`, which has no body limit of its
+# own, cannot queue data that no other edge would take. (Push carries 4 KiB in all: an app that
+# puts more in data for push gets its delivery refused by the provider, not by us.)
+MAX_EVENT_BYTES = 64 * 1024
+MAX_DATA_DEPTH = 16
+MAX_DATA_BYTES = MAX_EVENT_BYTES
+# Integers a 64-bit JSON parser reads exactly (Swift, Kotlin, Go, PostgreSQL bigint); Python's own
+# json refuses to write integers past 4300 digits, which would fail the task after it was accepted.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# collapse_id becomes the apns-collapse-id header and FCM's collapse_key: Apple allows 64 bytes.
+# Printable ASCII only (no CR/LF: header injection; no non-ASCII: header encoding), no space at
+# either end (HTTP strips it). https://developer.apple.com/documentation/usernotifications/sending-notification-requests-to-apns
+COLLAPSE_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?")
+
+
+def _short(where: str) -> str:
+    # Keys are the producer's: name the place, but never echo a whole long key back.
+    return where if len(where) <= 80 else where[:79] + "…"
+
+
+def json_data(value: dict[str, Any]) -> dict[str, Any]:
+    """Check `data` is plain JSON within the bounds; tuples become lists. Raises ValueError naming the key."""
+    clean = _json_value(value, "data", 1)
+    if "collapse_id" in clean:
+        cid = clean["collapse_id"]
+        if not isinstance(cid, str) or not COLLAPSE_ID.fullmatch(cid):
+            raise invalid("data.collapse_id: at most 64 bytes of printable ASCII (no control characters, "
+                             "no space at either end)")
+    size = len(json.dumps(clean, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode())
+    if size > MAX_DATA_BYTES:
+        raise invalid(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES}")
+    return clean
+
+
+def _json_value(value: Any, where: str, depth: int) -> Any:
+    # bool before int (a bool is an int); exact JSON types only, so nothing the JSON encoder
+    # would turn into something else (bytes, sets, dates, objects) slips through.
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if _NOT_STORABLE.search(value):
+            raise invalid(f"{_short(where)}: NUL characters and lone surrogates are not allowed")
+        return value
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise invalid(f"{_short(where)}: integers are 64-bit (±9.2e18); send a larger number as a string")
+        return int(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise invalid(f"{_short(where)}: NaN and Infinity are not JSON numbers")
+        return float(value)
+    if isinstance(value, (dict, list, tuple)):
+        if depth > MAX_DATA_DEPTH:
+            raise invalid(f"{_short(where)}: nested more than {MAX_DATA_DEPTH} deep")
+        if isinstance(value, dict):
+            clean = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise invalid(f"{_short(where)}: keys must be strings, not {type(key).__name__}")
+                if _NOT_STORABLE.search(key):
+                    raise invalid(f"{_short(where)}: NUL characters and lone surrogates are not allowed in keys")
+                clean[key] = _json_value(item, f"{where}.{key}", depth + 1)
+            return clean
+        return [_json_value(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise invalid(f"{_short(where)}: {type(value).__name__} is not a JSON type (object, array, string, number, "
+                     "boolean, null)")
+
+
+JsonData = Annotated[dict[str, Any], AfterValidator(json_data)]
+
+# ---- send_at.
+# A past send_at means "now", so the floor only catches mistakes (a zero date); a scheduled
+# delivery waits as a row, and more than a year ahead is almost always a unit mistake. Checking
+# the year first keeps converting to UTC from overflowing at the ends of the calendar.
+SEND_AT_EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+SEND_AT_MAX_AHEAD = timedelta(days=366)
+
+
+def send_at_in_range(value: datetime | None) -> datetime | None:
+    """Refuse a naive send_at or one outside [2000-01-01, now + 366 days]; return it in UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise invalid("send_at must carry a timezone offset, e.g. 2026-01-01T09:00:00Z")
+    if not 2000 <= value.year <= 9998:
+        raise invalid("send_at must be from 2000-01-01 to a year ahead")
+    value = value.astimezone(timezone.utc)
+    if value < SEND_AT_EARLIEST or value > datetime.now(timezone.utc) + SEND_AT_MAX_AHEAD:
+        raise invalid("send_at must be from 2000-01-01 to a year ahead")
+    return value
+
+
+# ---- Devices.
+# APNs: a device token is bytes, sent as hex in the request path (/3/device/<token>), so it must
+# be hex and whole bytes. Today's tokens are 32 bytes (64 hex digits); Apple says they may grow,
+# so longer ones are accepted up to 100 bytes (200 hex digits), the limit of the APNs binary
+# interface and the largest Apple ever documented. Anything else in a URL path (a '#' ends it, a
+# space or CR/LF splits the request line, non-ASCII does not encode) is a token of nobody's.
+MIN_APNS_TOKEN_CHARS = 64
+MAX_APNS_TOKEN_CHARS = 200
+_APNS_TOKEN = re.compile(rf"(?:[0-9a-fA-F]{{2}}){{{MIN_APNS_TOKEN_CHARS // 2},{MAX_APNS_TOKEN_CHARS // 2}}}")
+# FCM: registration tokens are opaque (today about 160 characters of [A-Za-z0-9_:-]); Google does
+# not document their alphabet, so any printable ASCII is taken except space and the characters
+# that end or split a path segment of our own API (PUT /v1/users/{id}/devices/{token}): # / ? %.
+MAX_FCM_TOKEN_CHARS = 512
+_FCM_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_FCM_TOKEN_CHARS}}}")
+_FCM_FORBIDDEN = re.compile(r"[#/?%]")
+# Web Push is not delivered yet: a `web` device would only ever end its deliveries `failed`.
+Platform = Literal["ios", "android"]
+PLATFORMS: tuple[str, ...] = ("ios", "android")
+
+
+def any_token(value: str) -> str:
+    """Refuse what no platform's token can be: empty, over 512, non-ASCII, spaces, controls, # / ? %."""
+    if not _FCM_TOKEN.fullmatch(value) or _FCM_FORBIDDEN.search(value):
+        raise invalid(f"a device token is 1 to {MAX_FCM_TOKEN_CHARS} printable ASCII characters, "
+                         "without spaces or # / ? %")
+    return value
+
+
+def token_for(platform: str, value: str) -> str:
+    """Check a token against its platform's shape (APNs: hex; FCM: see any_token)."""
+    any_token(value)
+    if platform == "ios" and not _APNS_TOKEN.fullmatch(value):
+        raise invalid(f"an APNs device token is {MIN_APNS_TOKEN_CHARS} to {MAX_APNS_TOKEN_CHARS} hex digits "
+                         "(whole bytes)")
+    return value
+
+
+def _not_web(value: Any) -> Any:
+    if value == "web":
+        raise invalid("web push is not delivered yet: platform must be ios or android")
+    return value
+
+
+PlatformName = Annotated[Platform, BeforeValidator(_not_web)]
+AnyToken = Annotated[str, AfterValidator(any_token)]
+
+
+class Device(BaseModel):
+    """A device registration, as register_device takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id
+    platform: PlatformName
+    token: str
+    app: AppId | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _token_fits_platform(cls, v: str, info: ValidationInfo) -> str:
+        platform = info.data.get("platform")
+        return token_for(platform, v) if platform else any_token(v)
+
+
+# ---- Preferences.
+# Emails: email-validator's syntax check (no DNS lookup), ASCII only: SMTP without the SMTPUTF8
+# extension cannot carry a non-ASCII address; an internationalized domain is kept in its ASCII
+# (punycode) form. Special-use domains (localhost, .test, .invalid …) are refused: no mail goes there.
+# Phones: E.164 syntax, + then 7 to 15 ASCII digits, not starting with 0 (the shortest assigned
+# numbers, e.g. Saint Helena's, have 7 digits). Not the phonenumbers library: its per-country plans
+# go stale with its metadata, and Twilio answers an unassigned number with a permanent failure
+# that ends the delivery `failed` with the reason anyway.
+PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+def email_address(value: str) -> str:
+    """Check an email address's syntax; return it normalized (domain lower-cased, ASCII)."""
+    try:
+        result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise invalid(f"not a valid email address: {exc}") from None
+    return result.ascii_email or result.normalized
+
+
+def phone_number(value: str) -> str:
+    """Check a phone number is E.164: + and 7 to 15 digits."""
+    if not PHONE.fullmatch(value):
+        raise invalid("must be an E.164 phone number: + and 7 to 15 digits, e.g. +4712345678")
+    return value
+
+
+@lru_cache(maxsize=1)
+def _timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def timezone_name(value: str) -> str:
+    """Check a timezone is an IANA name this machine's tz database knows."""
+    if value not in _timezones():
+        raise invalid("must be an IANA timezone name, e.g. Europe/Oslo")
+    return value
+
+
+def _naive_time(value: time) -> time:
+    if value.tzinfo is not None:
+        raise invalid("is a local time of day in `timezone`: no offset")
+    return value
+
+
+Email = Annotated[str, Field(max_length=320), AfterValidator(email_address)]
+Phone = Annotated[str, Field(max_length=16, description="E.164, e.g. +4712345678"), AfterValidator(phone_number)]
+TimezoneName = Annotated[str, Field(max_length=64, description="IANA name, e.g. Europe/Oslo"),
+                         AfterValidator(timezone_name)]
+LocalTime = Annotated[time, AfterValidator(_naive_time)]
+
+
+class PreferencesUpdate(BaseModel):
+    """The preferences to change; fields left out stay as they are, null clears an optional one."""
+
+    model_config = ConfigDict(extra="forbid", title="PreferencesUpdate")
+
+    push_enabled: bool = Field(None)
+    email_enabled: bool = Field(None)
+    sms_enabled: bool = Field(None)
+    email: Email | None = None
+    phone: Phone | None = None
+    quiet_start: LocalTime | None = None
+    quiet_end: LocalTime | None = None
+    timezone: TimezoneName | None = None
+    opted_out_categories: list[Name] = Field(None, max_length=100)
+
+
+PREFERENCE_FIELDS = frozenset(PreferencesUpdate.model_fields)
+
+
+class PreferencesChange(PreferencesUpdate):
+    """A preferences update for one user, as set_preferences takes it."""
+
+    user_id: Id
