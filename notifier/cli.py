@@ -47,11 +47,10 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _bridge(args: argparse.Namespace) -> int:
-    import logging
-
+    from notifier import redaction
     from notifier.bridge import DEFAULT_TOPICS, Bridge, parse_topics
 
-    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.basic_config(args.loglevel)
     config = dict(option.split("=", 1) for option in args.consumer_config)
     bridge = Bridge(
         parse_topics(args.topics.split(",")) if args.topics else DEFAULT_TOPICS,
@@ -115,8 +114,12 @@ def _cancel(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from notifier.redaction import uvicorn_log_config
+
+    # The access log writes request paths, and /v1/users/{id}/devices/{token} holds a token.
     uvicorn.run("notifier.api.app:app", host=args.host, port=args.port, workers=args.workers,
-                log_level=args.loglevel.lower(), proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
+                log_level=args.loglevel.lower(), proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips,
+                log_config=uvicorn_log_config())
     return 0
 
 
@@ -187,14 +190,12 @@ def _flower(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    import logging
-
-    from notifier import metrics
+    from notifier import metrics, redaction
 
     if args.once:
         sys.stdout.write(metrics.render().decode())
         return 0
-    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.basic_config(args.loglevel)
     metrics.serve(args.port, args.address)
     return 0
 

@@ -20,6 +20,7 @@ from notifier import delivery_log
 from notifier.db import session_factory
 from notifier.models import NotificationLog, Status, UserPreferences
 from notifier.recipients import invalidate
+from notifier.redaction import redact_text
 from notifier.redis_conn import get_redis
 from notifier.users import set_preferences
 
@@ -181,6 +182,9 @@ def _is_ours(row: NotificationLog, event: Mapping[str, Any]) -> bool:
 
 def _apply(session: Session, row: NotificationLog, effect: Effect, detail: str, at: datetime, report: Report) -> bool:
     """Apply one report's effect to its delivery row (and address); True if anything changed."""
+    # A bounce reason quotes the address ("550 <Ada@Example.com>: no such user"): keep it out of
+    # the row and the user's undeliverable reason, whatever its letter case.
+    detail = redact_text(detail, row.target)
     if effect is Effect.DELIVERED:
         moved = delivery_log.set_status(
             session, [row.id], Status.DELIVERED.value, only_from=DELIVERED_FROM, delivered_at=at, reason=None,

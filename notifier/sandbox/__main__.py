@@ -7,9 +7,9 @@ Every option also reads NOTIFIER_SANDBOX_<OPTION> from the environment
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from notifier import redaction
 from notifier.sandbox.app import SandboxConfig, run
 
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
     option("--fcm-token-ttl-s", type=int, help=f"access token lifetime, expires_in (default {d.fcm_token_ttl_s})")
     option("--log-level", default="INFO", help="logging level (default INFO)")
     args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.basic_config(args.pop("log_level"))
     return SandboxConfig.from_env(**args)
 
 
