@@ -123,6 +123,15 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scopes(value: str) -> frozenset[str]:
+    from notifier.api_keys import parse_scopes
+
+    try:
+        return parse_scopes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _keys(args: argparse.Namespace) -> int:
     from notifier import api_keys
 
@@ -133,7 +142,7 @@ def _keys(args: argparse.Namespace) -> int:
     elif args.keys_command == "list":
         for info in api_keys.list_keys():
             revoked = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "live"
-            print(f"{info.prefix}  {info.scope:<8}  {info.created_at:%Y-%m-%d %H:%M}  {revoked:<22}  {info.name}")
+            print(f"{info.prefix}  {info.scope:<24}  {info.created_at:%Y-%m-%d %H:%M}  {revoked:<22}  {info.name}")
     elif not api_keys.revoke_key(args.prefix):
         print(f"no live key with prefix {args.prefix!r}", file=sys.stderr)
         return 1
@@ -369,8 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "keys", help="create, list and revoke API keys")
     keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = _command(keys, "create", help="create a key and print it (only this once)")
-    k.add_argument("--scope", choices=["producer", "admin"], required=True,
-                   help="producer: send, status, devices, preferences; admin: also cancel")
+    k.add_argument("--scope", required=True, type=_scopes,
+                   help="comma-separated: send, status, cancel, users (devices and preferences, contacts "
+                   "redacted), contacts (users' email and phone), admin (all); the roles producer "
+                   "(send,status,users) and admin are accepted too")
     k.add_argument("--name", required=True, help="who or what uses the key")
     _command(keys, "list", help="list keys (prefix, scope, created, revoked, name)")
     k = _command(keys, "revoke", help="revoke a key by its prefix")

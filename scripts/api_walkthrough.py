@@ -60,7 +60,7 @@ def main() -> int:
 
     ensure_dev_keys(WORK / "sandbox")
     migrate.upgrade()
-    _, key = api_keys.create_key("walkthrough", "producer")
+    _, key = api_keys.create_key("walkthrough", "send,status,users")
     auth = {"Authorization": f"Bearer {key}"}
     logs = WORK / "logs"
     procs = []

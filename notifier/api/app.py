@@ -26,9 +26,10 @@ from sqlalchemy import text
 
 from notifier import users
 from notifier.api import auth, webhooks
+from notifier.api_keys import KeyInfo
 from notifier.db import get_engine
 from notifier.events import MAX_EVENT_BYTES, NotificationEvent
-from notifier.preferences_view import get_preferences, update_preferences
+from notifier.preferences_view import get_preferences, shown_to, update_preferences
 from notifier.redis_conn import broker_redis, redis_url
 from notifier.status_view import notification_status
 
@@ -242,7 +243,7 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router, max_body_size=WEBHOOK_MAX_BYTES)
 
     @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationAccepted,
-              tags=["notifications"], dependencies=[Depends(auth.producer)], max_body_size=MAX_EVENT_BYTES,
+              tags=["notifications"], dependencies=[Depends(auth.send)], max_body_size=MAX_EVENT_BYTES,
               responses={413: {"description": f"Event over {MAX_EVENT_BYTES} bytes"}})
     def send(event: NotificationRequest) -> dict[str, str]:
         """Queue one notification event; repeating a notification_id delivers it once."""
@@ -252,7 +253,7 @@ def create_app() -> FastAPI:
         return {"notification_id": event.notification_id}
 
     @app.get("/v1/notifications/{notification_id}", response_model=NotificationStatus, tags=["notifications"],
-             dependencies=[Depends(auth.producer)], responses={404: {"description": "No delivery (yet)"}})
+             dependencies=[Depends(auth.read_status)], responses={404: {"description": "No delivery (yet)"}})
     def get(notification_id: NotificationId) -> dict[str, Any]:
         """Every delivery of a notification: channel, redacted target, status, reason, attempts, times."""
         deliveries = notification_status(notification_id)
@@ -261,7 +262,7 @@ def create_app() -> FastAPI:
         return {"notification_id": notification_id, "deliveries": deliveries}
 
     @app.delete("/v1/notifications/{notification_id}", response_model=Cancelled, tags=["notifications"],
-                dependencies=[Depends(auth.admin)], responses={404: {"description": "No delivery (yet)"}})
+                dependencies=[Depends(auth.cancel)], responses={404: {"description": "No delivery (yet)"}})
     def cancel(notification_id: NotificationId) -> dict[str, Any]:
         """Cancel the deliveries of a notification that are not sent yet (queued or scheduled)."""
         count = users.cancel_notification(notification_id)
@@ -270,31 +271,30 @@ def create_app() -> FastAPI:
         return {"notification_id": notification_id, "cancelled": count}
 
     @app.put("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
-             dependencies=[Depends(auth.producer)])
+             dependencies=[Depends(auth.users)])
     def register_device(user_id: UserId, token: DeviceToken, device: DeviceRegistration) -> Response:
         """Register a device's push token for a user (moving it from another user if need be)."""
         users.register_device(user_id, token, device.platform, device.app)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.delete("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
-                dependencies=[Depends(auth.producer)], responses={404: {"description": "No such device"}})
+                dependencies=[Depends(auth.users)], responses={404: {"description": "No such device"}})
     def unregister_device(user_id: UserId, token: DeviceToken) -> Response:
         """Forget a user's device token."""
         if not users.unregister_device(user_id, token):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "this user has no such device token")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    @app.get("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"],
-             dependencies=[Depends(auth.producer)])
-    def read_preferences(user_id: UserId) -> dict[str, Any]:
-        """A user's preferences (the defaults for a user never seen)."""
-        return get_preferences(user_id)
+    @app.get("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"])
+    def read_preferences(user_id: UserId, key: KeyInfo = Depends(auth.read_users)) -> dict[str, Any]:
+        """A user's preferences (the defaults for a user never seen); email and phone need the contacts scope."""
+        return shown_to(key, get_preferences(user_id))
 
-    @app.put("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"],
-             dependencies=[Depends(auth.producer)])
-    def write_preferences(user_id: UserId, changes: PreferencesUpdate) -> dict[str, Any]:
-        """Change some of a user's preferences; returns them all."""
-        return update_preferences(user_id, **changes.model_dump(exclude_unset=True))
+    @app.put("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"])
+    def write_preferences(user_id: UserId, changes: PreferencesUpdate,
+                          key: KeyInfo = Depends(auth.users)) -> dict[str, Any]:
+        """Change some of a user's preferences; returns them all (email and phone redacted without contacts)."""
+        return shown_to(key, update_preferences(user_id, **changes.model_dump(exclude_unset=True)))
 
     @app.get("/healthz", response_model=Health, tags=["operations"],
              responses={503: {"model": Health, "description": "A dependency does not answer"}})
