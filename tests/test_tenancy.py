@@ -9,6 +9,8 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import requests
@@ -16,8 +18,11 @@ from sqlalchemy import create_engine, text
 
 from notifier import api_keys, devstack, migrate
 from notifier.db import session_factory
+from notifier.events import NotificationEvent
 from notifier.preferences_view import get_preferences
-from notifier.users import register_device, set_preferences
+from notifier.redis_conn import get_redis
+from notifier.routing import CANCEL_PREFIX, CONFLICT_REASON, route
+from notifier.users import get_status, register_device, set_preferences
 from tests.api_fixture import api  # noqa: F401  (fixture)
 from tests.conftest import child_env
 
@@ -167,3 +172,114 @@ def test_migration_maps_the_old_roles_without_widening_them(tmp_path):
     assert scopes == {"p": "send,status,users", "a": "admin", "x": ""}
     assert roles == {"p": "producer", "a": "admin", "x": ""}
 
+
+# ---- one notification_id, one event
+
+
+def _sent_to(sandbox, token: str) -> int:
+    return len(sandbox.messages(provider="apns", target=token))
+
+
+def test_a_different_event_under_an_accepted_id_is_recorded_as_conflicting_and_never_delivered(
+        worker, sandbox, wait_until, unique):
+    # Given producer 1's notification to user A, sent
+    import notifier
+
+    a_user, _, _, a_token = _victim(unique)
+    b_user, _, _, b_token = _victim(unique)
+    nid = unique("n")
+    notifier.send_notification.delay(_event(nid, a_user))
+    wait_until(lambda: [r for r in get_status(nid) if r["status"] == "sent"], message="A's never sent")
+
+    # When producer 2 sends another user an event under the same notification_id (Python API: no edge check)
+    notifier.send_notification.delay(_event(nid, b_user, title="Your security code", body="123456"))
+
+    # Then it is recorded as a duplicate that conflicts with the accepted event, and B's device got nothing
+    rows = wait_until(lambda: [r for r in get_status(nid) if r["status"] == "duplicate"] and get_status(nid),
+                      message="the conflicting event left no row")
+    [dup] = [r for r in rows if r["status"] == "duplicate"]
+    assert dup["user_id"] == b_user and "conflicts with the accepted event" in dup["reason"]
+    assert sorted(r["status"] for r in rows) == ["duplicate", "sent"]
+    time.sleep(1.0)  # a delivery to B, had one been queued, would have reached the sandbox by now
+    assert _sent_to(sandbox, b_token) == 0 and _sent_to(sandbox, a_token) == 1
+
+
+def test_the_api_refuses_a_conflicting_id_with_409_and_takes_a_plain_repeat(api, worker, wait_until, unique):
+    a_user, b_user, nid = unique("a"), unique("b"), unique("n")
+    post = lambda event: requests.post(f"{api.url}/v1/notifications", json=event,  # noqa: E731
+                                       headers=api.auth(api.producer_key), timeout=10)
+    assert post(_event(nid, a_user)).status_code == 202
+    wait_until(lambda: get_status(nid), message="never routed")
+
+    other_user = post(_event(nid, b_user))
+    other_content = post(_event(nid, a_user, body="something else"))
+    repeat = post(_event(nid, a_user))
+
+    assert (other_user.status_code, other_content.status_code) == (409, 409)
+    assert "notification_id" in other_user.json()["detail"]
+    assert repeat.status_code == 202
+    wait_until(lambda: any(r["status"] == "duplicate" for r in get_status(nid)), message="repeat not recorded")
+    [dup] = [r for r in get_status(nid) if r["status"] == "duplicate"]
+    assert "already accepted" in dup["reason"] and "conflict" not in dup["reason"]
+
+
+def _routed(events: list[dict]):
+    with session_factory()() as session, session.begin():
+        return route(session, [NotificationEvent.model_validate(e) for e in events], get_redis())
+
+
+def test_a_plain_repeat_reaches_no_device_registered_since(database, clean_redis, unique):
+    # Given an event routed to user A's one device
+    user, _, _, _ = _victim(unique)
+    nid = unique("n")
+    first = _routed([_event(nid, user)])
+    assert sum(len(ids) for ids in first.queued.values()) == 1
+    # When A registers a second device and the same event comes again (a producer retry)
+    register_device(user, secrets.token_hex(32), "ios")
+    again = _routed([_event(nid, user)])
+    # Then the repeat is a duplicate and queues nothing for the new device
+    assert again.duplicates == [nid] and not any(again.queued.values())
+
+
+def test_two_events_under_one_id_in_one_batch_deliver_only_the_first(database, clean_redis, unique):
+    a_user, _, _, _ = _victim(unique)
+    b_user, _, _, _ = _victim(unique)
+    nid = unique("n")
+    result = _routed([_event(nid, a_user), _event(nid, b_user)])
+    assert sum(len(ids) for ids in result.queued.values()) == 1 and result.duplicates == [nid]
+    [dup] = [r for r in get_status(nid) if r["status"] == "duplicate"]
+    assert dup["user_id"] == b_user and dup["reason"] == CONFLICT_REASON
+
+
+def test_two_routers_racing_on_one_id_deliver_only_one_event(database, clean_redis, unique):
+    # Given router 1 has routed A's event under an id and not yet committed
+    a_user, _, _, _ = _victim(unique)
+    b_user, _, _, _ = _victim(unique)
+    nid = unique("n")
+    first = session_factory()()
+    first.begin()
+    route(first, [NotificationEvent.model_validate(_event(nid, a_user))], get_redis())
+    # When router 2 routes B's event under the same id meanwhile
+    outcome = {}
+    second = threading.Thread(target=lambda: outcome.update(result=_routed([_event(nid, b_user)])))
+    second.start()
+    second.join(1.0)
+    waited = second.is_alive()
+    first.commit()
+    first.close()
+    second.join(30)
+    # Then router 2 waited for router 1, and recorded B's event as conflicting instead of delivering it
+    assert waited, "router 2 did not wait for router 1's transaction"
+    assert outcome["result"].duplicates == [nid] and not any(outcome["result"].queued.values())
+    statuses = {(r["user_id"], r["status"]) for r in get_status(nid)}
+    assert statuses == {(a_user, "queued"), (b_user, "duplicate")}
+
+
+# ---- cancel
+
+
+def test_cancelling_an_unknown_notification_is_404_and_remembers_nothing(api, unique):
+    nid = unique("never")
+    response = requests.delete(f"{api.url}/v1/notifications/{nid}", headers=_key(unique, "cancel"), timeout=10)
+    assert response.status_code == 404
+    assert get_redis().exists(CANCEL_PREFIX + nid) == 0

@@ -24,10 +24,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from notifier import users
+from notifier import routing, users
 from notifier.api import auth, webhooks
 from notifier.api_keys import KeyInfo
-from notifier.db import get_engine
+from notifier.db import get_engine, session_factory
 from notifier.events import MAX_EVENT_BYTES, NotificationEvent
 from notifier.preferences_view import get_preferences, shown_to, update_preferences
 from notifier.redis_conn import broker_redis, redis_url
@@ -244,11 +244,16 @@ def create_app() -> FastAPI:
 
     @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationAccepted,
               tags=["notifications"], dependencies=[Depends(auth.send)], max_body_size=MAX_EVENT_BYTES,
-              responses={413: {"description": f"Event over {MAX_EVENT_BYTES} bytes"}})
+              responses={409: {"description": "notification_id already accepted for a different event"},
+                         413: {"description": f"Event over {MAX_EVENT_BYTES} bytes"}})
     def send(event: NotificationRequest) -> dict[str, str]:
         """Queue one notification event; repeating a notification_id delivers it once."""
         from tasks.pipeline import send_notification
 
+        with session_factory()() as session:
+            if routing.conflicts(session, event):
+                raise HTTPException(status.HTTP_409_CONFLICT, "notification_id: already accepted for a different "
+                                    "event (another user or content); use a new id")
         send_notification.delay(event)
         return {"notification_id": event.notification_id}
 
@@ -265,8 +270,8 @@ def create_app() -> FastAPI:
                 dependencies=[Depends(auth.cancel)], responses={404: {"description": "No delivery (yet)"}})
     def cancel(notification_id: NotificationId) -> dict[str, Any]:
         """Cancel the deliveries of a notification that are not sent yet (queued or scheduled)."""
-        count = users.cancel_notification(notification_id)
-        if not count and not users.get_status(notification_id):
+        count = users.cancel_notification(notification_id, only_known=True)
+        if count is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no delivery of this notification (yet)")
         return {"notification_id": notification_id, "cancelled": count}
 
