@@ -46,6 +46,7 @@ class ControlServer:
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
+        self._writers: set[asyncio.StreamWriter] = set()
         # More endpoints by path: handler(method, body) -> (status, payload), or an awaitable of it.
         self.routes: dict[str, Callable[[str, bytes], tuple[int, Any] | Awaitable[tuple[int, Any]]]] = {}
         self._server: asyncio.base_events.Server | None = None
@@ -58,9 +59,12 @@ class ControlServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 request_line = await reader.readline()
@@ -95,7 +99,12 @@ class ControlServer:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # Shutting down with the connection open: a handler that ends cancelled makes
+            # asyncio's stream callback log a traceback, so it ends here, quietly.
+            pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     def route(self, method: str, target: str, body: bytes) -> tuple[int, Any]:
