@@ -99,7 +99,7 @@ def test_the_api_access_log_shows_no_device_token(database, unique):
     # Given a real `notifier api` writing its log to a file, and a key that manages users
     from notifier import api_keys
 
-    _, key = api_keys.create_key(unique("redaction"), "producer")
+    _, key = api_keys.create_key(unique("redaction"), "users")
     token, user = secrets.token_hex(32), unique("user")
     log_path = TEST_VAR / "logs" / "api-redaction.log"
     with serve(child_env(), "api-redaction.log") as url:
