@@ -152,7 +152,7 @@ def apply_sendgrid_events(events: Iterable[Mapping[str, Any]], now: datetime | N
             row = rows.get(_delivery_id(event.get("delivery_id")) or 0)
             if row is None or not _is_ours(row, event):
                 report.unknown += 1
-                log.info("sendgrid event %s for unknown delivery %r ignored",
+                log.info("sendgrid event %r for unknown delivery %r ignored",
                          event.get("event"), event.get("delivery_id"))
                 continue
             effect = sendgrid_effect(event)
@@ -255,7 +255,7 @@ def apply_twilio_status(message_sid: str, status: str, error_code: str | None,
         )
         if row is None:
             report.unknown += 1
-            log.info("twilio status %s for unknown message %s ignored", status, message_sid)
+            log.info("twilio status %r for unknown message %r ignored", status, message_sid)
             return report
         detail = f"twilio {_text(status, 32)}" + (f": error {_text(error_code, 32)}" if error_code else "")
         changed = _apply(session, row, effect, detail, now, report)
