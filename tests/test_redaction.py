@@ -183,3 +183,23 @@ def test_a_bounce_quoting_the_address_in_capitals_is_redacted_in_status(api, wor
 
     reason = get_preferences(user)["email_undeliverable_reason"]
     assert reason and address.lower() not in reason.lower()
+
+
+def test_a_transport_error_quoting_the_address_is_stored_redacted(worker, sandbox, wait_until, unique):
+    # Given SendGrid refusing one address with an error that quotes it in capitals
+    from notifier.users import set_preferences
+
+    user, nid = unique("user"), unique("n")
+    address = f"{unique('ada')}@example.com"
+    set_preferences(user, email=address)
+    sandbox.add_fault("sendgrid", address, status=400, reason=f"The email address {address.upper()} is invalid",
+                      count=None)
+    # When an email to it is sent
+    notifier.send_notification.delay({
+        "notification_id": nid, "user_id": user, "type": "receipt", "category": "transactional",
+        "priority": "high", "channels": ["email"], "title": "Receipt", "body": "Thanks",
+    })
+    [row] = wait_until(lambda: [r for r in get_status(nid) if r["status"] == "failed"], timeout_s=30)
+    # Then the stored reason and last error keep the provider's words but not the address
+    stored = f"{row['reason']} {row['last_error']}".lower()
+    assert address.lower() not in stored and "is invalid" in stored
