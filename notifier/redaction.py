@@ -149,7 +149,7 @@ def uvicorn_log_config() -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact"] = {"()": RedactingFilter}
+    config.setdefault("filters", {})["redact"] = {"()": f"{__name__}.RedactingFilter"}  # by name: spawned workers
     for handler in config["handlers"].values():
         handler.setdefault("filters", []).append("redact")
     # Our own loggers (notifier.*) propagate to the root: give it uvicorn's stderr handler.
