@@ -97,7 +97,7 @@ def _targets(recipient: Recipient, channel: str) -> list[tuple[str | None, str]]
     return [(DEFAULT_PROVIDER_BY_CHANNEL[channel], address)] if address else []
 
 
-def plan(event: NotificationEvent, recipient: Recipient) -> list[dict]:
+def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None) -> list[dict]:
     """The log rows for one event: one per target, or one `suppressed` row per channel without targets."""
     now = utcnow()
     base = {
@@ -107,7 +107,7 @@ def plan(event: NotificationEvent, recipient: Recipient) -> list[dict]:
         "category": event.category,
         "priority": event.priority.value,
         "payload": {"title": event.title, "body": event.body, "data": event.data or {},
-                    "fingerprint": fingerprint(event)},
+                    "fingerprint": mark or fingerprint(event)},
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
@@ -179,26 +179,26 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
     `duplicate` row (the reason says which) and never delivered."""
     _lock_notification_ids(session, [e.notification_id for e in events])
     accepted = accepted_fingerprints(session, [e.notification_id for e in events])
-    fresh: list[NotificationEvent] = []
+    fresh: list[tuple[NotificationEvent, str]] = []
     repeats: list[tuple[NotificationEvent, str]] = []
     for event in events:
         mark = fingerprint(event)
         known = accepted.get(event.notification_id)
         if known is None:
             accepted[event.notification_id] = mark  # the first in this batch claims the id
-            fresh.append(event)
+            fresh.append((event, mark))
         else:
             repeats.append((event, REPEAT_REASON if known == mark else CONFLICT_REASON))
-    recipients = load_recipients(session, (e.user_id for e in fresh), r)
+    recipients = load_recipients(session, (e.user_id for e, _ in fresh), r)
     cancelled = set()
     if r is not None and fresh:
-        flags = r.mget([CANCEL_PREFIX + e.notification_id for e in fresh])
-        cancelled = {e.notification_id for e, flag in zip(fresh, flags) if flag}
+        flags = r.mget([CANCEL_PREFIX + e.notification_id for e, _ in fresh])
+        cancelled = {e.notification_id for (e, _), flag in zip(fresh, flags) if flag}
     rows: list[dict] = []
     lane_of_key: dict[str, str] = {}
     keys_of_event: list[tuple[NotificationEvent, list[str]]] = []
-    for event in fresh:
-        planned = plan(event, recipients[event.user_id])
+    for event, mark in fresh:
+        planned = plan(event, recipients[event.user_id], mark)
         if event.notification_id in cancelled:
             for row in planned:
                 row["status"], row["reason"] = Status.SUPPRESSED.value, "cancelled by producer"
