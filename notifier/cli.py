@@ -69,11 +69,10 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _bridge(args: argparse.Namespace) -> int:
-    import logging
-
+    from notifier import redaction
     from notifier.bridge import DEFAULT_TOPICS, Bridge, parse_topics
 
-    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.basic_config(args.loglevel)
     config = dict(option.split("=", 1) for option in args.consumer_config)
     bridge = Bridge(
         parse_topics(args.topics.split(",")) if args.topics else DEFAULT_TOPICS,
@@ -140,9 +139,22 @@ def _cancel(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from notifier.redaction import uvicorn_log_config
+
+    # The access log writes request paths, and /v1/users/{id}/devices/{token} holds a token.
     uvicorn.run("notifier.api.app:app", host=args.host, port=args.port, workers=args.workers,
-                log_level=args.loglevel.lower(), proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
+                log_level=args.loglevel.lower(), proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips,
+                log_config=uvicorn_log_config())
     return 0
+
+
+def _scopes(value: str) -> frozenset[str]:
+    from notifier.api_keys import parse_scopes
+
+    try:
+        return parse_scopes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -155,7 +167,7 @@ def _keys(args: argparse.Namespace) -> int:
     elif args.keys_command == "list":
         for info in api_keys.list_keys():
             revoked = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "live"
-            print(f"{info.prefix}  {info.scope:<8}  {info.created_at:%Y-%m-%d %H:%M}  {revoked:<22}  {info.name}")
+            print(f"{info.prefix}  {info.scope:<24}  {info.created_at:%Y-%m-%d %H:%M}  {revoked:<22}  {info.name}")
     elif not api_keys.revoke_key(args.prefix):
         print(f"no live key with prefix {args.prefix!r}", file=sys.stderr)
         return 1
@@ -212,14 +224,12 @@ def _flower(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    import logging
-
-    from notifier import metrics
+    from notifier import metrics, redaction
 
     if args.once:
         sys.stdout.write(metrics.render().decode())
         return 0
-    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.basic_config(args.loglevel)
     metrics.serve(args.port, args.address)
     return 0
 
@@ -388,8 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "keys", help="create, list and revoke API keys")
     keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = _command(keys, "create", help="create a key and print it (only this once)")
-    k.add_argument("--scope", choices=["producer", "admin"], required=True,
-                   help="producer: send, status, devices, preferences; admin: also cancel")
+    k.add_argument("--scope", required=True, type=_scopes,
+                   help="comma-separated: send, status, cancel, users (devices and preferences, contacts "
+                   "redacted), contacts (users' email and phone), admin (all); the roles producer "
+                   "(send,status,users) and admin are accepted too")
     k.add_argument("--name", required=True, help="who or what uses the key")
     _command(keys, "list", help="list keys (prefix, scope, created, revoked, name)")
     k = _command(keys, "revoke", help="revoke a key by its prefix")

@@ -125,10 +125,14 @@ class UserPreferences(Base):
 
 
 class ApiKeyScope(str, enum.Enum):
-    """What an API key may do; admin includes everything producer may."""
+    """One thing an API key may do; a key holds a set of them (admin: all)."""
 
-    PRODUCER = "producer"
-    ADMIN = "admin"
+    SEND = "send"  # POST /v1/notifications
+    STATUS = "status"  # GET /v1/notifications/{id}: deliveries, targets redacted
+    CANCEL = "cancel"  # DELETE /v1/notifications/{id}
+    USERS = "users"  # devices and preferences: register, forget, read and change (contacts redacted)
+    CONTACTS = "contacts"  # read users' email addresses and phone numbers unredacted
+    ADMIN = "admin"  # everything above, and /metrics
 
 
 class ApiKey(Base):
@@ -138,7 +142,7 @@ class ApiKey(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), nullable=False)
-    scope: Mapped[str] = mapped_column(String(16), nullable=False)
+    scopes: Mapped[str] = mapped_column(String(128), nullable=False)  # comma-separated ApiKeyScope values
     prefix: Mapped[str] = mapped_column(String(16), nullable=False, unique=True)
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

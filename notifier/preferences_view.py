@@ -4,8 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 
+from notifier.api_keys import KeyInfo
 from notifier.db import session_factory
-from notifier.models import UserPreferences
+from notifier.models import ApiKeyScope, UserPreferences
+from notifier.redaction import redact_target, redact_text
 from notifier.users import PREFERENCE_FIELDS, set_preferences
 
 # What a user we never heard of gets (the same defaults as notifier.recipients.Recipient).
@@ -14,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "quiet_start": None, "quiet_end": None, "timezone": None, "opted_out_categories": [],
 }
 UNDELIVERABLE_FIELDS = ("email_undeliverable_at", "email_undeliverable_reason")
+CONTACT_FIELDS = ("email", "phone")
 
 
 def get_preferences(user_id: str) -> dict[str, Any]:
@@ -33,3 +36,12 @@ def update_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
     """Change some preferences (a new email address drops the undeliverable mark); return them all."""
     set_preferences(user_id, **changes)
     return get_preferences(user_id)
+
+
+def shown_to(key: KeyInfo, prefs: dict[str, Any]) -> dict[str, Any]:
+    """`prefs` as this key may see them: email and phone only in part, unless it holds the contacts scope."""
+    if key.allows(ApiKeyScope.CONTACTS.value):
+        return prefs
+    shown = {name: redact_target("email" if name == "email" else "sms", prefs[name]) for name in CONTACT_FIELDS}
+    reason = prefs.get("email_undeliverable_reason")
+    return prefs | shown | {"email_undeliverable_reason": reason and redact_text(reason, prefs["email"])}

@@ -17,6 +17,7 @@ from notifier import dedup, delivery_log, metrics
 from notifier.db import transaction
 from notifier.models import DeviceToken, NotificationLog, Status, UserPreferences
 from notifier.providers import Delivery, Outcome, OutcomeKind, get_provider
+from notifier.redaction import redact_text
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,10 @@ def _record(
                 reason = f"recipient unsubscribed at the provider, {row.channel} turned off: {reason}"
                 opt_outs.append((row.user_id, row.channel))
             change |= {"status": Status.FAILED.value, "failed_at": now, "reason": reason, "last_error": o.reason}
+        for name in ("reason", "last_error"):
+            # Transport errors quote URLs and addresses (https://…/3/device/<token>): none is stored.
+            if change.get(name):
+                change[name] = redact_text(change[name], row.target)
         changes.append(change)
     # Only rows still `sending`: a webhook may already have moved one on (delivered, failed).
     delivery_log.record_each(session, changes, only_from=[Status.SENDING.value])

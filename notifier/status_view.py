@@ -7,18 +7,12 @@ from sqlalchemy import select
 
 from notifier.db import session_factory
 from notifier.models import NotificationLog
+from notifier.redaction import redact_target, redact_text
 from notifier.routing import NO_TARGET
 from notifier.users import get_status
 
 
-def redact(channel: str, target: str | None) -> str | None:
-    """Enough of a target to tell two apart, never the whole device token, address or number."""
-    if not target or target == NO_TARGET:
-        return None
-    if channel == "email" and "@" in target:
-        local, _, domain = target.rpartition("@")
-        return f"{local[:1]}…@{domain}"
-    return f"…{target[-4:]}" if len(target) > 8 else "…"
+redact = redact_target  # the name other modules know
 
 
 def notification_status(notification_id: str) -> list[dict[str, Any]]:
@@ -39,10 +33,9 @@ def notification_status(notification_id: str) -> list[dict[str, Any]]:
 
 def _redacted(delivery: dict[str, Any], target: str | None) -> dict[str, Any]:
     """The delivery with its target redacted, also where a provider's message quotes it."""
-    shown = redact(delivery["channel"], target)
-    out = delivery | {"target": shown}
-    if target and target != NO_TARGET:
-        for name in ("reason", "last_error"):
-            if out.get(name) and target in out[name]:
-                out[name] = out[name].replace(target, shown or "…")
+    out = delivery | {"target": redact_target(delivery["channel"], target)}
+    known = target if target and target != NO_TARGET else None
+    for name in ("reason", "last_error"):
+        if out.get(name):
+            out[name] = redact_text(out[name], known)
     return out

@@ -95,16 +95,23 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
 CANCEL_TTL_S = 7 * 86400
 
 
-def cancel_notification(notification_id: str) -> int:
+def cancel_notification(notification_id: str, *, only_known: bool = False) -> int | None:
     """Cancel every delivery of a notification that is not sent yet; returns how many.
 
     Queued and scheduled deliveries, and `sending` ones whose worker is gone (see cancel_stranded).
 
     A cancel that overtakes its event (still queued for routing) is remembered for a week,
-    so the event is routed straight to `suppressed`.
+    so the event is routed straight to `suppressed`. With `only_known` (the HTTP API, where
+    anyone with the cancel scope could fill Redis with week-long marks for made-up ids) a
+    notification with no row yet is neither cancelled nor remembered: None.
     """
-    get_redis().set(CANCEL_PREFIX + notification_id, 1, ex=CANCEL_TTL_S)
     with session_factory()() as session, session.begin():
+        known = session.scalar(
+            select(NotificationLog.id).where(NotificationLog.notification_id == notification_id).limit(1)
+        )
+        if known is None and only_known:
+            return None
+        get_redis().set(CANCEL_PREFIX + notification_id, 1, ex=CANCEL_TTL_S)
         ids = session.scalars(
             select(NotificationLog.id).where(
                 NotificationLog.notification_id == notification_id,

@@ -20,6 +20,7 @@ from notifier import delivery_log
 from notifier.db import session_factory
 from notifier.models import NotificationLog, Status, UserPreferences
 from notifier.recipients import invalidate
+from notifier.redaction import redact_text
 from notifier.redis_conn import get_redis
 from notifier.users import set_preferences
 
@@ -151,7 +152,7 @@ def apply_sendgrid_events(events: Iterable[Mapping[str, Any]], now: datetime | N
             row = rows.get(_delivery_id(event.get("delivery_id")) or 0)
             if row is None or not _is_ours(row, event):
                 report.unknown += 1
-                log.info("sendgrid event %s for unknown delivery %r ignored",
+                log.info("sendgrid event %r for unknown delivery %r ignored",
                          event.get("event"), event.get("delivery_id"))
                 continue
             effect = sendgrid_effect(event)
@@ -181,6 +182,9 @@ def _is_ours(row: NotificationLog, event: Mapping[str, Any]) -> bool:
 
 def _apply(session: Session, row: NotificationLog, effect: Effect, detail: str, at: datetime, report: Report) -> bool:
     """Apply one report's effect to its delivery row (and address); True if anything changed."""
+    # A bounce reason quotes the address ("550 <Ada@Example.com>: no such user"): keep it out of
+    # the row and the user's undeliverable reason, whatever its letter case.
+    detail = redact_text(detail, row.target)
     if effect is Effect.DELIVERED:
         moved = delivery_log.set_status(
             session, [row.id], Status.DELIVERED.value, only_from=DELIVERED_FROM, delivered_at=at, reason=None,
@@ -251,7 +255,7 @@ def apply_twilio_status(message_sid: str, status: str, error_code: str | None,
         )
         if row is None:
             report.unknown += 1
-            log.info("twilio status %s for unknown message %s ignored", status, message_sid)
+            log.info("twilio status %r for unknown message %r ignored", status, message_sid)
             return report
         detail = f"twilio {_text(status, 32)}" + (f": error {_text(error_code, 32)}" if error_code else "")
         changed = _apply(session, row, effect, detail, now, report)

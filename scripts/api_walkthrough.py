@@ -43,6 +43,8 @@ def main() -> int:
         "NOTIFIER_APNS_CA_FILE": str(WORK / "sandbox" / "tls-cert.pem"),
         "NOTIFIER_API_PUBLIC_URL": api_url,
         "NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY_PATH": str(WORK / "sandbox" / "sendgrid_webhook_public_key"),
+        # The sandbox posts receipts only to the API it is configured with.
+        "NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL": api_url + "/v1/webhooks/sendgrid",
     })
     from notifier.db import database_url
     from notifier.redis_conn import broker_url, redis_url
@@ -60,7 +62,7 @@ def main() -> int:
 
     ensure_dev_keys(WORK / "sandbox")
     migrate.upgrade()
-    _, key = api_keys.create_key("walkthrough", "producer")
+    _, key = api_keys.create_key("walkthrough", "send,status,users")
     auth = {"Authorization": f"Bearer {key}"}
     logs = WORK / "logs"
     procs = []

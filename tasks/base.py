@@ -7,9 +7,11 @@ from typing import Any
 import psycopg2
 import redis
 from celery import Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.exceptions import Retry
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_process_shutdown
 from sqlalchemy import exc as sa_exc
 
+from notifier import redaction
 from notifier.db import dispose_engines
 
 # Our own infrastructure failing (database or Redis unreachable, a deadlock or serialization
@@ -38,6 +40,23 @@ class NotifierTask(Task):
     retry_jitter = True
     max_retries = 100
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Retry as retry:
+            # Its text (worker log, Flower) quotes the exception retried for.
+            if retry.exc is not None and redaction.redacted_exception(retry.exc) is not retry.exc:
+                retry.exc = redaction.redacted_exception(retry.exc)
+                retry.excs = repr(retry.exc)
+            raise
+        except Exception as exc:
+            # What leaves a task is logged by the worker, sent to Flower in its failure event and
+            # kept by a result backend: pycurl's errors quote https://…/3/device/<token>.
+            safe = redaction.redacted_exception(exc)
+            if safe is exc:
+                raise
+            raise safe from None
+
     def apply_async(self, args=None, kwargs=None, **options: Any):
         if "argsrepr" not in options:
             options["argsrepr"] = self.describe(args or (), kwargs or {})
@@ -55,6 +74,13 @@ class NotifierTask(Task):
         more = f",…+{len(ids) - 5}" if len(ids) > 5 else ""
         lane = args[1] if len(args) > 1 else kwargs.get("lane")
         return f"deliveries=[{head}{more}] n={len(ids)}" + (f" lane={lane}" if lane else "")
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redacted_logs(logger: logging.Logger, **_: Any) -> None:
+    """Every line a worker or beat writes goes through the redaction filter."""
+    redaction.install(logger)
 
 
 @worker_process_init.connect

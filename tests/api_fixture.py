@@ -53,9 +53,9 @@ class Api:
 
 
 @contextmanager
-def serve(env: dict[str, str], log_name: str = "api.log") -> Iterator[str]:
-    """Run `notifier api` with `env` on a free loopback port; yield its base URL."""
-    port = free_port()
+def serve(env: dict[str, str], log_name: str = "api.log", port: int | None = None) -> Iterator[str]:
+    """Run `notifier api` with `env` on `port` (a free loopback one if None); yield its base URL."""
+    port = port or free_port()
     log_path = TEST_VAR / "logs" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(

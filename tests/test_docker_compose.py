@@ -97,3 +97,28 @@ def test_docker_compose_config_accepts_it():
     result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
                             env={"NOTIFIER_FLOWER_BASIC_AUTH": "ops:secret", "PATH": "/usr/bin:/usr/local/bin"})
     assert result.returncode == 0, result.stderr
+
+
+def test_the_sandbox_runs_only_in_the_dev_profile_and_nothing_trusts_its_keys_by_default(compose):
+    # The sandbox can arm faults and sign provider webhooks: it is a development tool only.
+    services = compose["services"]
+    sandbox = services["sandbox"]
+    assert sandbox["profiles"] == ["dev"]
+    trusted = ("NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY", "NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY_PATH",
+               "NOTIFIER_TWILIO_AUTH_TOKEN")
+    for name, service in _ours(compose).items():
+        if name == "sandbox":
+            continue
+        assert "profiles" not in service, f"{name} would be missing from a production stack"
+        for var in trusted:  # empty unless the operator sets it: never the sandbox's key or a known token
+            assert service["environment"].get(var, "") in ("", f"${{{var}:-}}"), (name, var)
+        assert not any("sandbox-private" in str(v) for v in service.get("volumes", [])), name
+        if "sandbox" in service.get("depends_on", {}):
+            assert service["depends_on"]["sandbox"]["required"] is False, f"{name} needs the dev profile to start"
+    # Its signing key lives in a volume only it mounts; its control API, beyond its loopback, needs a token.
+    env = sandbox["environment"]
+    assert env["NOTIFIER_SANDBOX_SENDGRID_WEBHOOK_KEY_PATH"].startswith("/app/var/sandbox-private/")
+    assert "sandbox-private:/app/var/sandbox-private" in sandbox["volumes"]
+    assert env["NOTIFIER_SANDBOX_CONTROL_HOST"] == "0.0.0.0"
+    assert env["NOTIFIER_SANDBOX_CONTROL_TOKEN"].startswith("${NOTIFIER_SANDBOX_CONTROL_TOKEN")
+    assert "/_sandbox/health" in " ".join(sandbox["healthcheck"]["test"])

@@ -23,11 +23,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from notifier import users, validation
+from notifier import routing, users, validation
 from notifier.api import auth, webhooks
-from notifier.db import get_engine
+from notifier.api_keys import KeyInfo
+from notifier.db import get_engine, session_factory
 from notifier.events import MAX_EVENT_BYTES, NotificationEvent
-from notifier.preferences_view import get_preferences, update_preferences
+from notifier.preferences_view import get_preferences, shown_to, update_preferences
 from notifier.redis_conn import broker_redis, redis_url
 from notifier.status_view import notification_status
 
@@ -183,17 +184,22 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router, max_body_size=WEBHOOK_MAX_BYTES)
 
     @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationAccepted,
-              tags=["notifications"], dependencies=[Depends(auth.producer)], max_body_size=MAX_EVENT_BYTES,
-              responses={413: {"description": f"Event over {MAX_EVENT_BYTES} bytes"}})
+              tags=["notifications"], dependencies=[Depends(auth.send)], max_body_size=MAX_EVENT_BYTES,
+              responses={409: {"description": "notification_id already accepted for a different event"},
+                         413: {"description": f"Event over {MAX_EVENT_BYTES} bytes"}})
     def send(event: NotificationRequest) -> dict[str, str]:
         """Queue one notification event; repeating a notification_id delivers it once."""
         from tasks.pipeline import send_notification
 
+        with session_factory()() as session:
+            if routing.conflicts(session, event):
+                raise HTTPException(status.HTTP_409_CONFLICT, "notification_id: already accepted for a different "
+                                    "event (another user or content); use a new id")
         send_notification.delay(event)
         return {"notification_id": event.notification_id}
 
     @app.get("/v1/notifications/{notification_id}", response_model=NotificationStatus, tags=["notifications"],
-             dependencies=[Depends(auth.producer)], responses={404: {"description": "No delivery (yet)"}})
+             dependencies=[Depends(auth.read_status)], responses={404: {"description": "No delivery (yet)"}})
     def get(notification_id: NotificationId) -> dict[str, Any]:
         """Every delivery of a notification: channel, redacted target, status, reason, attempts, times."""
         deliveries = notification_status(notification_id)
@@ -202,40 +208,39 @@ def create_app() -> FastAPI:
         return {"notification_id": notification_id, "deliveries": deliveries}
 
     @app.delete("/v1/notifications/{notification_id}", response_model=Cancelled, tags=["notifications"],
-                dependencies=[Depends(auth.admin)], responses={404: {"description": "No delivery (yet)"}})
+                dependencies=[Depends(auth.cancel)], responses={404: {"description": "No delivery (yet)"}})
     def cancel(notification_id: NotificationId) -> dict[str, Any]:
         """Cancel the deliveries of a notification that are not sent yet (queued or scheduled)."""
-        count = users.cancel_notification(notification_id)
-        if not count and not users.get_status(notification_id):
+        count = users.cancel_notification(notification_id, only_known=True)
+        if count is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no delivery of this notification (yet)")
         return {"notification_id": notification_id, "cancelled": count}
 
     @app.put("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
-             dependencies=[Depends(auth.producer)])
+             dependencies=[Depends(auth.users)])
     def register_device(user_id: UserId, token: DeviceToken, device: DeviceRegistration) -> Response:
         """Register a device's push token for a user (moving it from another user if need be)."""
         users.register_device(user_id, token, device.platform, device.app)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.delete("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
-                dependencies=[Depends(auth.producer)], responses={404: {"description": "No such device"}})
+                dependencies=[Depends(auth.users)], responses={404: {"description": "No such device"}})
     def unregister_device(user_id: UserId, token: DeviceToken) -> Response:
         """Forget a user's device token."""
         if not users.unregister_device(user_id, token):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "this user has no such device token")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    @app.get("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"],
-             dependencies=[Depends(auth.producer)])
-    def read_preferences(user_id: UserId) -> dict[str, Any]:
-        """A user's preferences (the defaults for a user never seen)."""
-        return get_preferences(user_id)
+    @app.get("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"])
+    def read_preferences(user_id: UserId, key: KeyInfo = Depends(auth.read_users)) -> dict[str, Any]:
+        """A user's preferences (the defaults for a user never seen); email and phone need the contacts scope."""
+        return shown_to(key, get_preferences(user_id))
 
-    @app.put("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"],
-             dependencies=[Depends(auth.producer)])
-    def write_preferences(user_id: UserId, changes: PreferencesUpdate) -> dict[str, Any]:
-        """Change some of a user's preferences; returns them all."""
-        return update_preferences(user_id, **changes.model_dump(exclude_unset=True))
+    @app.put("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"])
+    def write_preferences(user_id: UserId, changes: PreferencesUpdate,
+                          key: KeyInfo = Depends(auth.users)) -> dict[str, Any]:
+        """Change some of a user's preferences; returns them all (email and phone redacted without contacts)."""
+        return shown_to(key, update_preferences(user_id, **changes.model_dump(exclude_unset=True)))
 
     @app.get("/healthz", response_model=Health, tags=["operations"],
              responses={503: {"model": Health, "description": "A dependency does not answer"}})

@@ -1,4 +1,4 @@
-"""Bearer API keys on the HTTP API: who may call what."""
+"""Bearer API keys on the HTTP API: who may call what (the scopes of notifier.api_keys)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -7,6 +7,7 @@ from fastapi import HTTPException, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from notifier.api_keys import KeyInfo, verify_key
+from notifier.models import ApiKeyScope
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -15,8 +16,8 @@ bearer = HTTPBearer(
 )
 
 
-def require(scope: str) -> Callable[..., KeyInfo]:
-    """A dependency admitting live keys whose scope includes `scope` (401 without one, 403 if too weak)."""
+def require(*scopes: str) -> Callable[..., KeyInfo]:
+    """A dependency admitting live keys holding one of `scopes` (401 without a key, 403 if it holds none)."""
 
     def dependency(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> KeyInfo:
         if credentials is None:
@@ -26,12 +27,17 @@ def require(scope: str) -> Callable[..., KeyInfo]:
         if key is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        if not key.allows(scope):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {key.scope} key may not do this: it needs {scope}")
+        if not any(key.allows(s) for s in scopes):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"this key ({key.scope or 'no scope'}) may not do this: it needs {' or '.join(scopes)}")
         return key
 
     return dependency
 
 
-producer = require("producer")
-admin = require("admin")
+send = require(ApiKeyScope.SEND.value)
+read_status = require(ApiKeyScope.STATUS.value)
+cancel = require(ApiKeyScope.CANCEL.value)
+users = require(ApiKeyScope.USERS.value)
+read_users = require(ApiKeyScope.USERS.value, ApiKeyScope.CONTACTS.value)
+admin = require(ApiKeyScope.ADMIN.value)

@@ -7,9 +7,9 @@ Every option also reads NOTIFIER_SANDBOX_<OPTION> from the environment
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from notifier import redaction
 from notifier.sandbox.app import SandboxConfig, run
 
 
@@ -18,8 +18,12 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
     d = SandboxConfig()
     parser = argparse.ArgumentParser(prog="python -m notifier.sandbox", description=__doc__.splitlines()[0])
     option = parser.add_argument
-    option("--host", help=f"address to listen on (default {d.host})")
+    option("--host", help=f"address the provider servers listen on (default {d.host})")
+    option("--control-host", help=f"address of the control API (default {d.control_host}); beyond loopback it "
+           "needs a token")
     option("--control-port", type=int, help=f"control API port (default {d.control_port}; 0 = any free port)")
+    option("--control-token", help="bearer token the control API requires (better: NOTIFIER_SANDBOX_CONTROL_TOKEN, "
+           "which no process listing shows)")
     option("--apns-port", type=int, help=f"APNs HTTP/2 port (default {d.apns_port}; 0 = any free port)")
     option("--tls-names", help="more host names for the TLS certificate, comma-separated (e.g. sandbox)")
     option("--cert-path", help=f"where to write the CA certificate clients must trust (default {d.cert_path})")
@@ -34,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
            f"(default {d.sendgrid_webhook_key_path})")
     option("--sendgrid-webhook-public-key-path", help=f"where to write its verification key, base64 DER "
            f"(default {d.sendgrid_webhook_public_key_path})")
-    option("--sendgrid-event-webhook-url", help=f"where receipts post SendGrid events "
-           f"(default {d.sendgrid_event_webhook_url})")
+    option("--sendgrid-event-webhook-url", help=f"where receipts post SendGrid events, and the only origin "
+           f"they post Twilio callbacks to (default {d.sendgrid_event_webhook_url})")
     option("--twilio-port", type=int, help=f"Twilio API (HTTP/1.1) port (default {d.twilio_port}; 0 = any)")
     option("--twilio-account-sid", help=f"the account SID accepted (default {d.twilio_account_sid})")
     option("--twilio-auth-token", help="the auth token accepted, and the key of status callback signatures")
@@ -54,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
     option("--fcm-token-ttl-s", type=int, help=f"access token lifetime, expires_in (default {d.fcm_token_ttl_s})")
     option("--log-level", default="INFO", help="logging level (default INFO)")
     args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.basic_config(args.pop("log_level"))
     return SandboxConfig.from_env(**args)
 
 

@@ -7,6 +7,7 @@ Adding a provider (FCM, SendGrid, Twilio, SMTP) means: its handler module beside
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -40,8 +41,10 @@ ENV_PREFIX = "NOTIFIER_SANDBOX_"
 class SandboxConfig:
     """Where the sandbox listens and which credentials it accepts. Port 0 picks a free port."""
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the provider servers
+    control_host: str = "127.0.0.1"  # the control API: loopback unless told otherwise
     control_port: int = 8790
+    control_token: str = ""  # required on every control request but health; needed beyond loopback
     apns_port: int = 8791
     cert_path: Path = Path("var/sandbox/tls-cert.pem")
     tls_names: str = ""  # more host names for the certificate, comma-separated (compose: "sandbox")
@@ -80,7 +83,23 @@ class SandboxConfig:
         for name, value in overrides.items():
             if value is not None:
                 setattr(config, name, _coerce(name, value, getattr(config, name)))
+        config.check()
         return config
+
+    def check(self) -> None:
+        """Refuse a control API open beyond loopback without a token: it arms faults and signs webhooks."""
+        if not _loopback(self.control_host) and not self.control_token:
+            raise ValueError(f"control_token: required when the control API listens on {self.control_host!r}, "
+                             "beyond loopback (set NOTIFIER_SANDBOX_CONTROL_TOKEN)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name or 0.0.0.0-like wildcard: assume reachable
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -205,10 +224,11 @@ async def start(config: SandboxConfig) -> Sandbox:
     """Start every provider server and the control API on the running loop."""
     tls = TlsIdentity(tuple(n.strip() for n in config.tls_names.split(",") if n.strip()))
     tls.write_ca(config.cert_path)
+    config.check()
     state = SandboxState(max_records=config.max_records)
-    control = ControlServer(state)
-    control_port = await control.start(config.host, config.control_port)
-    sandbox = Sandbox(config, state, control, f"http://{_url_host(config.host)}:{control_port}")
+    control = ControlServer(state, token=config.control_token)
+    control_port = await control.start(config.control_host, config.control_port)
+    sandbox = Sandbox(config, state, control, f"http://{_url_host(config.control_host)}:{control_port}")
     for name, starter in PROVIDERS.items():
         server, url = await starter(config, state, tls)
         sandbox.servers[name] = server

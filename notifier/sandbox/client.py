@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import requests
@@ -10,10 +11,13 @@ import requests
 class SandboxClient:
     """Inspect what the sandbox accepted and tell it what to break."""
 
-    def __init__(self, control_url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, control_url: str, *, timeout_s: float = 5.0, token: str | None = None) -> None:
         self.control_url = control_url.rstrip("/")
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        token = os.environ.get("NOTIFIER_SANDBOX_CONTROL_TOKEN", "") if token is None else token
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
 
     def messages(self, provider: str | None = "apns", target: str | None = None) -> list[dict[str, Any]]:
         """Return the requests the sandbox accepted, oldest first."""
@@ -64,7 +68,6 @@ class SandboxClient:
         *,
         message_id: str | None = None,
         target: str | None = None,
-        url: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Have the sandbox call the notifier's webhook about an accepted message, signed as the provider signs.
@@ -72,10 +75,11 @@ class SandboxClient:
         provider is "sendgrid" (event: delivered, bounce, dropped, deferred, spamreport, ...;
         fields: reason, type, status, response) or "twilio" (event: delivered, undelivered,
         failed, sent, ...; field: error_code). The message is named by its id (X-Message-Id,
-        SM... sid) or its target (the latest one). Returns the webhook's status and answer.
+        SM... sid) or its target (the latest one). It posts only to the notifier API the sandbox
+        is configured with (--sendgrid-event-webhook-url). Returns the webhook's status and answer.
         """
         spec: dict[str, Any] = {"provider": provider, "event": event, **fields}
-        for name, value in (("message_id", message_id), ("target", target), ("url", url)):
+        for name, value in (("message_id", message_id), ("target", target)):
             if value is not None:
                 spec[name] = value
         return self._call("POST", "/_sandbox/receipts", json=spec)

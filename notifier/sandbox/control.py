@@ -11,11 +11,16 @@
 
 It runs on the same event loop as the provider servers, so it reads their state
 without locks.
+
+It can arm faults and mint signed provider webhooks, so it listens on loopback unless
+told otherwise, and beyond loopback only with a token (``Authorization: Bearer <token>``
+on every request but health; notifier.sandbox.app refuses to start without one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import json
 import logging
@@ -30,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _MAX_BODY = 1024 * 1024
 _REASONS = {
-    200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
+    200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
     405: "Method Not Allowed", 413: "Payload Too Large", 502: "Bad Gateway",
 }  # fmt: skip
 
@@ -44,8 +49,10 @@ class HttpError(Exception):
 class ControlServer:
     """HTTP/1.1 JSON API over the sandbox state."""
 
-    def __init__(self, state: SandboxState) -> None:
+    def __init__(self, state: SandboxState, token: str = "") -> None:
         self.state = state
+        self.token = token
+        self._writers: set[asyncio.StreamWriter] = set()
         # More endpoints by path: handler(method, body) -> (status, payload), or an awaitable of it.
         self.routes: dict[str, Callable[[str, bytes], tuple[int, Any] | Awaitable[tuple[int, Any]]]] = {}
         self._server: asyncio.base_events.Server | None = None
@@ -58,9 +65,12 @@ class ControlServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 request_line = await reader.readline()
@@ -73,6 +83,7 @@ class ControlServer:
                     if length > _MAX_BODY:
                         raise HttpError(413, "body too large")
                     body = await reader.readexactly(length) if length else b""
+                    self._authorize(target, headers)
                     result = self.route(method, target, body)
                     status, payload = await result if inspect.isawaitable(result) else result
                 except HttpError as exc:
@@ -95,8 +106,20 @@ class ControlServer:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # Shutting down with the connection open: a handler that ends cancelled makes
+            # asyncio's stream callback log a traceback, so it ends here, quietly.
+            pass
         finally:
+            self._writers.discard(writer)
             writer.close()
+
+    def _authorize(self, target: str, headers: dict[str, str]) -> None:
+        if not self.token or urlsplit(target).path.rstrip("/") == "/_sandbox/health":
+            return
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise HttpError(401, "authorization: send Authorization: Bearer <NOTIFIER_SANDBOX_CONTROL_TOKEN>")
 
     def route(self, method: str, target: str, body: bytes) -> tuple[int, Any]:
         """Answer one control request: (status, JSON-able payload)."""

@@ -126,6 +126,10 @@ class Http1Server:
                     break
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError, ssl.SSLError):
             pass
+        except asyncio.CancelledError:
+            # Shutting down with the connection open: asyncio's stream callback would log a
+            # traceback for a handler that ends cancelled, so it ends here, quietly.
+            pass
         finally:
             self.stats.open -= 1
             self._writers.discard(writer)

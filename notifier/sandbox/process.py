@@ -133,7 +133,8 @@ def start_sandbox(
         raise RuntimeError("sandbox did not start: " + " | ".join(lines))
     # Keep draining stdout so the child never blocks on a full pipe.
     threading.Thread(target=_drain, args=(process,), daemon=True).start()
-    return SandboxProcess(process, urls, config.cert_path, key_path, config, SandboxClient(urls["control"]))
+    return SandboxProcess(process, urls, config.cert_path, key_path, config,
+                          SandboxClient(urls["control"], token=config.control_token))
 
 
 def _drain(process: subprocess.Popen[str]) -> None:

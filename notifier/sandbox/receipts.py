@@ -3,13 +3,17 @@
     GET  /_sandbox/receipts    the SendGrid Event Webhook URL and verification key in use
     POST /_sandbox/receipts    {"provider": "sendgrid" | "twilio", "message_id": ... or "target": ...,
                                 "event": "delivered" | "bounce" | ... | "undelivered",
-                                optional "reason", "type", "error_code", "url"}
+                                optional "reason", "type", "error_code"}
 
 SendGrid posts a JSON array of events to the account's Event Webhook URL, signed with
 ECDSA P-256 (the sandbox's key pair, made at first start; its public key is written
 for the API to read). Twilio posts the message's status as a form to the message's
-StatusCallback, signed with the account's auth token. ``url`` overrides where to post
-(and, for Twilio, what is signed, as Twilio signs the URL it calls).
+StatusCallback, signed with the account's auth token.
+
+Receipts go only to the notifier API the sandbox is configured with: SendGrid events to
+its Event Webhook URL, Twilio callbacks to a StatusCallback on that URL's origin. No
+request names where to post: a control API that signs and posts anywhere is a
+forged-webhook and server-side request forgery tool.
 https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/event
 https://www.twilio.com/docs/messaging/guides/track-outbound-message-status
 """
@@ -23,6 +27,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -34,7 +39,7 @@ from notifier.sandbox.state import SandboxState
 
 TIMEOUT_S = 4.0  # below the control client's own 5 s
 TWILIO_FAILED = frozenset({"undelivered", "failed"})
-_FIELDS = {"provider", "message_id", "target", "event", "reason", "type", "error_code", "url", "status", "response"}
+_FIELDS = {"provider", "message_id", "target", "event", "reason", "type", "error_code", "status", "response"}
 
 
 class ReceiptError(ValueError):
@@ -115,9 +120,9 @@ class Receipts:
         raise ReceiptError(404, f"no {provider} message {message_id or target!r} was accepted")
 
     def _sendgrid(self, record: dict[str, Any], event: str, spec: dict[str, Any]):
-        url = spec.get("url") or self.sendgrid_event_webhook_url
+        url = self.sendgrid_event_webhook_url
         if not url:
-            raise ReceiptError(400, "url: no SendGrid Event Webhook URL is configured; give one")
+            raise ReceiptError(400, "no SendGrid Event Webhook URL is configured (--sendgrid-event-webhook-url)")
         payload = record["payload"]
         args = dict(payload.get("custom_args") or {})
         for p in payload.get("personalizations") or []:
@@ -138,9 +143,12 @@ class Receipts:
 
     def _twilio(self, record: dict[str, Any], event: str, spec: dict[str, Any]):
         form = record["payload"]
-        url = spec.get("url") or form.get("StatusCallback")
+        url = form.get("StatusCallback")
         if not url:
-            raise ReceiptError(400, "url: the message has no StatusCallback; give one")
+            raise ReceiptError(400, "the message has no StatusCallback: Twilio would not call back")
+        if _origin(url) != _origin(self.sendgrid_event_webhook_url):
+            raise ReceiptError(400, f"the message's StatusCallback is not on the configured notifier API "
+                                    f"({_origin(self.sendgrid_event_webhook_url)}); receipts post nowhere else")
         params = {
             "MessageSid": record["id"], "SmsSid": record["id"], "AccountSid": self.twilio_account_sid,
             "MessageStatus": event, "SmsStatus": event, "To": record["target"], "ApiVersion": "2010-04-01",
@@ -153,6 +161,15 @@ class Receipts:
             params["ErrorCode"] = str(spec.get("error_code") or 30003)
         headers = {TWILIO_SIGNATURE: twilio_signature(self.twilio_auth_token, url, params)}
         return url, headers, params, params
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        port = -1  # not a port: matches no configured origin
+    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 def load_or_make_key(
