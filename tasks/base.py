@@ -4,25 +4,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg2
-import redis
 from celery import Task
 from celery.exceptions import Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_process_shutdown
-from sqlalchemy import exc as sa_exc
 
 from notifier import redaction
 from notifier.db import dispose_engines
+from notifier.outages import OUTAGE_ERRORS
 
-# Our own infrastructure failing (database or Redis unreachable, a deadlock or serialization
-# failure between two transactions): the task is retried whole, with backoff, instead of failing
-# and losing its events. Provider outcomes never land here. The batched statements run on the
-# DBAPI cursor, so psycopg2's own errors come unwrapped; its OperationalError covers
-# DeadlockDetected and SerializationFailure (TransactionRollbackError).
-INFRASTRUCTURE_ERRORS = (
-    sa_exc.OperationalError, sa_exc.InterfaceError, psycopg2.OperationalError, psycopg2.InterfaceError,
-    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-)
+# Our own infrastructure failing (the database, Redis or the broker unreachable, a deadlock or
+# serialization failure between two transactions, a database the code does not fit): the task
+# is retried whole, with backoff, instead of failing and losing its events. Provider outcomes
+# never land here. One list for the tasks and the bridge: notifier.outages says what is in it.
+INFRASTRUCTURE_ERRORS = OUTAGE_ERRORS
 
 
 class NotifierTask(Task):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from celeryconfig import QUEUES, queue_for
 from notifier import metrics
@@ -67,11 +67,15 @@ class SingleEventTask(EventTask):
         return [args[0] if args else kwargs["event"]]
 
 
+_EVENT_LIST = TypeAdapter(list[Any])
+
+
 class ManyEventsTask(EventTask):
     abstract = True
 
     def raw_events(self, args, kwargs):
-        return list(args[0] if args else kwargs["events"])
+        # A list of events, or a ValidationError saying it is not one (never a TypeError from list()).
+        return _EVENT_LIST.validate_python(args[0] if args else kwargs["events"])
 
 
 def accept(events: list[NotificationEvent], **options: Any):
