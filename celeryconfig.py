@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kombu import Queue
 
-from notifier.redis_conn import broker_url as _broker_url
+from notifier.store.redis_conn import broker_url as _broker_url
 from notifier.settings import get_settings as _settings
 
 LANES = ("high", "low")

@@ -3,8 +3,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from notifier.db import database_url, get_engine
-from notifier.models import Base
+from notifier.store.db import database_url, get_engine
+from notifier.store.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -25,7 +25,7 @@ def _configure_env(work: Path) -> dict[str, str]:
     if not base_db.startswith("postgresql") or not redis_base.startswith("redis://"):
         sys.exit("bench: run it through `make bench` (needs PostgreSQL, Redis and Kafka from `make services`)")
     host = redis_base.rsplit("/", 1)[0]
-    from notifier.devstack import private_sandbox_env
+    from sandbox.devstack import private_sandbox_env
 
     os.environ.update(private_sandbox_env())
     os.environ.update({
@@ -54,8 +54,8 @@ def _reset_state() -> None:
     """Empty tables, caches, counters and queues: each phase starts from the same place."""
     from sqlalchemy import text
 
-    from notifier.db import get_engine
-    from notifier.redis_conn import broker_redis, get_redis
+    from notifier.store.db import get_engine
+    from notifier.store.redis_conn import broker_redis, get_redis
 
     with get_engine().begin() as conn:
         conn.execute(text("TRUNCATE notification_log, device_tokens, user_preferences RESTART IDENTITY"))
@@ -107,8 +107,8 @@ def _wait_settled(expected_events: set[str], timeout_s: float, prefix: str) -> f
     """Wait until every event has rows and none is queued or sending; return when that was."""
     from sqlalchemy import func, select
 
-    from notifier.db import session_factory
-    from notifier.models import NotificationLog
+    from notifier.store.db import session_factory
+    from notifier.store.models import NotificationLog
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -127,8 +127,8 @@ def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu: dict
     """Figures of one phase, from the database and what the sandbox accepted."""
     from sqlalchemy import func, select
 
-    from notifier.db import session_factory
-    from notifier.models import NotificationLog
+    from notifier.store.db import session_factory
+    from notifier.store.models import NotificationLog
 
     with session_factory()() as s:
         by_status = dict(s.execute(select(NotificationLog.status, func.count())
@@ -176,7 +176,7 @@ def _stamp(event: dict, phase: str) -> dict:
 def _prepare(sandbox, n_events: int, prefix: str, high_share: float):
     """Fresh state, the users and events of one phase, and their dead tokens armed at the sandbox."""
     from bench.workload import build
-    from notifier.db import session_factory
+    from notifier.store.db import session_factory
 
     _reset_state()
     with session_factory()() as s, s.begin():
@@ -189,9 +189,9 @@ def _prepare(sandbox, n_events: int, prefix: str, high_share: float):
 def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
     """The product: Kafka -> bridge -> lane workers -> sandbox."""
     from celeryconfig import QUEUES
-    from notifier import devstack
-    from notifier.publish import flush, get_producer
-    from notifier.events import parse_event
+    from sandbox import devstack
+    from notifier.intake.publish import flush, get_producer
+    from notifier.intake.events import parse_event
 
     prefix = "p-"
     workload = _prepare(sandbox, args.events, prefix, args.high_share)
@@ -213,7 +213,7 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
     # One bridge per lane, as deployed: a low-lane flood never queues in front of high-lane events.
     for lane, nice in (("high", 0), ("low", args.low_nice)):
         procs[f"bridge_{lane}"] = subprocess.Popen(
-            ["nice", "-n", str(nice), sys.executable, "-m", "notifier.cli", "bridge", "--topics", topics[lane],
+            ["nice", "-n", str(nice), sys.executable, "-m", "entrypoints.cli", "bridge", "--topics", topics[lane],
              "--group", f"bench-{lane}-{int(time.time())}", "--batch-size", str(args.batch_size),
              "--batch-ms", str(args.batch_ms), *[x for opt in args.kafka for x in ("-X", opt)]],
             env=env, cwd=ROOT, stdout=(logs / f"bridge-{lane}.log").open("ab"), stderr=subprocess.STDOUT,
@@ -255,7 +255,7 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
 
 def run_naive(env: dict, args, sandbox, logs: Path) -> dict:
     """The naive design: a 4-task chain per event, no batching."""
-    from notifier import devstack
+    from sandbox import devstack
 
     prefix = "n-"
     workload = _prepare(sandbox, args.naive_events, prefix, args.high_share)
@@ -310,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     work = (ROOT / "var" / "bench").resolve()
     env = _configure_env(work)
     _create_database()
-    from notifier import devstack, migrate
-    from notifier.sandbox.client import SandboxClient
-    from notifier.sandbox.keys import ensure_dev_keys
+    from sandbox import devstack
+    from notifier.store import migrate
+    from sandbox.client import SandboxClient
+    from sandbox.keys import ensure_dev_keys
     from notifier.settings import get_settings
 
     migrate.upgrade()

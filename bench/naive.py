@@ -10,13 +10,13 @@ from celery import Celery, chain
 from kombu import Queue
 from sqlalchemy.exc import IntegrityError
 
-from notifier.db import session_factory
-from notifier.delivery_log import utcnow
-from notifier.models import DeviceToken, NotificationLog, Status, UserPreferences
+from notifier.store.db import session_factory
+from notifier.store.delivery_log import utcnow
+from notifier.store.models import DeviceToken, NotificationLog, Status, UserPreferences
 from notifier.providers import get_provider
-from notifier.redis_conn import get_redis
-from notifier.routing import idempotency_key
-from notifier.sending import to_delivery
+from notifier.store.redis_conn import get_redis
+from notifier.pipeline.routing import idempotency_key
+from notifier.pipeline.sending import to_delivery
 
 app = Celery("naive")
 app.config_from_object("celeryconfig")

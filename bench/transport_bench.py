@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from notifier.sandbox.process import start_sandbox  # noqa: E402
-from notifier.transport import Http2Transport, HttpRequest  # noqa: E402
+from sandbox.process import start_sandbox  # noqa: E402
+from notifier.providers.transport import Http2Transport, HttpRequest  # noqa: E402
 
 PAYLOAD = b'{"aps":{"alert":{"title":"Order shipped","body":"Your order 12345 is on its way"},"sound":"default"}}'
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from notifier.models import DeviceToken, UserPreferences
+from notifier.store.models import DeviceToken, UserPreferences
 
 QUIET_TZ = "Asia/Tokyo"
 

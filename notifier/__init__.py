@@ -9,13 +9,13 @@ from typing import Any
 _LAZY = {
     "send_notification": "tasks.pipeline",
     "send_notifications": "tasks.pipeline",
-    "register_device": "notifier.users",
-    "unregister_device": "notifier.users",
-    "set_preferences": "notifier.users",
-    "get_status": "notifier.users",
-    "cancel_notification": "notifier.users",
-    "NotificationEvent": "notifier.events",
-    "publish": "notifier.publish",
+    "register_device": "notifier.accounts.devices",
+    "unregister_device": "notifier.accounts.devices",
+    "set_preferences": "notifier.accounts.devices",
+    "get_status": "notifier.accounts.devices",
+    "cancel_notification": "notifier.accounts.devices",
+    "NotificationEvent": "notifier.intake.events",
+    "publish": "notifier.intake.publish",
 }
 
 __all__ = sorted(_LAZY)

@@ -16,13 +16,13 @@ from typing import Any, Iterable, Mapping
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from notifier import delivery_log
-from notifier.db import session_factory
-from notifier.models import NotificationLog, Status, UserPreferences
-from notifier.recipients import invalidate
-from notifier.redaction import redact_text
-from notifier.redis_conn import get_redis
-from notifier.users import set_preferences
+from notifier.store import delivery_log
+from notifier.store.db import session_factory
+from notifier.store.models import NotificationLog, Status, UserPreferences
+from notifier.store.recipients import invalidate
+from notifier.ops.redaction import redact_text
+from notifier.store.redis_conn import get_redis
+from notifier.accounts.devices import set_preferences
 
 log = logging.getLogger(__name__)
 

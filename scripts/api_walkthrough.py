@@ -32,7 +32,7 @@ def main() -> int:
     WORK.mkdir(parents=True)
     for key in [k for k in os.environ if k.startswith("NOTIFIER_")]:
         del os.environ[key]
-    from notifier.devstack import free_port, private_sandbox_env
+    from sandbox.devstack import free_port, private_sandbox_env
 
     api_port = free_port()
     api_url = f"http://127.0.0.1:{api_port}"
@@ -46,8 +46,8 @@ def main() -> int:
         # The sandbox posts receipts only to the API it is configured with.
         "NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL": api_url + "/v1/webhooks/sendgrid",
     })
-    from notifier.db import database_url
-    from notifier.redis_conn import broker_url, redis_url
+    from notifier.store.db import database_url
+    from notifier.store.redis_conn import broker_url, redis_url
 
     os.environ.update({"NOTIFIER_DATABASE_URL": database_url(), "NOTIFIER_REDIS_URL": redis_url(),
                        "NOTIFIER_BROKER_URL": broker_url()})
@@ -55,9 +55,11 @@ def main() -> int:
 
     import subprocess
 
-    from notifier import api_keys, devstack, migrate
-    from notifier.sandbox.client import SandboxClient
-    from notifier.sandbox.keys import ensure_dev_keys
+    from notifier.accounts import api_keys
+    from sandbox import devstack
+    from notifier.store import migrate
+    from sandbox.client import SandboxClient
+    from sandbox.keys import ensure_dev_keys
     from notifier.settings import get_settings
 
     ensure_dev_keys(WORK / "sandbox")
@@ -70,7 +72,7 @@ def main() -> int:
         procs.append(devstack.start_sandbox(env, logs / "sandbox.log"))
         procs.append(devstack.start_worker(env, logs / "worker.log"))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "notifier.cli", "api", "--host", "127.0.0.1", "--port", str(api_port)],
+            [sys.executable, "-m", "entrypoints.cli", "api", "--host", "127.0.0.1", "--port", str(api_port)],
             env=env, cwd=ROOT, stdout=(logs / "api.log").open("ab"), stderr=subprocess.STDOUT))
         devstack.wait_for_port("127.0.0.1", api_port, proc=procs[-1])
         sandbox = SandboxClient(get_settings().sandbox_control_url)

@@ -8,8 +8,8 @@ from celery import Task
 from celery.exceptions import Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_process_shutdown
 
-from notifier import redaction
-from notifier.db import dispose_engines
+from notifier.ops import redaction
+from notifier.store.db import dispose_engines
 from notifier.outages import OUTAGE_ERRORS
 
 # Our own infrastructure failing (the database, Redis or the broker unreachable, a deadlock or
@@ -25,7 +25,7 @@ class NotifierTask(Task):
     abstract = True
     acks_late = True
     reject_on_worker_lost = True
-    # Provider retries are decided per delivery by notifier.sending; Celery's retry covers only
+    # Provider retries are decided per delivery by notifier.pipeline.sending; Celery's retry covers only
     # our infrastructure being down, for up to about 1.5 hours (countdowns stay under the
     # broker's visibility timeout).
     autoretry_for = INFRASTRUCTURE_ERRORS

@@ -12,19 +12,20 @@ from typing import Any, Iterable
 from pydantic import TypeAdapter, ValidationError
 
 from celeryconfig import QUEUES, queue_for
-from notifier import metrics
-from notifier import broker_epoch, intake
-from notifier.db import transaction
-from notifier.delivery_log import insert_ignoring_duplicates, utcnow
-from notifier.events import NotificationEvent, describe_errors, parse_event
-from notifier.filtering import filter_deliveries
-from notifier.rate_limits import parse_limits
-from notifier.recipients import invalidate
-from notifier.redis_conn import broker_redis, get_redis
-from notifier.models import Status
-from notifier.routing import event_row, invalid_event_row
-from notifier.scheduling import BATCH, Ready, release_due, sweep_stuck
-from notifier.sending import claim_deliveries, send_deliveries
+from notifier.ops import metrics
+from notifier.pipeline import broker_epoch
+from notifier.intake import accept as intake
+from notifier.store.db import transaction
+from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
+from notifier.intake.events import NotificationEvent, describe_errors, parse_event
+from notifier.pipeline.filtering import filter_deliveries
+from notifier.pipeline.rate_limits import parse_limits
+from notifier.store.recipients import invalidate
+from notifier.store.redis_conn import broker_redis, get_redis
+from notifier.store.models import Status
+from notifier.pipeline.routing import event_row, invalid_event_row
+from notifier.pipeline.scheduling import BATCH, Ready, release_due, sweep_stuck
+from notifier.pipeline.sending import claim_deliveries, send_deliveries
 from notifier.settings import get_settings
 from tasks.app import app
 from tasks.base import INFRASTRUCTURE_ERRORS, NotifierTask
@@ -37,7 +38,7 @@ class EventTask(NotifierTask):
     """Accepts events in the producer: validated, then stored durably, before delay() returns.
 
     What is queued is the filter stage of the stored deliveries, not the raw event: a Celery
-    message lost after this point is re-driven from its rows by the sweeper (notifier.intake).
+    message lost after this point is re-driven from its rows by the sweeper (notifier.intake.accept).
     A worker still routes a raw event that reaches it some other way (`send_task`).
     """
 

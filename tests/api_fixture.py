@@ -19,8 +19,9 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import TEST_VAR, child_env
-from notifier import api_keys, devstack
-from notifier.sandbox.signing import public_key_b64, sendgrid_headers, twilio_signature
+from notifier.accounts import api_keys
+from sandbox import devstack
+from sandbox.signing import public_key_b64, sendgrid_headers, twilio_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,7 @@ def serve(env: dict[str, str], log_name: str = "api.log", port: int | None = Non
     log_path = TEST_VAR / "logs" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "notifier.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "entrypoints.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )
     try:

@@ -196,9 +196,9 @@ def assert_storable(event: Any) -> None:
     from kombu.serialization import loads as kombu_loads
     from sqlalchemy import Column, MetaData, Table, select, text
 
-    from notifier.db import get_engine
-    from notifier.events import parse_event
-    from notifier.models import NotificationLog
+    from notifier.store.db import get_engine
+    from notifier.intake.events import parse_event
+    from notifier.store.models import NotificationLog
 
     payload = event.model_dump(mode="json", exclude_none=True)
     content_type, encoding, body = kombu_dumps([payload], serializer="json")

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from notifier import devstack  # noqa: E402  (imports no settings)
+from sandbox import devstack  # noqa: E402  (imports no settings)
 
 # Each run has its own files and sandbox ports, so runs beside each other never collide.
 TEST_VAR = Path(os.environ.setdefault("NOTIFIER_VAR_DIR", str(Path(f"var/test/run-{os.getpid()}").resolve())))
@@ -82,11 +82,11 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
-from notifier import migrate  # noqa: E402  (env must be set first)
-from notifier.db import database_url  # noqa: E402
-from notifier.redis_conn import broker_redis, broker_url, get_redis, redis_url  # noqa: E402
-from notifier.sandbox.client import SandboxClient  # noqa: E402
-from notifier.sandbox.keys import ensure_dev_keys  # noqa: E402
+from notifier.store import migrate  # noqa: E402  (env must be set first)
+from notifier.store.db import database_url  # noqa: E402
+from notifier.store.redis_conn import broker_redis, broker_url, get_redis, redis_url  # noqa: E402
+from sandbox.client import SandboxClient  # noqa: E402
+from sandbox.keys import ensure_dev_keys  # noqa: E402
 from notifier.settings import get_settings  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def database() -> str:
     if _ADMIN_DB_URL:
         from sqlalchemy import create_engine, text
 
-        from notifier.db import dispose_engines
+        from notifier.store.db import dispose_engines
 
         dispose_engines()
         admin = create_engine(_ADMIN_DB_URL, isolation_level="AUTOCOMMIT")

@@ -6,8 +6,8 @@ import socket
 import threading
 from contextlib import contextmanager
 
-from notifier.devstack import free_port
-from notifier.redis_conn import broker_redis
+from sandbox.devstack import free_port
+from notifier.store.redis_conn import broker_redis
 from tasks.app import app
 
 

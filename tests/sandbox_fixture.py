@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from notifier.sandbox.process import SandboxProcess, start_sandbox
+from sandbox.process import SandboxProcess, start_sandbox
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import requests
 
 from tests.api_fixture import api, free_port, serve  # noqa: F401  (fixture)
 from tests.conftest import child_env
-from notifier import api_keys
-from notifier.redis_conn import broker_redis
+from notifier.accounts import api_keys
+from notifier.store.redis_conn import broker_redis
 from tests.bad_events import BAD_EVENTS
 
 
@@ -226,7 +226,7 @@ def test_openapi_document_is_served_and_declares_the_bearer_scheme(api):
             "/healthz"} <= set(doc["paths"])
 
 
-# ---- Issue 10, findings 1, 5 and 7 at the HTTP edge (the rules: notifier/validation.py).
+# ---- Issue 10, findings 1, 5 and 7 at the HTTP edge (the rules: notifier/intake/validation.py).
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from notifier.api.app import create_app
+from entrypoints.api.app import create_app
 from tests.api_fixture import api  # noqa: F401  (fixture)
 
 MAX_EXAMPLES = 50
@@ -90,7 +90,7 @@ def test_hostile_events_are_accepted_storable_or_422(api, database):
     from hypothesis import event as tally
     from hypothesis import strategies as st
 
-    from notifier.events import parse_event
+    from notifier.intake.events import parse_event
     from tests.bad_events import EVENTS, assert_storable, dumps, nested_json
 
     session = requests.Session()

@@ -227,7 +227,7 @@ ODD_ANSWERS = {"list": b"[1, 2]", "odd reason": b'{"reason": ["BadDeviceToken"]}
 @pytest.mark.parametrize("body", list(ODD_ANSWERS.values()), ids=list(ODD_ANSWERS))
 def test_an_odd_answer_is_classified_never_raised(body):
     from notifier.providers.apns import classify
-    from notifier.transport import HttpRequest, HttpResponse
+    from notifier.providers.transport import HttpRequest, HttpResponse
 
     status = 410 if b"Unregistered" in body else 400
     outcome = classify(HttpResponse(HttpRequest("POST", "https://x/3/device/00", {}, b""), status, {}, body, None, 0))

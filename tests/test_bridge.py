@@ -26,12 +26,12 @@ from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from notifier import devstack
-from notifier.bridge import BadMessage, OffsetLedger, decode_event, ensure_topics, lane_of_topic, parse_topics
-from notifier.db import session_factory
-from notifier.events import MAX_EVENT_BYTES, NotificationEvent
-from notifier.models import NotificationLog
-from notifier.users import register_device
+from sandbox import devstack
+from notifier.intake.bridge import BadMessage, OffsetLedger, decode_event, ensure_topics, lane_of_topic, parse_topics
+from notifier.store.db import session_factory
+from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
+from notifier.store.models import NotificationLog
+from notifier.accounts.devices import register_device
 from tests.conftest import TEST_VAR, child_env
 from tests.isolation import TcpGate
 
@@ -75,7 +75,7 @@ def topics():
 
 
 class BridgeProcess:
-    """`python -m notifier.cli bridge` as a child process, logging to its own file."""
+    """`python -m entrypoints.cli bridge` as a child process, logging to its own file."""
 
     def __init__(self, topics: Topics, *args: str, env: dict[str, str] | None = None) -> None:
         log_dir = TEST_VAR / "logs"
@@ -83,7 +83,7 @@ class BridgeProcess:
         self.log_path = log_dir / f"bridge-{topics.group}-{time.monotonic_ns()}.log"
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "notifier.cli", "bridge",
+                sys.executable, "-m", "entrypoints.cli", "bridge",
                 "--topics", ",".join(topics.consumed), "--group", topics.group,
                 "--dead-letter-topic", topics.dead, "--stats-interval", "0.1",
                 # A SIGKILLed member leaves the group after this long, not the default 45 s.
@@ -256,7 +256,7 @@ def test_the_ledger_commits_only_up_to_the_first_offset_not_handed_over():
 
 
 def test_publish_encodes_only_what_the_producer_set():
-    from notifier.publish import encode, topic_for
+    from notifier.intake.publish import encode, topic_for
 
     assert json.loads(encode(NotificationEvent(**GOOD))) == GOOD  # no priority: the topic decides
     assert topic_for(NotificationEvent(**GOOD, priority="critical")) == "notifications.high"
@@ -270,7 +270,7 @@ def test_publish_encodes_only_what_the_producer_set():
 
 @needs_kafka
 def test_publish_validates_every_event_before_producing_any(topics):
-    from notifier.publish import flush, publish_many
+    from notifier.intake.publish import flush, publish_many
 
     with pytest.raises(ValidationError, match="user_id"):
         publish_many([GOOD, GOOD | {"user_id": ""}], topic=topics.low)
@@ -283,7 +283,7 @@ def test_publish_cli_keys_events_by_user(topics, tmp_path):
     events = [GOOD | {"notification_id": f"n-{i}", "user_id": "u-same"} for i in range(5)]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(e) for e in events) + "\n")
-    done = subprocess.run([sys.executable, "-m", "notifier.cli", "publish", "--file", str(path), "--topic", topics.low],
+    done = subprocess.run([sys.executable, "-m", "entrypoints.cli", "publish", "--file", str(path), "--topic", topics.low],
                           env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     got = _read(topics.low, 5)
@@ -298,8 +298,8 @@ def test_publish_cli_keys_events_by_user(topics, tmp_path):
 def test_poison_messages_go_to_the_dead_letter_topic_and_the_valid_ones_around_them_are_sent(
     worker, sandbox, topics, bridges, wait_until, unique
 ):
-    from notifier import publish
-    from notifier.publish import flush
+    from notifier.intake import publish
+    from notifier.intake.publish import flush
 
     # Given valid events (published like a producer would) with poison interleaved on the same partitions
     users = [_ios_user(unique) for _ in range(4)]

@@ -9,7 +9,7 @@ import time
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from notifier.bridge import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MIN_BYTES, DeadLetter
+from notifier.intake.bridge import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MIN_BYTES, DeadLetter
 from tests.test_bridge import (  # noqa: F401 - fixtures
     BOOTSTRAP, _all_committed, _all_sent, _committed, _end_offsets, _event, _ios_user, _produce, _read, bridges,
     needs_kafka, topics,
@@ -92,7 +92,7 @@ def test_two_thousand_malformed_messages_five_of_them_1mb_all_reach_the_dead_let
     valid = [_event(unique, user) for user, _ in users]
     large = {100: NEAR_PRODUCER_LIMIT, 500: NEAR_PRODUCER_LIMIT, 900: NEAR_PRODUCER_LIMIT}
     larger = {1300: NEAR_BROKER_LIMIT, 1700: NEAR_BROKER_LIMIT}
-    forged = "n-forged\n2026-01-01 00:00:00 ERROR notifier.bridge: FORGED"
+    forged = "n-forged\n2026-01-01 00:00:00 ERROR notifier.intake.bridge: FORGED"
     ordinary, big = {topics.high: [], topics.low: []}, {topics.high: [], topics.low: []}
     for i in range(2000):
         topic = topics.high if i % 2 else topics.low
@@ -170,7 +170,7 @@ def test_a_dead_letter_topic_that_refuses_letters_holds_the_offset_not_the_lane_
     partition, letter_offset = positions[1]
 
     # When a bridge reads them, and a second poison arrives while the first still waits
-    caplog.set_level("INFO", logger="notifier.bridge")
+    caplog.set_level("INFO", logger="notifier.intake.bridge")
     bridge = running(topics, lambda batch, lane: handed.extend(e.notification_id for e in batch),
                      unsent_letters_max_bytes=60_000)
     wait_until(lambda: len(handed) == len(events), timeout_s=30, message="valid events behind the letter")

@@ -10,8 +10,8 @@ from collections import Counter
 import kombu.exceptions
 import pytest
 
-from notifier.bridge import Bridge
-from notifier.events import NotificationEvent
+from notifier.intake.bridge import Bridge
+from notifier.intake.events import NotificationEvent
 from tests.test_bridge import (  # noqa: F401 - fixtures
     BOOTSTRAP, Topics, _all_committed, _all_sent, _committed, _end_offsets, _event, _ios_user, _produce, _read,
     bridges, needs_kafka, topics,

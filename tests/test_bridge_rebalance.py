@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from notifier.bridge import INSTANCE_ID_ENV, SESSION_TIMEOUT_MS
+from notifier.intake.bridge import INSTANCE_ID_ENV, SESSION_TIMEOUT_MS
 from tests.conftest import child_env
 from tests.test_bridge import PARTITIONS, Topics, _produce, bridges, needs_kafka, topics  # noqa: F401 - fixtures
 

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from notifier import cli, devstack
-from notifier.preferences_view import get_preferences
+from entrypoints import cli
+from sandbox import devstack
+from notifier.accounts.preferences import get_preferences
 from tests.conftest import child_env
 
 # Each subcommand, and words its --help must contain to say what it is for.
@@ -72,7 +73,7 @@ def test_action_help_exits_0_and_names_its_purpose(capsys, command, action):
 
 
 def test_the_installed_entry_point_lists_every_subcommand():
-    result = subprocess.run([sys.executable, "-m", "notifier.cli", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "entrypoints.cli", "--help"], capture_output=True, text=True,
                             timeout=60, cwd=devstack.ROOT)
     assert result.returncode == 0
     for command in PURPOSES:
@@ -80,7 +81,7 @@ def test_the_installed_entry_point_lists_every_subcommand():
 
 
 def _notifier(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "notifier.cli", *argv], env=child_env(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "entrypoints.cli", *argv], env=child_env(), capture_output=True,
                           text=True, timeout=60, cwd=devstack.ROOT)
 
 

@@ -7,7 +7,7 @@ import sys
 
 import psutil
 
-from notifier.devstack import ROOT
+from sandbox.devstack import ROOT
 
 
 def _embedded_redis_servers() -> set[int]:
@@ -18,7 +18,7 @@ def _embedded_redis_servers() -> set[int]:
 def test_demo_delivers_and_leaves_nothing_running():
     before = _embedded_redis_servers()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}  # the embedded defaults
-    result = subprocess.run([sys.executable, "-m", "notifier.cli", "demo"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "entrypoints.cli", "demo"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]

@@ -5,13 +5,13 @@ import os
 import subprocess
 import sys
 
-from notifier import devstack
-from notifier.devstack import ROOT, free_port
+from sandbox import devstack
+from sandbox.devstack import ROOT, free_port
 
 
 def test_ports_one_process_picked_are_not_picked_by_another():
     mine = {free_port() for _ in range(300)}
-    other = subprocess.run([sys.executable, "-c", "from notifier.devstack import free_port\n"
+    other = subprocess.run([sys.executable, "-c", "from sandbox.devstack import free_port\n"
                             "print(*[free_port() for _ in range(300)])"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     theirs = {int(p) for p in other.stdout.split()}

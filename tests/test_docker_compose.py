@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from celeryconfig import QUEUES
-from notifier import cli, devstack
-from notifier.sandbox.app import SandboxConfig
+from entrypoints import cli
+from sandbox import devstack
+from sandbox.app import SandboxConfig
 from notifier.settings import Settings
 
 COMPOSE = devstack.ROOT / "docker" / "compose.yaml"

@@ -17,9 +17,9 @@ from hypothesis import event as tally
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from notifier import cli
-from notifier.bridge import BadMessage, decode_event
-from notifier.events import parse_event
+from entrypoints import cli
+from notifier.intake.bridge import BadMessage, decode_event
+from notifier.intake.events import parse_event
 from tests.bad_events import EVENTS, PREFERENCES, SCALARS, TEXT, assert_storable, dumps, field, nested_json
 
 MAX_EXAMPLES = 60
@@ -82,7 +82,7 @@ DEVICES = st.one_of(
 @FUZZ
 @given(user=field("u-fuzz", TEXT), device=DEVICES, app=st.one_of(st.none(), TEXT))
 def test_register_device_raises_only_the_validation_error(database, user, device, app):
-    from notifier.users import register_device, unregister_device
+    from notifier.accounts.devices import register_device, unregister_device
 
     platform, token = device
     try:
@@ -98,8 +98,8 @@ def test_register_device_raises_only_the_validation_error(database, user, device
 @FUZZ
 @given(user=field("u-fuzz", TEXT), changes=PREFERENCES)
 def test_set_preferences_raises_only_the_validation_error(database, user, changes):
-    from notifier.preferences_view import get_preferences
-    from notifier.users import set_preferences
+    from notifier.accounts.preferences import get_preferences
+    from notifier.accounts.devices import set_preferences
 
     try:
         stored = set_preferences(user, **changes)

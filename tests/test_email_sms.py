@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from notifier import devstack
-from notifier.db import session_factory
-from notifier.models import UserPreferences
+from sandbox import devstack
+from notifier.store.db import session_factory
+from notifier.store.models import UserPreferences
 from notifier.providers import OutcomeKind
 from notifier.providers.base import Delivery
 from notifier.providers.sendgrid import CLASSIFICATION as SENDGRID_TABLE
@@ -27,10 +27,10 @@ from notifier.providers.smtp import CLASSIFICATION as SMTP_TABLE
 from notifier.providers.smtp import SmtpProvider, message_id
 from notifier.providers.twilio import CLASSIFICATION as TWILIO_TABLE
 from notifier.providers.twilio import TwilioProvider
-from notifier.sandbox.tls import TlsIdentity
+from sandbox.tls import TlsIdentity
 from notifier.settings import Settings, get_settings
-from notifier.users import get_status, set_preferences
-from notifier import models
+from notifier.accounts.devices import get_status, set_preferences
+from notifier.store import models
 from tasks.pipeline import send_notification
 from tests.api_fixture import serve
 from tests.isolation import isolated_broker, produce

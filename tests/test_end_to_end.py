@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 import notifier
-from notifier.users import get_status, register_device, set_preferences
+from notifier.accounts.devices import get_status, register_device, set_preferences
 from tests.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS
 
 
@@ -51,7 +51,7 @@ def test_user_without_device_gets_a_suppressed_row_with_reason(worker, wait_unti
 
 @pytest.mark.parametrize(("change", "field"), BAD_EVENTS + PYTHON_ONLY_BAD_EVENTS)
 def test_bad_event_raises_naming_the_field_and_queues_nothing(change, field):
-    from notifier.redis_conn import broker_redis
+    from notifier.store.redis_conn import broker_redis
 
     broker = broker_redis()
     before = {q: broker.llen(q) for q in ("pipeline.high", "pipeline.low")}
@@ -93,7 +93,7 @@ def test_a_solo_pool_worker_started_as_deployed_delivers(database, sandbox, wait
     import subprocess
     import sys
 
-    from notifier import devstack
+    from sandbox import devstack
     from tests.conftest import TEST_VAR, child_env
     from tests.isolation import isolated_broker, produce
 
@@ -103,7 +103,7 @@ def test_a_solo_pool_worker_started_as_deployed_delivers(database, sandbox, wait
         log_path = TEST_VAR / "logs" / "solo-worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "notifier.cli", "worker", "--pool", "solo", "-Q", "pipeline.high,push.high"],
+            [sys.executable, "-m", "entrypoints.cli", "worker", "--pool", "solo", "-Q", "pipeline.high,push.high"],
             env=child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}, stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT, start_new_session=True,
         )

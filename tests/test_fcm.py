@@ -20,18 +20,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
 import notifier
-from notifier import devstack
-from notifier.db import session_factory
-from notifier.models import DeviceToken
+from sandbox import devstack
+from notifier.store.db import session_factory
+from notifier.store.models import DeviceToken
 from notifier.providers import OutcomeKind
 from notifier.providers.base import Delivery
 from notifier.providers.fcm import CLASSIFICATION, INVALID_REGISTRATION, FcmProvider, classify
-from notifier.sandbox.app import SandboxConfig
-from notifier.sandbox.client import SandboxClient
-from notifier.sandbox.keys import ensure_fcm_service_account
+from sandbox.app import SandboxConfig
+from sandbox.client import SandboxClient
+from sandbox.keys import ensure_fcm_service_account
 from notifier.settings import Settings
-from notifier.transport import Http2Transport, HttpRequest
-from notifier.users import get_status, register_device, set_preferences
+from notifier.providers.transport import Http2Transport, HttpRequest
+from notifier.accounts.devices import get_status, register_device, set_preferences
 
 K = OutcomeKind
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"

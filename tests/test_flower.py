@@ -16,8 +16,8 @@ import pytest
 import requests
 
 import notifier
-from notifier import devstack
-from notifier.users import get_status, register_device, set_preferences
+from sandbox import devstack
+from notifier.accounts.devices import get_status, register_device, set_preferences
 from tests.conftest import TEST_VAR, child_env
 
 ROOT = devstack.ROOT
@@ -42,7 +42,7 @@ def flower(worker) -> Iterator[Flower]:
     log_path = TEST_VAR / "logs" / "flower.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "notifier.cli", "flower", "--address", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "entrypoints.cli", "flower", "--address", "127.0.0.1", "--port", str(port)],
         env=child_env() | {"NOTIFIER_FLOWER_BASIC_AUTH": ":".join(auth)},
         cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )
@@ -55,7 +55,7 @@ def flower(worker) -> Iterator[Flower]:
 
 def test_flower_refuses_to_start_without_credentials():
     env = child_env() | {"NOTIFIER_FLOWER_BASIC_AUTH": ""}
-    result = subprocess.run([sys.executable, "-m", "notifier.cli", "flower", "--port", "1"], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "entrypoints.cli", "flower", "--port", "1"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "NOTIFIER_FLOWER_BASIC_AUTH" in result.stderr and "--no-auth" in result.stderr

@@ -18,9 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import notifier
 from celeryconfig import QUEUES
-from notifier import devstack, metrics
-from notifier.redis_conn import broker_redis, get_redis
-from notifier.users import get_status, register_device
+from sandbox import devstack
+from notifier.ops import metrics
+from notifier.store.redis_conn import broker_redis, get_redis
+from notifier.accounts.devices import get_status, register_device
 from tests.api_fixture import api  # noqa: F401  (fixture)
 from tests.conftest import TEST_VAR, child_env
 
@@ -165,7 +166,7 @@ def test_standalone_exporter_serves_metrics(database):
     port = devstack.free_port()
     log_path = TEST_VAR / "logs" / "metrics.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "notifier.cli", "metrics", "--port", str(port)], env=child_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "metrics", "--port", str(port)], env=child_env(),
                             cwd=devstack.ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
     try:
         devstack.wait_for_port("127.0.0.1", port, proc=proc)

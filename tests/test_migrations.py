@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine, inspect
 
-from notifier import migrate
+from notifier.store import migrate
 
 
 def _tables(url: str) -> set[str]:

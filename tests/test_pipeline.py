@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 
 import notifier
-from notifier.db import session_factory
-from notifier.models import DeviceToken
-from notifier.users import cancel_notification, get_status, register_device, set_preferences
-from notifier import models
+from notifier.store.db import session_factory
+from notifier.store.models import DeviceToken
+from notifier.accounts.devices import cancel_notification, get_status, register_device, set_preferences
+from notifier.store import models
 
 TERMINAL = {status.value for status in models.TERMINAL}
 
@@ -185,8 +185,8 @@ def test_a_token_registered_again_after_the_410_timestamp_is_kept(worker, sandbo
 
 def test_two_workers_given_the_same_delivery_make_one_request(worker, sandbox, wait_until, unique):
     # Given one routed delivery, handed to the dedup stage twice at once (as after a redelivery)
-    from notifier.events import parse_event
-    from notifier.routing import route
+    from notifier.intake.events import parse_event
+    from notifier.pipeline.routing import route
     from tasks.pipeline import dedup_stage
 
     user, token = _user_with_ios(unique)
@@ -206,10 +206,10 @@ def test_a_deadlock_while_routing_is_retried_not_failed(worker, sandbox, wait_un
     # Given a transaction elsewhere that inserted the second of two deliveries' keys and holds it
     from sqlalchemy import text
 
-    from notifier.delivery_log import insert_ignoring_duplicates
-    from notifier.events import parse_event
-    from notifier.recipients import Device, Recipient
-    from notifier.routing import plan
+    from notifier.store.delivery_log import insert_ignoring_duplicates
+    from notifier.intake.events import parse_event
+    from notifier.store.recipients import Device, Recipient
+    from notifier.pipeline.routing import plan
 
     users = [_user_with_ios(unique) for _ in range(2)]
     events = [_event(unique, user) for user, _ in users]

@@ -16,11 +16,11 @@ from collections import Counter
 from sqlalchemy import select
 
 from celeryconfig import queue_for
-from notifier import models
-from notifier.db import session_factory
-from notifier.models import DeviceToken, NotificationLog
+from notifier.store import models
+from notifier.store.db import session_factory
+from notifier.store.models import DeviceToken, NotificationLog
 from notifier.settings import get_settings
-from notifier.users import register_device
+from notifier.accounts.devices import register_device
 from tasks.app import app
 from tests.conftest import TEST_VAR
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from notifier.quiet_hours import QuietDecision, is_within, quiet_hours_release
+from notifier.pipeline.quiet_hours import QuietDecision, is_within, quiet_hours_release
 
 OSLO = ZoneInfo("Europe/Oslo")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -1,6 +1,6 @@
 """No device token, email address or phone number in a log line, a task field or a shown reason.
 
-The rule (notifier.redaction) as a table; then the real outputs: the API's access log
+The rule (notifier.ops.redaction) as a table; then the real outputs: the API's access log
 written by a real `notifier api` process, the worker's log and Flower's view of a task
 that failed on a token the transport could not send, and a bounce reason quoting the
 address in other letter case.
@@ -17,12 +17,12 @@ import pytest
 import requests
 
 import notifier
-from notifier.db import session_factory
-from notifier.delivery_log import utcnow
-from notifier.models import DeviceToken
-from notifier.redaction import RedactingFilter, redact_target, redact_text
-from notifier.status_view import notification_status
-from notifier.users import get_status
+from notifier.store.db import session_factory
+from notifier.store.delivery_log import utcnow
+from notifier.store.models import DeviceToken
+from notifier.ops.redaction import RedactingFilter, redact_target, redact_text
+from notifier.accounts.status import notification_status
+from notifier.accounts.devices import get_status
 from tests.api_fixture import api, serve  # noqa: F401  (fixture)
 from tests.conftest import TEST_VAR, child_env
 from tests.test_flower import flower  # noqa: F401  (fixture)
@@ -97,7 +97,7 @@ def test_filter_redacts_message_arguments_traceback_and_keeps_one_line():
 
 def test_the_api_access_log_shows_no_device_token(database, unique):
     # Given a real `notifier api` writing its log to a file, and a key that manages users
-    from notifier import api_keys
+    from notifier.accounts import api_keys
 
     _, key = api_keys.create_key(unique("redaction"), "users")
     token, user = secrets.token_hex(32), unique("user")
@@ -157,7 +157,7 @@ def test_a_token_the_transport_chokes_on_reaches_no_log_line_task_field_or_reaso
 def test_a_bounce_quoting_the_address_in_capitals_is_redacted_in_status(api, worker, sandbox, wait_until,  # noqa: F811
                                                                         unique):
     # Given an email sent to a user (SendGrid accepted it)
-    from notifier.users import set_preferences
+    from notifier.accounts.devices import set_preferences
 
     user, nid = unique("user"), unique("n")
     address = f"{unique('ada')}@example.com"
@@ -179,7 +179,7 @@ def test_a_bounce_quoting_the_address_in_capitals_is_redacted_in_status(api, wor
     # Then the stored reason and the user's undeliverable reason name no address
     [failed] = wait_until(lambda: [r for r in get_status(nid) if r["status"] == "failed"], timeout_s=30)
     assert address.lower() not in failed["reason"].lower() and "550 5.1.1" in failed["reason"]
-    from notifier.preferences_view import get_preferences
+    from notifier.accounts.preferences import get_preferences
 
     reason = get_preferences(user)["email_undeliverable_reason"]
     assert reason and address.lower() not in reason.lower()
@@ -187,7 +187,7 @@ def test_a_bounce_quoting_the_address_in_capitals_is_redacted_in_status(api, wor
 
 def test_a_transport_error_quoting_the_address_is_stored_redacted(worker, sandbox, wait_until, unique):
     # Given SendGrid refusing one address with an error that quotes it in capitals
-    from notifier.users import set_preferences
+    from notifier.accounts.devices import set_preferences
 
     user, nid = unique("user"), unique("n")
     address = f"{unique('ada')}@example.com"

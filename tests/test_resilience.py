@@ -9,10 +9,10 @@ import statistics
 import time
 
 from celeryconfig import QUEUES
-from notifier import devstack
-from notifier.redis_conn import broker_redis
-from notifier.users import get_status, register_device
-from notifier import models
+from sandbox import devstack
+from notifier.store.redis_conn import broker_redis
+from notifier.accounts.devices import get_status, register_device
+from notifier.store import models
 from tasks.pipeline import send_notification, send_notifications
 from tests.conftest import TEST_VAR, child_env
 from tests.isolation import TcpGate, isolated_broker, produce

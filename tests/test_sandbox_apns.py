@@ -15,13 +15,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from notifier.sandbox.apns import ApnsSandbox
-from notifier.sandbox.client import SandboxError
-from notifier.sandbox.h2server import ConnectionInfo, Request
-from notifier.sandbox.keys import ensure_dev_keys
-from notifier.sandbox.process import SandboxProcess, start_sandbox
-from notifier.sandbox.state import SandboxState
-from notifier.transport import Http2Transport, HttpRequest
+from sandbox.apns import ApnsSandbox
+from sandbox.client import SandboxError
+from sandbox.h2server import ConnectionInfo, Request
+from sandbox.keys import ensure_dev_keys
+from sandbox.process import SandboxProcess, start_sandbox
+from sandbox.state import SandboxState
+from notifier.providers.transport import Http2Transport, HttpRequest
 from tests.sandbox_fixture import clean_sandbox_process, device_token, sandbox_process  # noqa: F401
 
 ALERT = b'{"aps":{"alert":"Your order has shipped"}}'

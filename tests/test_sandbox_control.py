@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from notifier import devstack
-from notifier.api.webhooks import verify_sendgrid
-from notifier.sandbox.process import SandboxProcess, start_sandbox
+from sandbox import devstack
+from entrypoints.api.webhooks import verify_sendgrid
+from sandbox.process import SandboxProcess, start_sandbox
 
 TWILIO_SID = "AC00000000000000000000000000000000"
 TWILIO_TOKEN = "receipts-test-token"
@@ -137,7 +137,7 @@ def test_with_a_token_every_control_request_but_health_needs_it(tmp_path):
 
 
 def _sandbox_args(tmp_path: Path, *extra: str) -> list[str]:
-    args = [sys.executable, "-m", "notifier.sandbox", "--cert-path", str(tmp_path / "cert.pem"),
+    args = [sys.executable, "-m", "sandbox", "--cert-path", str(tmp_path / "cert.pem"),
             "--apns-key-path", str(tmp_path / "apns.p8"), "--fcm-credentials-path", str(tmp_path / "fcm.json"),
             "--sendgrid-webhook-key-path", str(tmp_path / "sg.pem"),
             "--sendgrid-webhook-public-key-path", str(tmp_path / "sg.pub")]

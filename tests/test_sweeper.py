@@ -6,14 +6,14 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from notifier import dedup
-from notifier.db import transaction
-from notifier.delivery_log import LOG, utcnow
-from notifier.events import parse_event
-from notifier.redis_conn import get_redis
-from notifier.routing import route
-from notifier.scheduling import sweep_stuck
-from notifier.users import cancel_notification, get_status, register_device
+from notifier.pipeline import dedup
+from notifier.store.db import transaction
+from notifier.store.delivery_log import LOG, utcnow
+from notifier.intake.events import parse_event
+from notifier.store.redis_conn import get_redis
+from notifier.pipeline.routing import route
+from notifier.pipeline.scheduling import sweep_stuck
+from notifier.accounts.devices import cancel_notification, get_status, register_device
 
 
 def _stored(unique, status: str, *, priority: str = "high", age_s: float = 600, redrives: int = 0,

@@ -16,13 +16,15 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from notifier import api_keys, devstack, migrate
-from notifier.db import session_factory
-from notifier.events import NotificationEvent
-from notifier.preferences_view import get_preferences
-from notifier.redis_conn import get_redis
-from notifier.routing import CANCEL_PREFIX, CONFLICT_REASON, route
-from notifier.users import get_status, register_device, set_preferences
+from notifier.accounts import api_keys
+from sandbox import devstack
+from notifier.store import migrate
+from notifier.store.db import session_factory
+from notifier.intake.events import NotificationEvent
+from notifier.accounts.preferences import get_preferences
+from notifier.store.redis_conn import get_redis
+from notifier.pipeline.routing import CANCEL_PREFIX, CONFLICT_REASON, route
+from notifier.accounts.devices import get_status, register_device, set_preferences
 from tests.api_fixture import api  # noqa: F401  (fixture)
 from tests.conftest import child_env
 
@@ -131,7 +133,7 @@ def test_each_route_needs_its_own_scope(api, unique, method, path, body, needs):
 
 
 def _notifier(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "notifier.cli", *argv], env=child_env(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "entrypoints.cli", *argv], env=child_env(), capture_output=True,
                           text=True, timeout=60, cwd=devstack.ROOT)
 
 

@@ -12,8 +12,8 @@ import uuid
 import pytest
 from tests.sandbox_fixture import clean_sandbox_process, device_token, sandbox_process  # noqa: F401
 
-from notifier.sandbox.process import SandboxProcess
-from notifier.transport import Http2Transport, HttpRequest
+from sandbox.process import SandboxProcess
+from notifier.providers.transport import Http2Transport, HttpRequest
 
 PAYLOAD = b'{"aps":{"alert":"Your order has shipped"}}'
 

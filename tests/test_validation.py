@@ -1,7 +1,7 @@
 """One set of rules at every edge: each finding of issue 10 that is about bad input, refused where it enters.
 
-The rules themselves (notifier/validation.py) need no services; the Python API tests use the
-real database to show a refused call changes nothing; the CLI tests run `notifier.cli.main`.
+The rules themselves (notifier/intake/validation.py) need no services; the Python API tests use the
+real database to show a refused call changes nothing; the CLI tests run `entrypoints.cli.main`.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import zoneinfo
 import pytest
 from pydantic import ValidationError
 
-from notifier import cli
-from notifier.bridge import BadMessage, decode_event
-from notifier.events import parse_event
-from notifier.validation import MAX_APNS_TOKEN_CHARS, MAX_DATA_DEPTH, SEND_AT_MAX_AHEAD
+from entrypoints import cli
+from notifier.intake.bridge import BadMessage, decode_event
+from notifier.intake.events import parse_event
+from notifier.intake.validation import MAX_APNS_TOKEN_CHARS, MAX_DATA_DEPTH, SEND_AT_MAX_AHEAD
 from tests.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS, nested
 
 GOOD = {"notification_id": "n-1", "user_id": "u-1", "type": "order_shipped", "category": "transactional",
@@ -121,8 +121,8 @@ APNS = "c85f" * 16
 def devices_of(user: str) -> list[str]:
     from sqlalchemy import select
 
-    from notifier.db import session_factory
-    from notifier.models import DeviceToken
+    from notifier.store.db import session_factory
+    from notifier.store.models import DeviceToken
 
     with session_factory()() as session:
         return list(session.scalars(select(DeviceToken.token).where(DeviceToken.user_id == user)))
@@ -151,7 +151,7 @@ def devices_of(user: str) -> list[str]:
     ],
 )
 def test_finding_1_and_7_register_device_refuses_bad_tokens_and_stores_nothing(database, unique, token, platform):
-    from notifier.users import register_device
+    from notifier.accounts.devices import register_device
 
     user = unique("user")
     with pytest.raises(ValidationError) as info:
@@ -161,7 +161,7 @@ def test_finding_1_and_7_register_device_refuses_bad_tokens_and_stores_nothing(d
 
 
 def test_register_device_accepts_real_token_shapes(database, unique):
-    from notifier.users import register_device
+    from notifier.accounts.devices import register_device
 
     user = unique("user")
     fcm = f"{secrets.token_urlsafe(16)}:APA91b{secrets.token_urlsafe(100)}"
@@ -191,8 +191,8 @@ def test_register_device_accepts_real_token_shapes(database, unique):
     ],
 )
 def test_finding_6_set_preferences_refuses_what_the_http_api_refuses(database, unique, change, field):
-    from notifier.preferences_view import DEFAULTS, get_preferences
-    from notifier.users import set_preferences
+    from notifier.accounts.preferences import DEFAULTS, get_preferences
+    from notifier.accounts.devices import set_preferences
 
     user = unique("user")
     with pytest.raises(ValidationError) as info:
@@ -206,7 +206,7 @@ def test_finding_6_set_preferences_refuses_what_the_http_api_refuses(database, u
 def test_set_preferences_keeps_good_values(database, unique):
     from datetime import time
 
-    from notifier.users import set_preferences
+    from notifier.accounts.devices import set_preferences
 
     prefs = set_preferences(unique("user"), email="Ann@Example.COM", phone="+4712345678", timezone="Europe/Oslo",
                             quiet_start="22:00", quiet_end=time(7), opted_out_categories=("marketing",))

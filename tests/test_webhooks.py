@@ -10,14 +10,14 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from notifier.api.webhooks import twilio_signature, verify_sendgrid
-from notifier.db import session_factory
-from notifier.delivery_log import utcnow
-from notifier.models import NotificationLog
-from notifier.recipients import CACHE_PREFIX, load_recipients
-from notifier.redis_conn import get_redis
-from notifier.routing import idempotency_key
-from notifier.users import set_preferences
+from entrypoints.api.webhooks import twilio_signature, verify_sendgrid
+from notifier.store.db import session_factory
+from notifier.store.delivery_log import utcnow
+from notifier.store.models import NotificationLog
+from notifier.store.recipients import CACHE_PREFIX, load_recipients
+from notifier.store.redis_conn import get_redis
+from notifier.pipeline.routing import idempotency_key
+from notifier.accounts.devices import set_preferences
 from notifier.webhook_effects import Effect, sendgrid_effect
 from tests.api_fixture import api  # noqa: F401  (fixture)
 

@@ -21,7 +21,7 @@ import jwt
 
 from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome
 from notifier.settings import Settings, get_settings
-from notifier.transport import HttpRequest, HttpResponse, Http2Transport
+from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 
 RESPONSES_DOC = "https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns"
 MAX_PAYLOAD_BYTES = 4096

@@ -25,10 +25,10 @@ from typing import Any, Callable, Sequence
 import jwt
 import requests
 
-from notifier.events import Priority
+from notifier.intake.events import Priority
 from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome
 from notifier.settings import Settings, get_settings
-from notifier.transport import HttpRequest, HttpResponse, Http2Transport
+from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 
 ERRORS_DOC = "https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"

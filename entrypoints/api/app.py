@@ -1,0 +1,277 @@
+"""The HTTP API: the same operations as the Python API, for producers that are not Python.
+
+Handlers only translate HTTP to calls into notifier/ (events, users, preferences_view,
+status_view, webhook_effects) and back. Every handler that touches the database or the
+broker is a plain `def`, so FastAPI runs it in its thread pool, off the event loop.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import datetime, time
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import Depends, FastAPI, HTTPException, Path, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from notifier.pipeline import routing
+from notifier.accounts import devices as users
+from notifier.intake import validation
+from entrypoints.api import auth, webhooks
+from notifier.accounts.api_keys import KeyInfo
+from notifier.store.db import get_engine, session_factory
+from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
+from notifier.accounts.preferences import get_preferences, shown_to, update_preferences
+from notifier.store.redis_conn import broker_redis, redis_url
+from notifier.accounts.status import notification_status
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_MAX_BYTES = 5 * 1024 * 1024  # SendGrid posts events in batches
+OTHER_MAX_BYTES = 64 * 1024
+HEALTH_TIMEOUT_S = 2.0
+
+
+# Path parameters: the same rules as everywhere (notifier/intake/validation.py). A token's platform is in
+# the body, so the path holds it to what any platform's token can be; register_device checks the rest.
+UserId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(validation.single_line)]
+NotificationId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(validation.single_line)]
+DeviceToken = Annotated[str, Path(min_length=1, max_length=validation.MAX_FCM_TOKEN_CHARS),
+                        AfterValidator(validation.any_token)]
+
+
+class NotificationRequest(NotificationEvent):
+    """A notification event (the same fields as `send_notification`)."""
+
+    model_config = ConfigDict(title="NotificationEvent")
+
+
+class NotificationAccepted(BaseModel):
+    notification_id: str
+
+
+class Delivery(BaseModel):
+    """One delivery of a notification: a channel and target, where it stands and why."""
+
+    delivery_id: int
+    notification_id: str
+    user_id: str
+    channel: str
+    provider: str | None
+    target: str | None = Field(description="Redacted: enough to tell targets apart, never the whole of one.")
+    status: str
+    reason: str | None
+    attempts: int
+    last_error: str | None
+    provider_message_id: str | None
+    created_at: datetime | None
+    scheduled_at: datetime | None
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    failed_at: datetime | None
+
+
+class NotificationStatus(BaseModel):
+    notification_id: str
+    deliveries: list[Delivery]
+
+
+class Cancelled(BaseModel):
+    notification_id: str
+    cancelled: int = Field(description="Deliveries that were not sent yet and now never will be.")
+
+
+class DeviceRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    platform: validation.PlatformName = Field(description="ios (APNs) or android (FCM); web is not delivered yet")
+    app: validation.AppId | None = None
+
+
+PreferencesUpdate = validation.PreferencesUpdate
+
+
+class Preferences(BaseModel):
+    user_id: str
+    push_enabled: bool
+    email_enabled: bool
+    sms_enabled: bool
+    email: str | None
+    phone: str | None
+    quiet_start: time | None
+    quiet_end: time | None
+    timezone: str | None
+    opted_out_categories: list[str]
+    email_undeliverable_at: datetime | None = Field(description="When the provider reported the address dead.")
+    email_undeliverable_reason: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
+
+
+def _invalid(_request: Any, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body, encoded so that echoed input with lone surrogates still renders."""
+    content = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+    return Response(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+
+
+def _invalid_call(_request: Any, exc: ValidationError) -> Response:
+    """A 422 for what notifier/ refused after the request's own checks (e.g. a token not of its platform)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    content = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
+    return Response(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+
+
+def _unavailable(what: str):
+    def handler(_request: Any, exc: Exception) -> JSONResponse:
+        log.warning("%s unavailable: %s", what, exc)
+        return JSONResponse({"detail": f"{what} unavailable, try again"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    return handler
+
+
+_health_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="healthz")
+
+
+@lru_cache(maxsize=1)
+def _health_redis() -> redis.Redis:
+    return redis.Redis.from_url(redis_url(), socket_timeout=HEALTH_TIMEOUT_S, socket_connect_timeout=HEALTH_TIMEOUT_S)
+
+
+@lru_cache(maxsize=1)
+def _health_broker() -> redis.Redis | None:
+    return broker_redis()
+
+
+def _check_database() -> None:
+    with get_engine().connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _check_broker() -> None:
+    client = _health_broker()
+    if client is not None:
+        client.ping()
+
+
+def create_app() -> FastAPI:
+    """Build the API application."""
+    app = FastAPI(
+        max_body_size=OTHER_MAX_BYTES,
+        title="notifier",
+        version="1",
+        description="Send notifications, see where each delivery stands, manage devices and preferences, "
+        "and receive the providers' delivery reports. Authenticate with `Authorization: Bearer <key>` "
+        "(`notifier keys create`); webhooks authenticate by the provider's signature.",
+    )
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(ValidationError, _invalid_call)
+    app.add_exception_handler(sa_exc.OperationalError, _unavailable("database"))
+    app.add_exception_handler(sa_exc.InterfaceError, _unavailable("database"))
+    app.add_exception_handler(redis.ConnectionError, _unavailable("redis"))
+    app.add_exception_handler(redis.TimeoutError, _unavailable("redis"))
+    app.add_exception_handler(BrokerError, _unavailable("broker"))
+    app.include_router(webhooks.router, max_body_size=WEBHOOK_MAX_BYTES)
+
+    @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationAccepted,
+              tags=["notifications"], dependencies=[Depends(auth.send)], max_body_size=MAX_EVENT_BYTES,
+              responses={409: {"description": "notification_id already accepted for a different event"},
+                         413: {"description": f"Event over {MAX_EVENT_BYTES} bytes"}})
+    def send(event: NotificationRequest) -> dict[str, str]:
+        """Queue one notification event; repeating a notification_id delivers it once."""
+        from tasks.pipeline import send_notification
+
+        with session_factory()() as session:
+            if routing.conflicts(session, event):
+                raise HTTPException(status.HTTP_409_CONFLICT, "notification_id: already accepted for a different "
+                                    "event (another user or content); use a new id")
+        send_notification.delay(event)
+        return {"notification_id": event.notification_id}
+
+    @app.get("/v1/notifications/{notification_id}", response_model=NotificationStatus, tags=["notifications"],
+             dependencies=[Depends(auth.read_status)], responses={404: {"description": "No delivery (yet)"}})
+    def get(notification_id: NotificationId) -> dict[str, Any]:
+        """Every delivery of a notification: channel, redacted target, status, reason, attempts, times."""
+        deliveries = notification_status(notification_id)
+        if not deliveries:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no delivery of this notification (yet)")
+        return {"notification_id": notification_id, "deliveries": deliveries}
+
+    @app.delete("/v1/notifications/{notification_id}", response_model=Cancelled, tags=["notifications"],
+                dependencies=[Depends(auth.cancel)], responses={404: {"description": "No delivery (yet)"}})
+    def cancel(notification_id: NotificationId) -> dict[str, Any]:
+        """Cancel the deliveries of a notification that are not sent yet (queued or scheduled)."""
+        count = users.cancel_notification(notification_id, only_known=True)
+        if count is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no delivery of this notification (yet)")
+        return {"notification_id": notification_id, "cancelled": count}
+
+    @app.put("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
+             dependencies=[Depends(auth.users)])
+    def register_device(user_id: UserId, token: DeviceToken, device: DeviceRegistration) -> Response:
+        """Register a device's push token for a user (moving it from another user if need be)."""
+        users.register_device(user_id, token, device.platform, device.app)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.delete("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
+                dependencies=[Depends(auth.users)], responses={404: {"description": "No such device"}})
+    def unregister_device(user_id: UserId, token: DeviceToken) -> Response:
+        """Forget a user's device token."""
+        if not users.unregister_device(user_id, token):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "this user has no such device token")
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.get("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"])
+    def read_preferences(user_id: UserId, key: KeyInfo = Depends(auth.read_users)) -> dict[str, Any]:
+        """A user's preferences (the defaults for a user never seen); email and phone need the contacts scope."""
+        return shown_to(key, get_preferences(user_id))
+
+    @app.put("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"])
+    def write_preferences(user_id: UserId, changes: PreferencesUpdate,
+                          key: KeyInfo = Depends(auth.users)) -> dict[str, Any]:
+        """Change some of a user's preferences; returns them all (email and phone redacted without contacts)."""
+        return shown_to(key, update_preferences(user_id, **changes.model_dump(exclude_unset=True)))
+
+    @app.get("/healthz", response_model=Health, tags=["operations"],
+             responses={503: {"model": Health, "description": "A dependency does not answer"}})
+    def healthz() -> JSONResponse:
+        """Whether the database, Redis and the broker answer within two seconds."""
+        checks = {"database": _check_database, "redis": lambda: _health_redis().ping(), "broker": _check_broker}
+        futures = {name: _health_pool.submit(fn) for name, fn in checks.items()}
+        wait(futures.values(), timeout=HEALTH_TIMEOUT_S)
+        results = {}
+        for name, future in futures.items():
+            if not future.done():
+                results[name] = "timeout"
+            elif future.exception() is not None:
+                results[name] = f"error: {type(future.exception()).__name__}"
+            else:
+                results[name] = "ok"
+        healthy = all(v == "ok" for v in results.values())
+        return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": results},
+                            status_code=200 if healthy else 503)
+
+    @app.get("/metrics", tags=["operations"], dependencies=[Depends(auth.admin)], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
+    def prometheus_metrics() -> Response:
+        """Deliveries, retries, provider call times, queue depths, scheduled backlog, bridge lag (admin key)."""
+        from notifier.ops.metrics import CONTENT_TYPE_LATEST, render
+
+        return Response(render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,1 @@
+"""Accounts: devices, preferences, delivery status, API keys."""

@@ -1,4 +1,0 @@
-"""The HTTP API: producers that are not Python, operators, and provider webhooks.
-
-Run it with `notifier api`; `notifier.api.app:app` is the ASGI application.
-"""

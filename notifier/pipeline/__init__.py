@@ -1,0 +1,1 @@
+"""The pipeline stages: route, filter, dedup, send, schedule."""

@@ -1,0 +1,87 @@
+"""Filter: preferences, schedules, quiet hours and rate limits, before anything is sent."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Sequence
+
+import redis
+from sqlalchemy import Row
+from sqlalchemy.orm import Session
+
+from notifier.store import delivery_log
+from notifier.pipeline import rate_limits
+from notifier.store.models import Status
+from notifier.pipeline.quiet_hours import quiet_hours_release
+from notifier.store.recipients import Recipient, load_recipients
+
+# A release may run a moment early (clocks, ETA rounding): that is not worth a new deferral.
+EARLY_TOLERANCE = timedelta(seconds=1)
+
+
+FILTER_COLUMNS = ("id", "user_id", "channel", "category", "priority", "scheduled_at")
+
+
+def suppression_reason(row: Row, recipient: Recipient) -> str | None:
+    """Why the user does not want this delivery, or None."""
+    if not recipient.channel_enabled(row.channel):
+        return f"{row.channel} disabled by user"
+    if row.category in recipient.opted_out_categories:
+        return f"user opted out of category {row.category!r}"
+    if row.channel == "email" and recipient.email_undeliverable:
+        return f"email address undeliverable: {recipient.email_undeliverable}"
+    return None
+
+
+def deferral(row: Row, recipient: Recipient, now: datetime) -> tuple[datetime | None, str | None]:
+    """When the delivery may go out if not now (send_at, then quiet hours), and any note."""
+    due = delivery_log.as_utc(row.scheduled_at)
+    if due is not None and due > now + EARLY_TOLERANCE:
+        return due, f"send_at {due.isoformat()}"
+    if row.priority == "critical":  # security alerts bypass quiet hours
+        return None, None
+    decision = quiet_hours_release(now, recipient.quiet_start, recipient.quiet_end, recipient.timezone)
+    if decision.deliver_at is not None:
+        tz = recipient.timezone or "UTC"
+        return decision.deliver_at, f"quiet hours until {decision.deliver_at.isoformat()} ({tz})" + (
+            f"; {decision.note}" if decision.note else ""
+        )
+    return None, decision.note
+
+
+def filter_deliveries(
+    session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit]
+) -> list[int]:
+    """Suppress what the user opted out of, defer what is not due, limit the rest; return what proceeds."""
+    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=FILTER_COLUMNS)
+    recipients = load_recipients(session, (row.user_id for row in rows), r)
+    proceed: list[int] = []
+    changes, candidates = [], []
+    for row in rows:
+        recipient = recipients[row.user_id]
+        reason = suppression_reason(row, recipient)
+        if reason:
+            changes.append({"_id": row.id, "status": Status.SUPPRESSED.value, "reason": reason})
+            continue
+        due, note = deferral(row, recipient, now)
+        if due is not None:
+            changes.append({"_id": row.id, "status": Status.SCHEDULED.value, "scheduled_at": due, "reason": note})
+            continue
+        candidates.append((row, note))
+    allowed = rate_limits.check(
+        r, limits, [rate_limits.Request(row.user_id, row.channel, row.category, row.priority) for row, _ in candidates],
+        now.timestamp(),
+    )
+    for (row, note), ok in zip(candidates, allowed):
+        if ok:
+            proceed.append(row.id)
+            if note:
+                changes.append({"_id": row.id, "reason": note})
+        else:
+            limit = rate_limits.limit_for(limits, row.channel, row.category)
+            changes.append({
+                "_id": row.id, "status": Status.RATE_LIMITED.value,
+                "reason": f"over the limit of {limit.max_count} {row.channel} per {limit.window_s}s "
+                          f"for category {limit.category!r}",
+            })
+    delivery_log.record_each(session, changes, only_from=[Status.QUEUED.value])
+    return proceed

@@ -1,0 +1,137 @@
+"""Durable deferral and the sweeper: the database holds every wait, Celery only the last seconds.
+
+Deferred deliveries (quiet hours, send_at, retry backoff) are `scheduled` rows with a due
+time. A beat task releases the due ones in batches, claiming rows with one UPDATE (SKIP
+LOCKED on PostgreSQL), so two beats never release the same row; a short ETA covers the
+rest of the interval. A sweeper re-drives deliveries stuck in `queued` or `sending`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Collection
+
+from sqlalchemy import String, func, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from notifier.store.delivery_log import LOG, as_utc
+from notifier.intake.events import ChannelName, Priority
+from notifier.store.models import Status
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A delivery to put back on a queue: which stage, which lane, not before when."""
+
+    id: int
+    lane: str
+    stage: str  # "filter" for first attempts, "dedup" for retries (filter already passed)
+    eta: datetime | None
+
+
+def _lane(priority: str) -> str:
+    try:
+        return Priority(priority).lane
+    except ValueError:
+        return "low"
+
+
+BATCH = 1000
+
+
+def release_due(session: Session, now: datetime, horizon_s: float, limit: int = BATCH) -> list[Ready]:
+    """Claim scheduled deliveries due within `horizon_s` and move them to `queued`."""
+    due = (
+        select(LOG.c.id)
+        .where(LOG.c.status == Status.SCHEDULED.value, LOG.c.scheduled_at <= now + timedelta(seconds=horizon_s))
+        .order_by(LOG.c.scheduled_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(LOG)
+        .where(LOG.c.id.in_(due.scalar_subquery()), LOG.c.status == Status.SCHEDULED.value)
+        .values(status=Status.QUEUED.value, updated_at=now)
+        .returning(LOG.c.id, LOG.c.priority, LOG.c.scheduled_at, LOG.c.attempts)
+    )
+    out = []
+    for id_, priority, scheduled_at, attempts in session.execute(stmt):
+        at = as_utc(scheduled_at)
+        out.append(Ready(id_, _lane(priority), "dedup" if attempts else "filter", at if at and at > now else None))
+    return out
+
+
+@dataclass(slots=True)
+class Sweep:
+    """What one sweep did: deliveries to put back on a queue, and those it gave up on."""
+
+    ready: list[Ready] = field(default_factory=list)
+    failed: int = 0
+
+
+def sweep_stuck(
+    session: Session, now: datetime, stuck_after_s: float, *, max_redrives: int, limit: int = BATCH,
+    busy_queues: Collection[str] = (), everything: bool = False,
+) -> Sweep:
+    """Re-drive up to `limit` deliveries left in `queued` or `sending` longer than `stuck_after_s`.
+
+    A `sending` row was claimed by a worker that died before recording; its lease has expired
+    (stuck_after_s > lease TTL), so it goes back through dedup. A `queued` row lost its message
+    (a crash between commit and enqueue, a broker restart): it starts again at filter, or at
+    dedup when it is a retry.
+
+    A row whose queue is in `busy_queues` (messages waiting there) is left alone: its message is
+    most likely still waiting, and re-driving a backlog only makes it longer. `everything`
+    (the broker lost messages) re-drives regardless of age and queue.
+
+    Each re-drive counts; a delivery re-driven `max_redrives` times ends `failed`: a task that
+    fails whole every time it meets this delivery must not go round for ever.
+    """
+    cutoff = now if everything else now - timedelta(seconds=stuck_after_s)
+    out = Sweep()
+    for status in (Status.SENDING.value, Status.QUEUED.value):
+        stuck = (
+            select(LOG.c.id)
+            .where(LOG.c.status == status, LOG.c.updated_at <= cutoff, *_not_waiting_in(status, busy_queues))
+            .order_by(LOG.c.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        ids = session.scalars(stuck).all()
+        if not ids:
+            continue
+        given_up = (
+            update(LOG)
+            .where(LOG.c.id.in_(ids), LOG.c.redrives >= max_redrives)
+            .values(status=Status.FAILED.value, failed_at=now, updated_at=now,
+                    reason=literal(f"re-driven {max_redrives} times without finishing; last error: ", String)
+                    + func.coalesce(LOG.c.last_error, f"none recorded (left {status})"))
+        )
+        out.failed += session.execute(given_up).rowcount or 0
+        stmt = (
+            update(LOG)
+            .where(LOG.c.id.in_(ids), LOG.c.status == status)
+            .values(status=Status.QUEUED.value, updated_at=now, redrives=LOG.c.redrives + 1)
+            .returning(LOG.c.id, LOG.c.priority, LOG.c.attempts)
+        )
+        for id_, priority, attempts in session.execute(stmt):
+            stage = "dedup" if status == Status.SENDING.value or attempts else "filter"
+            out.ready.append(Ready(id_, _lane(priority), stage, None))
+    return out
+
+
+def _not_waiting_in(status: str, busy_queues: Collection[str]) -> list:
+    """Conditions leaving out rows whose stage's queue has messages waiting (see sweep_stuck)."""
+    if not busy_queues:
+        return []
+    conditions = []
+    for lane in ("high", "low"):
+        priorities = [p.value for p in Priority if p.lane == lane]
+        if status == Status.QUEUED.value:
+            if f"pipeline.{lane}" in busy_queues:
+                conditions.append(LOG.c.priority.not_in(priorities))
+            continue
+        busy_channels = [c.value for c in ChannelName if f"{c.value}.{lane}" in busy_queues]
+        if busy_channels:
+            conditions.append(or_(LOG.c.priority.not_in(priorities), LOG.c.channel.not_in(busy_channels)))
+    return conditions

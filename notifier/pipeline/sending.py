@@ -1,0 +1,268 @@
+"""Claim and send deliveries, and record every outcome on the delivery's row."""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
+
+import redis
+from sqlalchemy import Row, delete, select
+from sqlalchemy.orm import Session
+
+from notifier.pipeline import dedup
+from notifier.store import delivery_log
+from notifier.ops import metrics
+from notifier.store.db import transaction
+from notifier.store.models import DeviceToken, NotificationLog, Status, UserPreferences
+from notifier.providers import Delivery, Outcome, OutcomeKind, get_provider
+from notifier.ops.redaction import redact_text
+from notifier.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Claimed:
+    by_channel: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+
+def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, ttl_s: int) -> Claimed:
+    """Take the dedup lease of each queued delivery; move those we hold to `sending`."""
+    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=("id", "idempotency_key", "channel"))
+    states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
+    mine = [row for row, state in zip(rows, states) if state == dedup.CLAIMED]
+    moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
+    result = Claimed()
+    for row in mine:
+        if row.id in moved:
+            result.by_channel[row.channel].append(row.id)
+    # The provider accepted these before a worker died without recording it (found by the sweeper).
+    recovered = [row.id for row, state in zip(rows, states) if state == dedup.ALREADY_SENT]
+    delivery_log.set_status(
+        session, recovered, Status.SENT.value, only_from=["queued"], sent_at=datetime.now(timezone.utc),
+        reason="provider accepted it before a worker crash; recorded on recovery",
+    )
+    held = len(rows) - len(mine) - len(recovered)
+    if held:
+        log.info("dedup: %d of %d deliveries already claimed elsewhere", held, len(rows))
+    return result
+
+
+@dataclass(slots=True)
+class SendReport:
+    """What the caller must do after the commit: drop these users' cached records."""
+
+    changed_users: set[str] = field(default_factory=set)
+
+
+def to_delivery(row: Row) -> Delivery:
+    payload = row.payload or {}
+    data = payload.get("data") or {}
+    return Delivery(
+        id=row.id,
+        notification_id=row.notification_id,
+        idempotency_key=row.idempotency_key,
+        channel=row.channel,
+        provider=row.provider or "",
+        target=row.target,
+        priority=row.priority,
+        category=row.category,
+        type=row.type,
+        title=payload.get("title", ""),
+        body=payload.get("body", ""),
+        data=data,
+        collapse_id=data.get("collapse_id") if isinstance(data.get("collapse_id"), str) else None,
+    )
+
+
+def backoff_s(attempt: int, retry_after_s: float | None, settings: Settings) -> float:
+    """Exponential backoff with full jitter, never sooner than Retry-After, capped."""
+    delay = random.uniform(0, settings.retry_base_s * 2 ** (attempt - 1))
+    if retry_after_s:
+        delay = max(delay, retry_after_s)
+    return min(delay, settings.retry_max_s)
+
+
+def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings: Settings) -> SendReport:
+    """Send the deliveries we hold leases for, grouped by provider, and record each outcome.
+
+    No database transaction is open while a provider is called: the rows are read in one short
+    transaction and the outcomes recorded in another (a slow provider must not pin a connection
+    `idle in transaction`). Each acceptance is marked sent in Redis the moment its response
+    arrives, so a worker killed mid-batch leaves every accepted delivery marked: the sweeper's
+    re-drive finds the mark and records it instead of sending it again.
+    """
+    with transaction() as session:
+        rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
+    leases = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s)
+    report = SendReport()
+    by_provider: dict[str, list[Row]] = defaultdict(list)
+    recovered: list[Row] = []
+    for row, lease in zip(rows, leases):
+        if lease == dedup.CLAIMED:
+            by_provider[row.provider or ""].append(row)
+        elif lease == dedup.ALREADY_SENT:
+            recovered.append(row)  # accepted by an earlier run of this task whose record did not commit
+    results: list[tuple[Row, Outcome, str]] = []
+    calls: list[tuple[str, float]] = []  # (provider, seconds) per send_batch call, for metrics
+    marker = _SentMarker(r, settings.sent_marker_ttl_s)
+    fallbacks = settings.fallback_providers()
+    for name, group in by_provider.items():
+        outcomes = _send_with(name, group, calls, marker)
+        used = [name] * len(group)
+        # Provider failover: what the primary could not take now goes to the fallback at once.
+        fallback = fallbacks.get(name)
+        transient = [i for i, o in enumerate(outcomes) if o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED)]
+        if fallback and transient:
+            log.warning("%s failing (%s); %d deliveries fail over to %s",
+                        name, outcomes[transient[0]].reason, len(transient), fallback)
+            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls, marker)):
+                outcomes[i], used[i] = o, fallback
+        results.extend(zip(group, outcomes, used))
+    with transaction(durable=True) as session:
+        _record(session, r, results, claim_id, settings, report, calls)
+        _record_recovered(session, recovered)
+    return report
+
+
+class _SentMarker:
+    """Marks each accepted delivery sent in Redis as its response arrives (Provider.send_batch's on_outcome)."""
+
+    def __init__(self, r: redis.Redis, ttl_s: int) -> None:
+        self._r = r
+        self._ttl_s = ttl_s
+        self._failed = False
+
+    def for_group(self, rows: Sequence[Row]):
+        def on_outcome(index: int, outcome: Outcome) -> None:
+            if outcome.kind is not OutcomeKind.OK or self._failed:
+                return
+            try:
+                dedup.mark_one_sent(self._r, rows[index].idempotency_key, self._ttl_s)
+            except redis.RedisError as exc:
+                # The row's record (in PostgreSQL, after the batch) still says sent; only a worker
+                # death before that record is no longer covered. Stop trying for this batch.
+                self._failed = True
+                log.warning("dedup: marking accepted deliveries sent failed (%s); recording them in the "
+                            "database only", exc)
+
+        return on_outcome
+
+
+def _record_recovered(session: Session, rows: Sequence[Row]) -> None:
+    delivery_log.set_status(
+        session, [row.id for row in rows], Status.SENT.value, only_from=[Status.SENDING.value],
+        sent_at=datetime.now(timezone.utc), reason="provider accepted it before a worker crash; recorded on recovery",
+    )
+
+
+def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]], marker: _SentMarker) -> list[Outcome]:
+    deliveries = [to_delivery(row) for row in rows]
+    try:
+        provider = get_provider(name)
+    except Exception as exc:  # noqa: BLE001 - unknown provider, unreadable key file, bad settings
+        log.error("provider %s cannot be used: %s", name, exc)
+        return [Outcome(OutcomeKind.MISCONFIGURED, reason=f"provider {name}: {exc}")] * len(rows)
+    started = time.perf_counter()
+    outcomes = provider.send_batch(deliveries, on_outcome=marker.for_group(rows))
+    calls.append((name, time.perf_counter() - started))
+    return outcomes
+
+
+def _record(
+    session: Session,
+    r: redis.Redis,
+    results: list[tuple[Row, Outcome, str]],
+    claim_id: str,
+    settings: Settings,
+    report: SendReport,
+    calls: Sequence[tuple[str, float]] = (),
+) -> None:
+    now = datetime.now(timezone.utc)
+    changes, release_keys, opt_outs = [], [], []
+    for row, o, provider in results:
+        attempts = row.attempts + 1
+        change = {"_id": row.id, "attempts": attempts, "provider": provider}
+        if o.kind is OutcomeKind.OK:
+            # The reason of an earlier retry ("retry 2 of 5 after: …") no longer describes the row.
+            change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id,
+                       "reason": f"sent on attempt {attempts}" if attempts > 1 else None}
+        elif o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED) and attempts < settings.max_attempts:
+            if o.kind is OutcomeKind.MISCONFIGURED:
+                log.error("provider %s misconfigured: %s (delivery %s will retry)", row.provider, o.reason, row.id)
+            delay = backoff_s(attempts, o.retry_after_s, settings)
+            # The wait lives in the database (durable); the release beat puts it back on a queue.
+            change |= {
+                "status": Status.SCHEDULED.value, "last_error": o.reason,
+                "scheduled_at": now + timedelta(seconds=delay),
+                "reason": f"retry {attempts + 1} of {settings.max_attempts} after: {o.reason}",
+            }
+            release_keys.append(row.idempotency_key)
+        else:
+            reason = o.reason or o.kind.value
+            if o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED):
+                reason = f"gave up after {attempts} attempts: {reason}"
+            elif o.kind is OutcomeKind.TOKEN_INVALID:
+                if _delete_token(session, row.target, o.invalid_since):
+                    reason = f"device token invalid, token deleted: {reason}"
+                else:
+                    reason = (f"device token invalid when sent, token kept: registered again after "
+                              f"the provider's timestamp {o.invalid_since:%Y-%m-%dT%H:%M:%SZ}: {reason}")
+            elif o.kind is OutcomeKind.UNSUBSCRIBED:
+                reason = f"recipient unsubscribed at the provider, {row.channel} turned off: {reason}"
+                opt_outs.append((row.user_id, row.channel))
+            change |= {"status": Status.FAILED.value, "failed_at": now, "reason": reason, "last_error": o.reason}
+        for name in ("reason", "last_error"):
+            # Transport errors quote URLs and addresses (https://…/3/device/<token>): none is stored.
+            if change.get(name):
+                change[name] = redact_text(change[name], row.target)
+        changes.append(change)
+    # Only rows still `sending`: a webhook may already have moved one on (delivered, failed).
+    delivery_log.record_each(session, changes, only_from=[Status.SENDING.value])
+    _opt_out(session, opt_outs)
+    dedup.release(r, release_keys, claim_id)
+    metrics.record_sends(r, [(row.channel, c["provider"], c["status"]) for (row, _, _), c in zip(results, changes)], calls)
+    # The caller drops these users' cached records once the transaction has committed.
+    report.changed_users = {user for user, _ in opt_outs} | {
+        row.user_id for row, o, _ in results if o.kind is OutcomeKind.TOKEN_INVALID
+    }
+
+
+def _delete_token(session: Session, token: str, since: datetime | None) -> bool:
+    """Delete a dead token; after an APNs 410, only if it was registered before the provider's
+    timestamp (a token registered again since then is alive). True when it is gone."""
+    stmt = delete(DeviceToken).where(DeviceToken.token == token)
+    if since is not None:
+        stmt = stmt.where(DeviceToken.created_at < since)
+    if session.execute(stmt).rowcount:
+        return True
+    return since is None or session.scalar(select(DeviceToken.id).where(DeviceToken.token == token)) is None
+
+
+def _opt_out(session: Session, opt_outs: list[tuple[str, str]]) -> None:
+    for user_id, channel in opt_outs:
+        column = {"email": "email_enabled", "sms": "sms_enabled", "push": "push_enabled"}[channel]
+        pref = session.get(UserPreferences, user_id)
+        if pref is None:
+            session.add(UserPreferences(user_id=user_id, **{column: False}))
+        else:
+            setattr(pref, column, False)
+
+
+def cancel_stranded(session: Session, r: redis.Redis, notification_id: str, ttl_s: int) -> list[int]:
+    """Cancel a notification's `sending` deliveries that no worker holds (their worker died, or their
+    task fails whole); return their ids. One whose lease a live worker holds is in flight: left alone.
+
+    The cancel takes the delivery's lease first, so no sweeper re-drive can claim and send it after."""
+    rows = session.execute(
+        select(NotificationLog.id, NotificationLog.idempotency_key).where(
+            NotificationLog.notification_id == notification_id, NotificationLog.status == Status.SENDING.value)
+    ).all()
+    states = dedup.claim(r, [row.idempotency_key for row in rows], f"cancel:{notification_id}", ttl_s)
+    free = [row.id for row, state in zip(rows, states) if state == dedup.CLAIMED]
+    return delivery_log.set_status(session, free, Status.SUPPRESSED.value, only_from=[Status.SENDING.value],
+                                   reason="cancelled by producer")

@@ -1,0 +1,150 @@
+"""Reading and writing notification_log rows in batches."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import Row, bindparam, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from notifier.store.models import NotificationLog, Status
+
+LOG = NotificationLog.__table__
+# SQLite (the embedded setup): executed with a list of rows, SQLAlchemy batches them into
+# multi-row INSERTs ("insertmanyvalues") from one cached compiled statement.
+_INSERT = {
+    "sqlite": sqlite.insert(LOG).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(LOG.c.id, LOG.c.idempotency_key)
+}
+_PG = postgresql.dialect()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(dt: datetime | None) -> datetime | None:
+    """An aware UTC datetime: SQLite hands back naive ones, and every stored time is UTC."""
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+def insert_ignoring_duplicates(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    """Insert rows in one statement; return (id, idempotency_key) of those that were new."""
+    if not rows:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        return _insert_values(session, rows)
+    return [(r[0], r[1]) for r in session.execute(_INSERT["sqlite"], list(rows))]
+
+
+_INSERT_COLUMNS = tuple(c.name for c in LOG.c if c.name != "id")
+_INSERT_TEMPLATE = "(" + ", ".join(
+    f"%s::{LOG.c[c].type.compile(dialect=_PG)}" for c in _INSERT_COLUMNS
+) + ")"
+_INSERT_SQL = (
+    f"INSERT INTO notification_log ({', '.join(_INSERT_COLUMNS)}) VALUES %s "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
+)
+
+
+def _insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    """PostgreSQL: one multi-row INSERT through psycopg2's execute_values (no per-row ORM work)."""
+    from psycopg2.extras import execute_values
+
+    now = utcnow()
+    defaults = {"created_at": now, "updated_at": now, "attempts": 0, "redrives": 0}
+    args = []
+    for row in rows:
+        values = []
+        for c in _INSERT_COLUMNS:
+            v = row.get(c, defaults.get(c))
+            values.append(json.dumps(v, separators=(",", ":")) if c == "payload" else v)
+        args.append(values)
+    cursor = session.connection().connection.dbapi_connection.cursor()
+    try:
+        return [tuple(r) for r in execute_values(cursor, _INSERT_SQL, args, template=_INSERT_TEMPLATE,
+                                                 page_size=len(args), fetch=True)]
+    finally:
+        cursor.close()
+
+
+def set_status(
+    session: Session,
+    ids: Iterable[int],
+    status: str,
+    *,
+    only_from: Iterable[str] | None = None,
+    **values: Any,
+) -> list[int]:
+    """Move rows to `status` in one statement (optionally only from given statuses); return the ids moved."""
+    ids = list(ids)
+    if not ids:
+        return []
+    stmt = update(LOG).where(LOG.c.id.in_(ids)).values(status=status, updated_at=utcnow(), **values)
+    if only_from is not None:
+        stmt = stmt.where(LOG.c.status.in_(list(only_from)))
+    return [r[0] for r in session.execute(stmt.returning(LOG.c.id))]
+
+
+def record_each(
+    session: Session, changes: Sequence[dict[str, Any]], *, only_from: Iterable[str] | None = None
+) -> None:
+    """Apply per-row changes (each dict has `_id` plus column values), optionally only to rows in given statuses."""
+    if not changes:
+        return
+    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in changes:
+        by_shape.setdefault(tuple(sorted(change)), []).append(change)
+    now = utcnow()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for shape, group in by_shape.items():
+        if postgres:
+            _update_from_values(session, [c for c in shape if c != "_id"], group, only_from)
+            continue
+        cols = {c: bindparam(c) for c in shape if c != "_id"}
+        stmt = update(LOG).where(LOG.c.id == bindparam("_id")).values(updated_at=now, **cols)
+        if only_from is not None:
+            # Not IN (an "expanding" parameter cannot go with executemany).
+            stmt = stmt.where(or_(*(LOG.c.status == status for status in only_from)))
+        session.connection().execute(stmt, group)
+
+
+def _update_from_values(
+    session: Session, cols: list[str], group: list[dict[str, Any]], only_from: Iterable[str] | None
+) -> None:
+    """PostgreSQL: one UPDATE ... FROM (VALUES ...) for the whole group, not a statement per row."""
+    from psycopg2.extras import execute_values
+
+    types = ["bigint"] + [LOG.c[c].type.compile(dialect=_PG) for c in cols]
+    template = "(" + ", ".join(f"%s::{t}" for t in types) + ")"
+    sets = ", ".join(f"{c} = v.{c}" for c in cols)
+    sql = (f"UPDATE notification_log AS t SET {sets}, updated_at = now() "
+           f"FROM (VALUES %s) AS v(id, {', '.join(cols)}) WHERE t.id = v.id")
+    if only_from is not None:
+        # Status names are our own enum values, never input: safe to inline.
+        sql += " AND t.status IN (" + ", ".join(f"'{Status(s).value}'" for s in only_from) + ")"
+    args = [(change["_id"], *(change[c] for c in cols)) for change in group]
+    cursor = session.connection().connection.dbapi_connection.cursor()
+    try:
+        execute_values(cursor, sql, args, template=template, page_size=len(args))
+    finally:
+        cursor.close()
+
+
+def load(
+    session: Session, ids: Iterable[int], *, statuses: Iterable[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> list[Row]:
+    """Load rows by id (optionally only those in given statuses, only some columns), in id order."""
+    ids = list(ids)
+    if not ids:
+        return []
+    # Core rows, not ORM objects: the hot path needs the values, not identity tracking;
+    # and only the columns a stage reads (the JSON payload costs a decode per row).
+    stmt = select(*[LOG.c[c] for c in columns]) if columns else select(LOG)
+    stmt = stmt.where(LOG.c.id.in_(ids)).order_by(LOG.c.id)
+    if statuses is not None:
+        stmt = stmt.where(LOG.c.status.in_(list(statuses)))
+    return list(session.execute(stmt))
