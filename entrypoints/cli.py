@@ -16,7 +16,10 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from sandbox.__main__ import main
+    try:
+        from sandbox.__main__ import main
+    except ImportError as exc:  # h2 or aiosmtpd: the optional extra is not installed
+        return _refused("sandbox", f"the sandbox needs its extra: pip install 'notifier[sandbox]' ({exc})")
 
     return main(args.extra) or 0
 
