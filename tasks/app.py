@@ -34,7 +34,31 @@ def _survive_redis_restart() -> None:
     kombu_redis.Channel._connparams = _connparams
 
 
+def _sub_second_countdowns_on_quorum_queues() -> None:
+    """Let an ETA less than a second away be published on RabbitMQ quorum queues.
+
+    With quorum queues Celery routes ETAs through RabbitMQ's native delayed delivery, a ladder of
+    queues whose TTLs are whole seconds: it calls `calculate_routing_key(int(countdown), ...)`,
+    and kombu refuses 0 ("countdown must be a positive number"), so an ETA 0.3 s away raises in
+    the producer (our release of due deliveries hands Celery such ETAs). Here 0 becomes 1: the
+    message waits a second in the broker, and the worker honours the rest of its `eta` header as
+    for any other ETA. Celery 5.7.0, celery/app/base.py `send_task`; remove when it rounds up itself.
+    """
+    from celery.app import base
+
+    calculate = base.calculate_routing_key
+    if getattr(calculate, "_notifier_guarded", False):
+        return
+
+    def calculate_routing_key(countdown: int, routing_key: str) -> str:
+        return calculate(max(1, countdown), routing_key)
+
+    calculate_routing_key._notifier_guarded = True
+    base.calculate_routing_key = calculate_routing_key
+
+
 _survive_redis_restart()
+_sub_second_countdowns_on_quorum_queues()
 
 app = Celery("notifier")
 app.config_from_object("celeryconfig")
