@@ -116,6 +116,8 @@ def test_worker_keeps_consuming_across_graceful_broker_restarts(sandbox, databas
             [row] = wait_until(delivered, timeout_s=60, message=f"no delivery after restart {restart}; log: {log}")
             assert row["status"] == "sent"
         assert b"Unrecoverable error" not in log.read_bytes()
+        # ... and the restarts did catch it with messages in hand (the path that used to kill it)
+        assert b"unacknowledged message(s)" in log.read_bytes()
         assert log.read_bytes().count(b"Connection to broker lost") >= RESTARTS
         assert len(sandbox.messages(target=token)) == RESTARTS
     finally:
