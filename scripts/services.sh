@@ -30,8 +30,10 @@
 #   NOTIFIER_CACHE                  jar cache root (default: $HOME/.cache/notifier)
 #   NOTIFIER_SERVICES_TIMEOUT       seconds to wait for each service to answer (default: 120)
 #   NOTIFIER_SERVICES_DIR           state, data and logs (default: <repo>/.services)
-#   NOTIFIER_SERVICES_PORT_OFFSET   added to every port above (default: 0), e.g. 10000 runs a second
-#                                   set beside the first, from another NOTIFIER_SERVICES_DIR
+#   NOTIFIER_SERVICES_PORT_OFFSET   added to every port above (default: 0), e.g. -3000 runs a second
+#                                   set beside the first, from another NOTIFIER_SERVICES_DIR (keep the
+#                                   ports out of 20000-32767, where tests pick sandbox ports, and out
+#                                   of the kernel's ephemeral range, 32768-60999)
 #   PYTHON                          interpreter used for the Kafka readiness check
 #                                   (default: <repo>/.venv/bin/python; TCP check if absent)
 set -euo pipefail
