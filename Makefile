@@ -4,7 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test services services-stop services-status install bench clean flower
+.PHONY: demo test test-rabbitmq services services-stop services-status install bench clean flower
+
+# Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/conftest.py).
+TEST_ENV := . .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test
+# The modules that run a second time with RabbitMQ as the broker.
+RABBITMQ_TESTS := tests/test_pipeline.py tests/test_rabbitmq_broker.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +22,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/notifier demo
 
-## The whole suite against real Redis, PostgreSQL and Kafka, started here.
+## The whole suite against real Redis, PostgreSQL and Kafka, started here; then the pipeline
+## modules again with RabbitMQ (quorum queues) as the Celery broker.
 test: $(STAMP) services
-	. .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test \
-	  && $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) && $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) && export NOTIFIER_BROKER_URL=$$NOTIFIER_RABBITMQ_URL && $(PY) -m pytest $(RABBITMQ_TESTS)
+
+## Only the RabbitMQ pass.
+test-rabbitmq: $(STAMP) services
+	$(TEST_ENV) && export NOTIFIER_BROKER_URL=$$NOTIFIER_RABBITMQ_URL && $(PY) -m pytest $(RABBITMQ_TESTS) $(PYTEST_ARGS)
 
 services: $(STAMP)
 	PYTHON=$(PY) bash scripts/services.sh start

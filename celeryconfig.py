@@ -4,7 +4,7 @@ Queues are named by workload and lane in one place (QUEUES); routing reads from 
 """
 from __future__ import annotations
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from notifier.store.redis_conn import broker_url as _broker_url
 from notifier.settings import get_settings as _settings
@@ -32,11 +32,31 @@ broker_connection_retry_on_startup = True
 # redelivers them early. The rows behind a lost message are re-driven sooner by the sweeper
 # (stuck_after_s); docs/guarantees.md states both bounds.
 VISIBILITY_TIMEOUT_S = _settings().visibility_timeout_s
-broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
-if _settings().broker_key_prefix:
-    broker_transport_options["global_keyprefix"] = _settings().broker_key_prefix
+# One URL picks the broker: redis:// (the default) or amqp:// (RabbitMQ). Each gets the options
+# that make it keep what it accepted.
+BROKER_IS_RABBITMQ = broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
 
-task_queues = [Queue(name) for name in QUEUES]
+if BROKER_IS_RABBITMQ:
+    # Quorum queues: replicated, fsynced before the broker confirms, and redelivered when a
+    # consumer's channel closes unacked. Each queue gets a topic exchange of its own, because
+    # Celery's native delayed delivery (how ETAs and countdowns work on quorum queues: the message
+    # waits in broker-side queues with TTLs, not in a worker's memory) cannot route through a
+    # direct exchange. https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html
+    task_queues = [
+        Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+        for name in QUEUES
+    ]
+    task_default_queue_type = "quorum"
+    task_default_exchange_type = "topic"
+    worker_detect_quorum_queues = True  # quorum queues refuse global QoS: prefetch is per consumer
+    broker_native_delayed_delivery_queue_type = "quorum"
+    # Publisher confirms: delay() returns once RabbitMQ has the message (on disk, for quorum queues).
+    broker_transport_options = {"confirm_publish": True}
+else:
+    broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    if _settings().broker_key_prefix:
+        broker_transport_options["global_keyprefix"] = _settings().broker_key_prefix
+    task_queues = [Queue(name) for name in QUEUES]
 task_default_queue = "pipeline.low"
 task_create_missing_queues = False
 

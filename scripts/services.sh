@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
 # Run the real backing services for development and tests, on loopback only:
-#   Redis       127.0.0.1:16379  (Debian package redis-server)
-#   PostgreSQL  127.0.0.1:15432  (Debian package postgresql; databases notifier, notifier_test)
+#   Redis       127.0.0.1:16379  (Debian package redis-server; append-only file, fsync every second)
+#   PostgreSQL  127.0.0.1:15432  (Debian package postgresql; databases notifier, notifier_test;
+#                                 synchronous_commit on, fsync on)
 #   Kafka       127.0.0.1:19092  (single-node KRaft, controller on 19093; jars from Maven Central)
+#   RabbitMQ    127.0.0.1:17672  (Debian package rabbitmq-server; Erlang distribution on 17673,
+#                                 its epmd on 14369; vhost notifier, user notifier)
 #
-# Usage: scripts/services.sh start|stop|status|env
-#   start   install what is missing, start what is not running, wait until each answers
-#   stop    stop all three; harmless when they are not running
-#   status  print each one's state; exit 0 only when all three answer
-#   env     print the export lines that point notifier at these services
+# Usage: scripts/services.sh start|stop|status [service...]   (services: redis postgres kafka rabbitmq;
+#                                                                default: all four)
+#        scripts/services.sh env | rabbitmqctl <args...>
+#   start        install what is missing, start what is not running, wait until each answers
+#   stop         stop them; harmless when they are not running
+#   status       print each one's state; exit 0 only when all answer
+#   env          print the export lines that point notifier at these services
+#   rabbitmqctl  run rabbitmqctl against our RabbitMQ node (e.g. `rabbitmqctl list_queues`)
+#
+# Durability (docs/operations.md, "Development services"): what these servers acknowledge
+# survives a crash of the server process. Redis fsyncs its append-only file once a second, so a
+# crash of the whole machine may lose the last second of broker and cache writes (the delivery
+# log in PostgreSQL, fsynced at every commit, is what the sweeper re-drives from). Kafka, with
+# one replica, relies on the page cache like any single broker: a machine crash may lose the
+# last messages it acknowledged.
 #
 # State, data and logs live under <repo>/.services/ (gitignored). Kafka's jars are cached
 # outside the repo in ${NOTIFIER_CACHE:-$HOME/.cache/notifier}/kafka-<version>/libs.
@@ -16,12 +29,17 @@
 # Environment knobs:
 #   NOTIFIER_CACHE                  jar cache root (default: $HOME/.cache/notifier)
 #   NOTIFIER_SERVICES_TIMEOUT       seconds to wait for each service to answer (default: 120)
+#   NOTIFIER_SERVICES_DIR           state, data and logs (default: <repo>/.services)
+#   NOTIFIER_SERVICES_PORT_OFFSET   added to every port above (default: 0), e.g. -3000 runs a second
+#                                   set beside the first, from another NOTIFIER_SERVICES_DIR (keep the
+#                                   ports out of 20000-32767, where tests pick sandbox ports, and out
+#                                   of the kernel's ephemeral range, 32768-60999)
 #   PYTHON                          interpreter used for the Kafka readiness check
 #                                   (default: <repo>/.venv/bin/python; TCP check if absent)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SERVICES_DIR="$ROOT/.services"
+SERVICES_DIR="${NOTIFIER_SERVICES_DIR:-$ROOT/.services}"
 CACHE_DIR="${NOTIFIER_CACHE:-$HOME/.cache/notifier}"
 TIMEOUT="${NOTIFIER_SERVICES_TIMEOUT:-120}"
 # A server that exits while starting is started again, this many times in all, after pauses of
@@ -30,10 +48,17 @@ START_ATTEMPTS=5
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 
 HOST=127.0.0.1
-REDIS_PORT=16379
-PG_PORT=15432
-KAFKA_PORT=19092
-KAFKA_CONTROLLER_PORT=19093
+PORT_OFFSET="${NOTIFIER_SERVICES_PORT_OFFSET:-0}"
+REDIS_PORT=$((16379 + PORT_OFFSET))
+PG_PORT=$((15432 + PORT_OFFSET))
+KAFKA_PORT=$((19092 + PORT_OFFSET))
+KAFKA_CONTROLLER_PORT=$((19093 + PORT_OFFSET))
+# Below 20000 (notifier.devstack picks sandbox ports in 20000-32767) and away from RabbitMQ's
+# defaults (5672, 25672, epmd 4369), so a system RabbitMQ or Erlang node never clashes with ours.
+RABBITMQ_PORT=$((17672 + PORT_OFFSET))
+RABBITMQ_DIST_PORT=$((17673 + PORT_OFFSET))
+RABBITMQ_EPMD_PORT=$((14369 + PORT_OFFSET))
+RABBITMQ_NODE="notifier-$RABBITMQ_PORT@localhost"
 
 # Kafka 4.x brokers run on Java 17. Kafka logs through log4j2 and still calls the
 # slf4j 1.7 API, so the binding is log4j-slf4j-impl at the log4j version Kafka pins.
@@ -44,6 +69,7 @@ KAFKA_HEAP_OPTS=(-Xms128m -Xmx512m)
 REDIS_DIR="$SERVICES_DIR/redis"
 PG_DIR="$SERVICES_DIR/postgres"
 KAFKA_DIR="$SERVICES_DIR/kafka"
+RABBITMQ_DIR="$SERVICES_DIR/rabbitmq"
 KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
 
 # ---------------------------------------------------------------------------- helpers
@@ -176,17 +202,36 @@ redis_running() {
     timeout 3 redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG
 }
 
-redis_start() {
-    redis_ensure_installed
-    if redis_running; then
-        if pid_alive "$REDIS_DIR/redis.pid" redis-server; then
-            log "redis already running (pid $(<"$REDIS_DIR/redis.pid"))"
-        else
-            log "redis already answering on $HOST:$REDIS_PORT (not started from this checkout)"
-        fi
-        return
+redis_cli() {
+    redis-cli -h "$HOST" -p "$REDIS_PORT" "$@"
+}
+
+redis_aof_on() {
+    [[ $(timeout 5 redis-cli -h "$HOST" -p "$REDIS_PORT" config get appendonly 2>/dev/null | tail -n 1) == yes ]]
+}
+
+redis_enable_aof_live() {
+    # Turn the append-only file on in a running server: Redis rewrites it from memory, so no data
+    # is lost (restarting with `appendonly yes` beside an RDB file alone would start empty).
+    log "redis: turning on the append-only file (appendfsync everysec)"
+    redis_cli config set appendfsync everysec >/dev/null
+    redis_cli config set appendonly yes >/dev/null
+    local deadline=$((SECONDS + TIMEOUT))
+    until redis_cli info persistence 2>/dev/null | grep -q '^aof_rewrite_in_progress:0'; do
+        ((SECONDS < deadline)) || fail_with_log redis "$REDIS_DIR/redis.log" "AOF rewrite did not finish"
+        sleep 0.5
+    done
+}
+
+redis_write_config() {
+    # appendonly: the Celery queues, leases and counters survive a restart or crash of Redis.
+    # A data directory that holds only an RDB snapshot (from before the AOF) starts without it
+    # and turns it on once loaded (redis_enable_aof_live), since Redis with `appendonly yes` and
+    # no AOF yet would ignore the snapshot and start empty.
+    local appendonly=yes
+    if [[ -f $REDIS_DIR/data/dump.rdb && ! -d $REDIS_DIR/data/appendonlydir ]]; then
+        appendonly=no
     fi
-    mkdir -p "$REDIS_DIR/data"
     cat >"$REDIS_DIR/redis.conf" <<EOF
 # Generated by scripts/services.sh; rewritten on every start.
 bind $HOST
@@ -195,12 +240,42 @@ protected-mode yes
 daemonize no
 logfile $REDIS_DIR/redis.log
 dir $REDIS_DIR/data
-# Development and test data only: a failed snapshot (full disk, no fork) must not stop writes.
+# Every write is appended to the AOF before Redis replies, and fsynced once a second: a crash or
+# kill of Redis loses nothing it acknowledged; a crash of the machine may lose the last second.
+# "always" would fsync every write (every broker message, lease and counter) at a large cost in
+# throughput; what that second could lose is covered by the delivery log in PostgreSQL.
+appendonly $appendonly
+appendfsync everysec
+# RDB snapshots stay on beside the AOF (the AOF is what durability rests on): a failed snapshot
+# (full disk, no memory to fork) must not stop writes the AOF still records.
 stop-writes-on-bgsave-error no
 EOF
+    [[ $appendonly == yes ]]
+}
+
+redis_start() {
+    redis_ensure_installed
+    if redis_running; then
+        if pid_alive "$REDIS_DIR/redis.pid" redis-server; then
+            log "redis already running (pid $(<"$REDIS_DIR/redis.pid"))"
+            # Started by an older version of this script, without the AOF: turn it on in place.
+            redis_aof_on || { redis_enable_aof_live; redis_write_config || true; }
+        else
+            log "redis already answering on $HOST:$REDIS_PORT (not started from this checkout)"
+            redis_aof_on || log "WARNING: that redis runs without an append-only file: a restart loses its queues"
+        fi
+        return
+    fi
+    mkdir -p "$REDIS_DIR/data"
+    local aof_ready=1
+    redis_write_config || aof_ready=0
     log "starting redis on $HOST:$REDIS_PORT"
     start_server redis "$REDIS_DIR/redis.pid" redis-server "$REDIS_DIR/redis.out" "$REDIS_DIR/redis.log" \
         redis_running redis-server "$REDIS_DIR/redis.conf"
+    if ((aof_ready == 0)); then
+        redis_enable_aof_live
+        redis_write_config
+    fi
 }
 
 redis_stop() {
@@ -228,7 +303,9 @@ redis_status() {
     if redis_running; then
         local owner="not started from this checkout"
         pid_alive "$REDIS_DIR/redis.pid" redis-server && owner="pid $(<"$REDIS_DIR/redis.pid")"
-        log "redis:    running on $HOST:$REDIS_PORT ($owner)"
+        local aof="append-only file on"
+        redis_aof_on || aof="NO append-only file"
+        log "redis:    running on $HOST:$REDIS_PORT ($owner; $aof)"
     else
         log "redis:    stopped"
         return 1
@@ -275,7 +352,10 @@ pg_resolve_data_dir() {
     fi
     local home real
     home=$(getent passwd postgres | cut -d: -f6)
-    real="$home/notifier-$(printf '%s' "$ROOT" | md5sum | cut -c1-12)"
+    # Keyed by the checkout (or by NOTIFIER_SERVICES_DIR when set), so each set has its own cluster.
+    local key=$ROOT
+    [[ $SERVICES_DIR == "$ROOT/.services" ]] || key=$SERVICES_DIR
+    real="$home/notifier-$(printf '%s' "$key" | md5sum | cut -c1-12)"
     log "postgres user cannot reach $PG_DIR; keeping the cluster in $real"
     mkdir -p "$real"
     chown postgres:postgres "$real"
@@ -301,16 +381,32 @@ pg_init_cluster() {
     as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust \
         --encoding=UTF8 --no-locale >"$(pg_log).initdb" 2>&1 \
         || fail_with_log postgres "$(pg_log).initdb" "initdb failed"
-    # A dev/test cluster: loopback TCP only, no unix socket (a deep checkout path would
-    # overflow the socket path limit, and /var/run/postgresql belongs to the system cluster).
-    as_postgres tee -a "$PG_DATA/postgresql.conf" >/dev/null <<EOF
+}
 
+pg_write_config() {
+    # Our settings, appended to postgresql.conf as one block that each start rewrites (a cluster
+    # made by an older version of this script had synchronous_commit off; this turns it back on).
+    # Loopback TCP only, no unix socket (a deep checkout path would overflow the socket path
+    # limit, and /var/run/postgresql belongs to the system cluster). Durability is PostgreSQL's
+    # default and is said out loud: a commit returns once its WAL is fsynced, so a committed
+    # delivery row survives a crash of PostgreSQL or of the machine.
+    local conf="$PG_DATA/postgresql.conf" block
+    block=$(cat <<EOF
 # --- scripts/services.sh
 listen_addresses = '$HOST'
 port = $PG_PORT
 unix_socket_directories = ''
-synchronous_commit = off
+fsync = on
+synchronous_commit = on
+full_page_writes = on
 EOF
+)
+    as_postgres sed -i '/^# --- scripts\/services.sh$/,$d' "$conf"
+    printf '%s\n' "$block" | as_postgres tee -a "$conf" >/dev/null
+}
+
+pg_synchronous_commit() {
+    pg_psql -tAc "SHOW synchronous_commit" 2>/dev/null || true
 }
 
 pg_create_databases() {
@@ -335,11 +431,20 @@ pg_start() {
     if pg_ready; then
         if as_postgres "$PG_BIN/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1; then
             log "postgres already running ($PG_DATA)"
+            if [[ $(pg_synchronous_commit) != on ]]; then
+                # Started with an older version of this script: these settings need only a reload.
+                log "postgres: turning synchronous_commit on (reload)"
+                pg_write_config
+                as_postgres "$PG_BIN/pg_ctl" reload -D "$PG_DATA" >/dev/null
+            fi
         else
             log "postgres already answering on $HOST:$PG_PORT (not started from this checkout)"
+            [[ $(pg_synchronous_commit) == on ]] \
+                || log "WARNING: that postgres runs with synchronous_commit $(pg_synchronous_commit): a crash loses commits"
         fi
     else
         pg_init_cluster
+        pg_write_config
         log "starting postgres $(basename "$(dirname "$PG_BIN")") on $HOST:$PG_PORT"
         local attempt
         for ((attempt = 1; attempt <= START_ATTEMPTS; attempt++)); do
@@ -369,7 +474,7 @@ pg_stop() {
 
 pg_status() {
     if pg_find_bin && pg_ready; then
-        log "postgres: running on $HOST:$PG_PORT (databases notifier, notifier_test; role notifier)"
+        log "postgres: running on $HOST:$PG_PORT (databases notifier, notifier_test; role notifier; synchronous_commit $(pg_synchronous_commit))"
     else
         log "postgres: stopped"
         return 1
@@ -582,6 +687,147 @@ kafka_status() {
     fi
 }
 
+# --------------------------------------------------------------------------- rabbitmq
+
+RABBITMQ_SBIN=/usr/lib/rabbitmq/bin
+
+rabbitmq_ensure_installed() {
+    [[ -x $RABBITMQ_SBIN/rabbitmq-server && -x $RABBITMQ_SBIN/rabbitmqctl ]] && return
+    apt_install rabbitmq-server
+    # The package may start (or try to start) its own node on :5672; ours is a separate node
+    # with its own ports, cookie and data, and the package's is left as the package set it up.
+    [[ -x $RABBITMQ_SBIN/rabbitmq-server ]] || die "rabbitmq-server installed but $RABBITMQ_SBIN/rabbitmq-server is missing"
+}
+
+rabbitmq_env() {
+    # The environment every RabbitMQ script (server or CLI) runs in, as an `env` command line:
+    # our node only, with its own config, data, logs, cookie (HOME) and epmd; nothing read from
+    # /etc/rabbitmq.
+    RABBITMQ_ENV=(env HOME="$RABBITMQ_DIR"
+        RABBITMQ_NODENAME="$RABBITMQ_NODE"
+        RABBITMQ_CONF_ENV_FILE="$RABBITMQ_DIR/rabbitmq-env.conf"
+        RABBITMQ_CONFIG_FILE="$RABBITMQ_DIR/rabbitmq.conf"
+        RABBITMQ_ADVANCED_CONFIG_FILE="$RABBITMQ_DIR/advanced.config"
+        RABBITMQ_ENABLED_PLUGINS_FILE="$RABBITMQ_DIR/enabled_plugins"
+        RABBITMQ_MNESIA_BASE="$RABBITMQ_DIR/mnesia"
+        RABBITMQ_LOG_BASE="$RABBITMQ_DIR/log"
+        RABBITMQ_PID_FILE="$RABBITMQ_DIR/rabbitmq.pid"
+        RABBITMQ_DIST_PORT="$RABBITMQ_DIST_PORT"
+        ERL_EPMD_PORT="$RABBITMQ_EPMD_PORT"
+        ERL_EPMD_ADDRESS="$HOST")
+}
+
+rabbitmqctl() {
+    rabbitmq_env
+    "${RABBITMQ_ENV[@]}" "$RABBITMQ_SBIN/rabbitmqctl" -q "$@"
+}
+
+rabbitmq_write_ctl() {
+    # A rabbitmqctl for this node that works from anywhere (tests create a vhost per run with it;
+    # .services/env names it as NOTIFIER_RABBITMQCTL).
+    rabbitmq_env
+    {
+        printf '#!/bin/sh\n# Generated by scripts/services.sh: rabbitmqctl for the node %s.\nexec' "$RABBITMQ_NODE"
+        printf ' %q' "${RABBITMQ_ENV[@]}" "$RABBITMQ_SBIN/rabbitmqctl" -q
+        printf ' "$@"\n'
+    } >"$RABBITMQ_DIR/rabbitmqctl"
+    chmod 700 "$RABBITMQ_DIR/rabbitmqctl"
+}
+
+rabbitmq_write_config() {
+    mkdir -p "$RABBITMQ_DIR/mnesia" "$RABBITMQ_DIR/log"
+    chmod 700 "$RABBITMQ_DIR"
+    if [[ ! -s $RABBITMQ_DIR/.erlang.cookie ]]; then
+        (umask 077 && head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$RABBITMQ_DIR/.erlang.cookie")
+    fi
+    chmod 400 "$RABBITMQ_DIR/.erlang.cookie"
+    : >"$RABBITMQ_DIR/rabbitmq-env.conf"
+    printf '[].\n' >"$RABBITMQ_DIR/enabled_plugins"
+    printf '[].\n' >"$RABBITMQ_DIR/advanced.config"
+    cat >"$RABBITMQ_DIR/rabbitmq.conf" <<EOF
+# Generated by scripts/services.sh; rewritten on every start.
+# AMQP on loopback only. The Erlang distribution (port $RABBITMQ_DIST_PORT, for rabbitmqctl) is
+# bound to loopback by RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS, its epmd by ERL_EPMD_ADDRESS.
+listeners.tcp.default = $HOST:$RABBITMQ_PORT
+# The first boot creates this user and vhost (the user is an administrator of the node).
+default_user = notifier
+default_pass = notifier
+default_vhost = notifier
+default_user_tags.administrator = true
+default_permissions.configure = .*
+default_permissions.read = .*
+default_permissions.write = .*
+log.file.level = info
+log.console = false
+EOF
+}
+
+rabbitmq_running() {
+    pid_alive "$RABBITMQ_DIR/server.pid" rabbit
+}
+
+rabbitmq_answers() {
+    port_open "$RABBITMQ_PORT"
+}
+
+rabbitmq_start() {
+    if rabbitmq_running; then
+        log "rabbitmq already running (pid $(<"$RABBITMQ_DIR/server.pid"))"
+        rabbitmq_write_ctl
+        wait_until rabbitmq "$RABBITMQ_DIR/log/$RABBITMQ_NODE.log" rabbitmq_answers
+        return
+    fi
+    if rabbitmq_answers; then
+        log "rabbitmq already answering on $HOST:$RABBITMQ_PORT (not started from this checkout)"
+        return
+    fi
+    rabbitmq_ensure_installed
+    rabbitmq_write_config
+    rabbitmq_write_ctl
+    log "starting rabbitmq on $HOST:$RABBITMQ_PORT (node $RABBITMQ_NODE, distribution $RABBITMQ_DIST_PORT, epmd $RABBITMQ_EPMD_PORT)"
+    rabbitmq_env
+    # Busy-waiting schedulers would spin on a machine shared with the tests: off.
+    start_server rabbitmq "$RABBITMQ_DIR/server.pid" rabbit "$RABBITMQ_DIR/log/rabbitmq.out" \
+        "$RABBITMQ_DIR/log/$RABBITMQ_NODE.log" rabbitmq_answers \
+        "${RABBITMQ_ENV[@]}" \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none" \
+        "$RABBITMQ_SBIN/rabbitmq-server"
+}
+
+rabbitmq_stop() {
+    if ! rabbitmq_running; then
+        if rabbitmq_answers; then
+            log "rabbitmq answers on $HOST:$RABBITMQ_PORT but was not started from this checkout; left alone"
+        else
+            log "rabbitmq not running"
+        fi
+        return 0
+    fi
+    local pid; pid=$(<"$RABBITMQ_DIR/server.pid")
+    log "stopping rabbitmq (pid $pid)"
+    rabbitmqctl stop >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 60))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "rabbitmq did not exit within 60s; killing"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    # Its epmd (on our port, not the system's) goes with it.
+    ERL_EPMD_PORT="$RABBITMQ_EPMD_PORT" epmd -kill >/dev/null 2>&1 || true
+    rm -f "$RABBITMQ_DIR/server.pid"
+}
+
+rabbitmq_status() {
+    if rabbitmq_answers; then
+        local owner="not started from this checkout"
+        rabbitmq_running && owner="pid $(<"$RABBITMQ_DIR/server.pid")"
+        log "rabbitmq: running on $HOST:$RABBITMQ_PORT ($owner; vhost notifier)"
+    else
+        log "rabbitmq: stopped"
+        return 1
+    fi
+}
+
 # -------------------------------------------------------------------------- commands
 
 print_env() {
@@ -590,43 +836,95 @@ export NOTIFIER_REDIS_URL=redis://$HOST:$REDIS_PORT/0
 export NOTIFIER_BROKER_URL=redis://$HOST:$REDIS_PORT/1
 export NOTIFIER_DATABASE_URL=postgresql+psycopg2://notifier:notifier@$HOST:$PG_PORT/notifier
 export NOTIFIER_KAFKA_BOOTSTRAP_SERVERS=$HOST:$KAFKA_PORT
+# RabbitMQ as the Celery broker instead of Redis: export NOTIFIER_BROKER_URL=\$NOTIFIER_RABBITMQ_URL
+export NOTIFIER_RABBITMQ_URL=amqp://notifier:notifier@$HOST:$RABBITMQ_PORT/notifier
+export NOTIFIER_RABBITMQCTL=$RABBITMQ_DIR/rabbitmqctl
 EOF
+}
+
+ALL_SERVICES=(redis postgres kafka rabbitmq)
+
+pick_services() {
+    # pick_services [name...]: the services a command acts on, in start order (all by default).
+    PICKED=()
+    local name known s
+    (($# > 0)) || { PICKED=("${ALL_SERVICES[@]}"); return; }
+    for name in "$@"; do
+        known=0
+        for s in "${ALL_SERVICES[@]}"; do
+            if [[ $s == "$name" ]]; then known=1; fi
+        done
+        ((known)) || die "unknown service $name (known: ${ALL_SERVICES[*]})"
+    done
+    for s in "${ALL_SERVICES[@]}"; do
+        for name in "$@"; do
+            if [[ $s == "$name" ]]; then PICKED+=("$s"); fi
+        done
+    done
 }
 
 cmd_start() {
     [[ $(id -u) == 0 ]] || die "run as root: it installs packages and runs postgres as the postgres user"
     mkdir -p "$SERVICES_DIR"
-    redis_start
-    pg_start
-    kafka_start
+    pick_services "$@"
+    local s
+    for s in "${PICKED[@]}"; do
+        case $s in
+            redis) redis_start ;;
+            postgres) pg_start ;;
+            kafka) kafka_start ;;
+            rabbitmq) rabbitmq_start ;;
+        esac
+    done
     print_env >"$SERVICES_DIR/env"
     log "ready:"
-    log "  redis     $HOST:$REDIS_PORT      (data and log: $REDIS_DIR)"
-    log "  postgres  $HOST:$PG_PORT      (cluster: $PG_DATA)"
-    log "  kafka     $HOST:$KAFKA_PORT      (data, config, logs: $KAFKA_DIR)"
+    for s in "${PICKED[@]}"; do
+        case $s in
+            redis) log "  redis     $HOST:$REDIS_PORT      (data and log: $REDIS_DIR)" ;;
+            postgres) log "  postgres  $HOST:$PG_PORT      (cluster: $PG_DATA)" ;;
+            kafka) log "  kafka     $HOST:$KAFKA_PORT      (data, config, logs: $KAFKA_DIR)" ;;
+            rabbitmq) log "  rabbitmq  $HOST:$RABBITMQ_PORT      (data, config, logs: $RABBITMQ_DIR)" ;;
+        esac
+    done
     log "  environment: source $SERVICES_DIR/env   (or: eval \"\$($0 env)\")"
 }
 
 cmd_stop() {
-    kafka_stop
-    pg_stop
-    redis_stop
+    pick_services "$@"
+    local i
+    for ((i = ${#PICKED[@]} - 1; i >= 0; i--)); do
+        case ${PICKED[i]} in
+            redis) redis_stop ;;
+            postgres) pg_stop ;;
+            kafka) kafka_stop ;;
+            rabbitmq) rabbitmq_stop ;;
+        esac
+    done
 }
 
 cmd_status() {
-    local rc=0
-    redis_status || rc=3
-    pg_status || rc=3
-    kafka_status || rc=3
+    pick_services "$@"
+    local rc=0 s
+    for s in "${PICKED[@]}"; do
+        case $s in
+            redis) redis_status || rc=3 ;;
+            postgres) pg_status || rc=3 ;;
+            kafka) kafka_status || rc=3 ;;
+            rabbitmq) rabbitmq_status || rc=3 ;;
+        esac
+    done
     return "$rc"
 }
 
 main() {
-    case "${1:-}" in
-        start) cmd_start ;;
-        stop) cmd_stop ;;
-        status) cmd_status ;;
+    local cmd=${1:-}
+    (($# > 0)) && shift
+    case "$cmd" in
+        start) cmd_start "$@" ;;
+        stop) cmd_stop "$@" ;;
+        status) cmd_status "$@" ;;
         env) print_env ;;
+        rabbitmqctl) rabbitmqctl "$@" ;;
         *)
             sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"
             exit 2

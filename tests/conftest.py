@@ -50,15 +50,40 @@ def _claim_redis_pair(base: str) -> int:
     raise RuntimeError("all six test Redis database pairs are held by live test runs")
 
 
+def _private_rabbitmq_vhost(url: str) -> str:
+    """A vhost of this run's own on the shared RabbitMQ, made with NOTIFIER_RABBITMQCTL and deleted at exit.
+
+    The queue names are fixed, so runs beside each other need a vhost each, as they need Redis
+    databases each. Without NOTIFIER_RABBITMQCTL (a RabbitMQ not from scripts/services.sh) the URL
+    is used as given."""
+    import atexit
+    import subprocess
+    from urllib.parse import urlsplit
+
+    ctl = os.environ.get("NOTIFIER_RABBITMQCTL")
+    if not ctl:
+        return url
+    vhost = f"notifier-test-{os.getpid()}"
+    subprocess.run([ctl, "delete_vhost", vhost], capture_output=True)  # left by a dead run with this pid
+    for args in (["add_vhost", vhost], ["set_permissions", "-p", vhost, urlsplit(url).username, ".*", ".*", ".*"]):
+        subprocess.run([ctl, *args], check=True, capture_output=True)
+    atexit.register(subprocess.run, [ctl, "delete_vhost", vhost], capture_output=True)
+    return f"{url.rsplit('/', 1)[0]}/{vhost}"
+
+
 def _private_services() -> str | None:
-    """Give this run its own PostgreSQL database and Redis databases on the shared servers."""
+    """Give this run its own PostgreSQL database and Redis databases (or RabbitMQ vhost) on the shared servers."""
     db_url = os.environ.get("NOTIFIER_DATABASE_URL", "")
     redis_url_ = os.environ.get("NOTIFIER_REDIS_URL", "")
+    broker_url_ = os.environ.get("NOTIFIER_BROKER_URL", "")
     if redis_url_.startswith("redis://"):
         base = redis_url_.rsplit("/", 1)[0]
         pair = _claim_redis_pair(base)
         os.environ["NOTIFIER_REDIS_URL"] = f"{base}/{pair}"
-        os.environ["NOTIFIER_BROKER_URL"] = f"{base}/{pair + 1}"
+        if not broker_url_.startswith("amqp"):
+            os.environ["NOTIFIER_BROKER_URL"] = f"{base}/{pair + 1}"
+    if broker_url_.startswith("amqp"):
+        os.environ["NOTIFIER_BROKER_URL"] = _private_rabbitmq_vhost(broker_url_)
     if not db_url.startswith("postgresql"):
         return None
     from sqlalchemy import create_engine, text
@@ -122,7 +147,8 @@ def database() -> str:
 def clean_redis() -> None:
     """Empty Redis (caches, leases) and the broker's queues before the session."""
     get_redis().flushdb()
-    broker_redis().flushdb()
+    if broker := broker_redis():  # None on RabbitMQ, whose vhost is new for this run
+        broker.flushdb()
 
 
 @pytest.fixture(scope="session")
