@@ -1,28 +1,14 @@
 """Celery settings, read from the environment through notifier's settings.
 
-Queues are named by workload and lane in one place (QUEUES); routing reads from it.
+Queues are named by workload and lane in one place (notifier.queues.QUEUES); routing reads from it.
 """
 from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from notifier.store.redis_conn import broker_url as _broker_url
+from notifier.queues import QUEUES
 from notifier.settings import get_settings as _settings
-
-LANES = ("high", "low")
-# Stages route/filter/dedup share one pipeline queue per lane; each channel has its own
-# send queue per lane, so a low-lane backlog never sits in front of high-lane work.
-WORKLOADS = ("pipeline", "push", "email", "sms")
-QUEUES = tuple(f"{w}.{lane}" for w in WORKLOADS for lane in LANES) + ("scheduler",)
-
-
-def queue_for(workload: str, lane: str) -> str:
-    """Name the queue for a workload ('pipeline' or a channel) in a lane."""
-    name = f"{workload}.{lane}"
-    if name not in QUEUES:
-        raise ValueError(f"no queue for workload {workload!r} in lane {lane!r}")
-    return name
-
+from notifier.store.redis_conn import broker_url as _broker_url
 
 broker_url = _broker_url()
 broker_connection_retry_on_startup = True

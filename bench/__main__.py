@@ -188,7 +188,7 @@ def _prepare(sandbox, n_events: int, prefix: str, high_share: float):
 
 def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
     """The product: Kafka -> bridge -> lane workers -> sandbox."""
-    from celeryconfig import QUEUES
+    from notifier.queues import QUEUES
     from sandbox import devstack
     from notifier.intake.publish import flush, get_producer
     from notifier.intake.events import parse_event

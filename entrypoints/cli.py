@@ -25,7 +25,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from celeryconfig import QUEUES
+    from notifier.queues import QUEUES
 
     queues = args.queues or ",".join(QUEUES)
     concurrency = 1 if args.pool == "solo" else args.concurrency  # solo: this one process
@@ -72,18 +72,18 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _bridge(args: argparse.Namespace) -> int:
+    from entrypoints.bridge import run
+    from notifier.intake.bridge import DEFAULT_TOPICS, parse_topics
     from notifier.ops import redaction
-    from notifier.intake.bridge import DEFAULT_TOPICS, Bridge, parse_topics
 
     redaction.basic_config(args.loglevel)
     config = dict(option.split("=", 1) for option in args.consumer_config)
-    bridge = Bridge(
+    return run(
         parse_topics(args.topics.split(",")) if args.topics else DEFAULT_TOPICS,
         group_id=args.group, dead_letter_topic=args.dead_letter_topic, batch_size=args.batch_size,
         batch_ms=args.batch_ms, partitions=args.partitions, consumer_config=config,
         stats_interval_s=args.stats_interval,
     )
-    return bridge.run()
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -227,13 +227,13 @@ def _flower(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    from notifier.ops import metrics, redaction
+    from notifier.ops import exporter, redaction
 
     if args.once:
-        sys.stdout.write(metrics.render().decode())
+        sys.stdout.write(exporter.render().decode())
         return 0
     redaction.basic_config(args.loglevel)
-    metrics.serve(args.port, args.address)
+    exporter.serve(args.port, args.address)
     return 0
 
 

@@ -199,7 +199,7 @@ def start_worker(
     With new_session, the worker leads its own process group, so a test can kill it whole.
     """
     if queues is None:
-        from celeryconfig import QUEUES as queues
+        from notifier.queues import QUEUES as queues
     log_path.parent.mkdir(parents=True, exist_ok=True)
     node = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
     proc = subprocess.Popen(

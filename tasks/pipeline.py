@@ -11,8 +11,8 @@ from typing import Any, Iterable
 
 from pydantic import TypeAdapter, ValidationError
 
-from celeryconfig import QUEUES, queue_for
-from notifier.ops import metrics
+from notifier.queues import QUEUES, queue_for
+from notifier.ops import counters, exporter
 from notifier.pipeline import broker_epoch
 from notifier.intake import accept as intake
 from notifier.store.db import transaction
@@ -259,13 +259,13 @@ def sweep(older_than_s: float | None = None) -> int:
                       swept.failed, settings.max_redrives)
         if done < BATCH:
             break
-    metrics.count_stuck(get_redis(), total)
+    counters.count_stuck(get_redis(), total)
     return total
 
 
 def _busy_queues(broker) -> set[str]:
     try:
-        depths = metrics.queue_depths(broker, QUEUES, get_settings().broker_key_prefix)
+        depths = exporter.queue_depths(broker, QUEUES, get_settings().broker_key_prefix)
     except Exception as exc:  # noqa: BLE001 - unknown depth: sweep as if idle (a duplicate message is harmless)
         log.warning("sweep: queue depths unavailable (%s)", exc)
         return set()

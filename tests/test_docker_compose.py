@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from celeryconfig import QUEUES
+from notifier.queues import QUEUES
 from entrypoints import cli
 from sandbox import devstack
 from sandbox.app import SandboxConfig

@@ -589,7 +589,7 @@ def test_a_poison_email_failing_over_to_smtp_fails_alone_and_its_batch_mate_is_s
 ):
     # Given SendGrid down for two addresses, and two events in one batch, one with CR/LF in its title
     # (handed to the route task raw, as a producer skipping validation would)
-    from celeryconfig import queue_for
+    from notifier.queues import queue_for
     from tasks.app import app
 
     innocent, poisoned = (f"{unique('mate')}@example.com" for _ in range(2))

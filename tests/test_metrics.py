@@ -17,9 +17,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 import notifier
-from celeryconfig import QUEUES
+from notifier.queues import QUEUES
 from sandbox import devstack
-from notifier.ops import metrics
+from notifier.ops import counters, exporter
 from notifier.store.redis_conn import broker_redis, get_redis
 from notifier.accounts.devices import get_status, register_device
 from tests.api_fixture import api  # noqa: F401  (fixture)
@@ -47,7 +47,7 @@ def _push_event(nid: str, user: str, **extra) -> dict:
 
 def test_pipeline_counts_show_in_the_exposition(worker, wait_until, unique):
     sent = dict(channel="push", provider="apns", status="sent")
-    before = samples(metrics.render())
+    before = samples(exporter.render())
 
     # Given two iOS users, when each gets a notification now and one more is due in an hour
     nids = []
@@ -66,7 +66,7 @@ def test_pipeline_counts_show_in_the_exposition(worker, wait_until, unique):
     wait_until(lambda: [r for r in get_status(later) if r["status"] == "scheduled"], message="never scheduled")
 
     # Then the exposition parses and shows them
-    after = samples(metrics.render())
+    after = samples(exporter.render())
     assert value(after, "notifier_deliveries_total", **sent) >= value(before, "notifier_deliveries_total", **sent) + 2
     calls = "notifier_provider_batch_seconds_count"
     assert value(after, calls, provider="apns") > value(before, calls, provider="apns")
@@ -81,10 +81,10 @@ def test_pipeline_counts_show_in_the_exposition(worker, wait_until, unique):
 
 def test_provider_call_times_fall_into_cumulative_buckets():
     provider = f"test-{uuid.uuid4().hex[:8]}"
-    metrics.record_sends(get_redis(), [("push", provider, "sent")] * 3 + [("push", provider, "failed"),
+    counters.record_sends(get_redis(), [("push", provider, "sent")] * 3 + [("push", provider, "failed"),
                                                                           ("push", provider, "scheduled")],
                          [(provider, 0.004), (provider, 0.2), (provider, 45.0)])
-    parsed = samples(metrics.render())
+    parsed = samples(exporter.render())
     assert value(parsed, "notifier_deliveries_total", channel="push", provider=provider, status="sent") == 3
     assert value(parsed, "notifier_deliveries_total", channel="push", provider=provider, status="failed") == 1
     assert value(parsed, "notifier_delivery_retries_total", channel="push", provider=provider) == 1
@@ -97,10 +97,10 @@ def test_provider_call_times_fall_into_cumulative_buckets():
 
 
 def test_sweeper_count_adds_up():
-    before = value(samples(metrics.render()), "notifier_sweeper_redriven_total")
-    metrics.count_stuck(get_redis(), 2)
-    metrics.count_stuck(get_redis(), 0)
-    assert value(samples(metrics.render()), "notifier_sweeper_redriven_total") == before + 2
+    before = value(samples(exporter.render()), "notifier_sweeper_redriven_total")
+    counters.count_stuck(get_redis(), 2)
+    counters.count_stuck(get_redis(), 0)
+    assert value(samples(exporter.render()), "notifier_sweeper_redriven_total") == before + 2
 
 
 def test_queue_depth_counts_every_priority_list_under_the_key_prefix():
@@ -111,7 +111,7 @@ def test_queue_depth_counts_every_priority_list_under_the_key_prefix():
         broker.rpush(keys[0], "a", "b")
         broker.rpush(keys[1], "c")
         broker.rpush(keys[2], "d")
-        assert metrics.queue_depths(broker, ["push.high", "email.low", "sms.high"], prefix) == {
+        assert exporter.queue_depths(broker, ["push.high", "email.low", "sms.high"], prefix) == {
             "push.high": 3, "email.low": 1, "sms.high": 0}
     finally:
         broker.delete(*keys)
@@ -142,12 +142,12 @@ def test_bridge_lag_is_log_end_minus_position():
             if got == 3:
                 break
         assert got == 3
-        assert metrics.bridge_lag(consumer) == [(topic, 0, 7)]
-        metrics.set_bridge_lag(get_redis(), group, metrics.bridge_lag(consumer))
+        assert counters.bridge_lag(consumer) == [(topic, 0, 7)]
+        counters.set_bridge_lag(get_redis(), group, counters.bridge_lag(consumer))
     finally:
         consumer.close()
         admin.delete_topics([topic])
-    parsed = samples(metrics.render())
+    parsed = samples(exporter.render())
     labels = dict(group=group, topic=topic, partition="0")
     assert value(parsed, "notifier_bridge_lag_messages", **labels) == 7
     assert value(parsed, "notifier_bridge_lag_timestamp_seconds", **labels) > 0

@@ -15,7 +15,7 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from celeryconfig import queue_for
+from notifier.queues import queue_for
 from notifier.store import models
 from notifier.store.db import session_factory
 from notifier.store.models import DeviceToken, NotificationLog

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from celeryconfig import BROKER_IS_RABBITMQ, QUEUES
+from celeryconfig import BROKER_IS_RABBITMQ
+from notifier.queues import QUEUES
 from notifier.store.db import session_factory
 from notifier.intake.events import parse_event
 from notifier.pipeline.routing import route

@@ -8,7 +8,7 @@ import socket
 import statistics
 import time
 
-from celeryconfig import QUEUES
+from notifier.queues import QUEUES
 from sandbox import devstack
 from notifier.store.redis_conn import broker_redis
 from notifier.accounts.devices import get_status, register_device

@@ -267,7 +267,7 @@ def create_app() -> FastAPI:
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
     def prometheus_metrics() -> Response:
         """Deliveries, retries, provider call times, queue depths, scheduled backlog, bridge lag (admin key)."""
-        from notifier.ops.metrics import CONTENT_TYPE_LATEST, render
+        from notifier.ops.exporter import CONTENT_TYPE_LATEST, render
 
         return Response(render(), media_type=CONTENT_TYPE_LATEST)
 

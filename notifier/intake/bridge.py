@@ -36,7 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import ValidationError
 
-from notifier.ops import metrics
+from notifier.ops import counters
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent, describe_errors, parse_event
 from notifier.outages import OUTAGE_ERRORS
 from notifier.intake.publish import DEAD_LETTER_TOPIC, TOPIC_BY_LANE
@@ -362,13 +362,6 @@ class BridgeStats:
                 f"pending={pending} commits={self.commits}")
 
 
-def enqueue_to_celery(events: list[NotificationEvent], lane: str) -> None:
-    """Hand one lane's batch to the pipeline as one send_notifications task."""
-    from tasks.pipeline import send_notifications
-
-    send_notifications.delay(events)
-
-
 def ensure_topics(bootstrap_servers: str, topics: Iterable[str], *, partitions: int = 4,
                   replication_factor: int = 1, timeout_s: float = 30.0) -> None:
     """Create the topics that do not exist yet; an existing topic is left as it is."""
@@ -396,6 +389,7 @@ class Bridge:
         self,
         topics: Mapping[str, str] | Sequence[str] = DEFAULT_TOPICS,
         *,
+        hand_over: HandOver,
         group_id: str = DEFAULT_GROUP,
         dead_letter_topic: str = DEAD_LETTER_TOPIC,
         batch_size: int = 500,
@@ -405,7 +399,6 @@ class Bridge:
         partitions: int = 4,
         replication_factor: int = 1,
         consumer_config: Mapping[str, Any] | None = None,
-        hand_over: HandOver = enqueue_to_celery,
         stats_interval_s: float = 60.0,
         shutdown_timeout_s: float = 10.0,
         revoke_timeout_s: float = 5.0,
@@ -907,7 +900,7 @@ class Bridge:
         if now < self._next_stats_at:
             return
         self._next_stats_at = now + self.stats_interval_s
-        metrics.report_bridge_lag(self.group_id, self._consumer)
+        counters.report_bridge_lag(self.group_id, self._consumer)
         line = self.stats.line(self._ledger.pending_count())
         if line != self._last_stats:
             log.info("bridge: %s", line)
@@ -916,8 +909,3 @@ class Bridge:
 
 def _describe(partitions: Iterable[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
-
-
-def run(topics: Mapping[str, str] | Sequence[str] = DEFAULT_TOPICS, **options: Any) -> int:
-    """Run a bridge until SIGTERM or SIGINT; return the process exit code."""
-    return Bridge(topics, **options).run()

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from notifier.pipeline import dedup
 from notifier.store import delivery_log
-from notifier.ops import metrics
+from notifier.ops import counters
 from notifier.store.db import transaction
 from notifier.store.models import DeviceToken, NotificationLog, Status, UserPreferences
 from notifier.providers import Delivery, Outcome, OutcomeKind, get_provider
@@ -225,7 +225,7 @@ def _record(
     delivery_log.record_each(session, changes, only_from=[Status.SENDING.value])
     _opt_out(session, opt_outs)
     dedup.release(r, release_keys, claim_id)
-    metrics.record_sends(r, [(row.channel, c["provider"], c["status"]) for (row, _, _), c in zip(results, changes)], calls)
+    counters.record_sends(r, [(row.channel, c["provider"], c["status"]) for (row, _, _), c in zip(results, changes)], calls)
     # The caller drops these users' cached records once the transaction has committed.
     report.changed_users = {user for user, _ in opt_outs} | {
         row.user_id for row, o, _ in results if o.kind is OutcomeKind.TOKEN_INVALID

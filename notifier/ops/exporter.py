@@ -1,20 +1,14 @@
-"""Operational metrics: counters every process adds to Redis, rendered for Prometheus by one exporter.
+"""The Prometheus exporter: at scrape time, the counters in Redis plus what it measures then.
 
-Workers are many processes on many machines, so none can hold a counter for Prometheus to
-scrape. Each adds its batch's counts to Redis hashes (HINCRBY, one pipeline per batch) and
-`render()` reads them back together with what it measures at scrape time: queue depths on
-the broker, the scheduled backlog in the database, and the bridge's Kafka lag (which the
-bridge reports to Redis itself). A Redis restart resets the counters; Prometheus' rate()
-treats that as a counter reset. Nothing here raises into the hot path: a metric that
-cannot be written is logged and dropped, never a reason to fail a delivery.
+`render()` reads back what every process counted (notifier.ops.counters) together with what
+it measures at scrape time: queue depths on the broker, the scheduled backlog in the
+database, and the bridge's Kafka lag (which the bridge reports to Redis itself).
 """
 from __future__ import annotations
 
-import bisect
 import logging
 import time
-from collections import Counter
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -22,107 +16,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from notifier.ops.counters import BATCH, BRIDGE_LAG, BUCKETS, DELIVERIES, RETRIES, SEP, STUCK
+from notifier.queues import QUEUES
+
 log = logging.getLogger(__name__)
 
-__all__ = ["CONTENT_TYPE_LATEST", "record_sends", "count_stuck", "bridge_lag", "report_bridge_lag",
-           "set_bridge_lag", "queue_depths", "render", "registry", "serve"]
-
-PREFIX = "metrics:"
-DELIVERIES = PREFIX + "deliveries"  # field channel|provider|status -> count (sent, failed)
-RETRIES = PREFIX + "retries"  # field channel|provider -> count
-BATCH = PREFIX + "provider_batch"  # field provider|<bucket index> -> count, provider|sum -> seconds
-STUCK = PREFIX + "sweeper_redriven"  # count
-BRIDGE_LAG = PREFIX + "bridge_lag"  # field group|topic|partition -> "<lag> <unix time>"
-SEP = "\x1f"  # between label values in a hash field; never in a channel, provider, queue or topic name
-# Upper bounds (seconds) of the provider call histogram; the last bucket is +Inf.
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-RETRY_STATUS = "scheduled"  # what _record sets on a delivery that will be tried again
-
-
-def _field(*parts: Any) -> str:
-    return SEP.join(str(p) for p in parts)
+__all__ = ["CONTENT_TYPE_LATEST", "queue_depths", "render", "registry", "serve"]
 
 
 def _split(field: bytes | str) -> list[str]:
     return (field.decode() if isinstance(field, bytes) else field).split(SEP)
 
 
-def _run(pipe: Any, what: str) -> None:
-    try:
-        pipe.execute()
-    except redis.RedisError as exc:
-        log.warning("metrics: %s not recorded: %s", what, exc)
-
-
-# -- written by the hot path -------------------------------------------------------------
-
-
-def record_sends(r: redis.Redis, sends: Iterable[tuple[str, str, str]],
-                 calls: Iterable[tuple[str, float]] = ()) -> None:
-    """Count a batch's send results by (channel, provider, status) and observe its provider calls; one round trip.
-
-    `status` is the delivery's new status: sent, failed, or scheduled (a retry). `calls` is
-    (provider, seconds) per send_batch call: the wall time of one batch, not of one request.
-    """
-    pipe = r.pipeline(transaction=False)
-    for (channel, provider, status), n in Counter(sends).items():
-        if status == RETRY_STATUS:
-            pipe.hincrby(RETRIES, _field(channel, provider), n)
-        else:
-            pipe.hincrby(DELIVERIES, _field(channel, provider, status), n)
-    for provider, seconds in calls:
-        pipe.hincrby(BATCH, _field(provider, bisect.bisect_left(BUCKETS, seconds)), 1)
-        pipe.hincrbyfloat(BATCH, _field(provider, "sum"), seconds)
-    if len(pipe):
-        _run(pipe, "send results")
-
-
-def count_stuck(r: redis.Redis, n: int) -> None:
-    """Count deliveries the sweeper found stuck and re-drove."""
-    if n:
-        _run(r.pipeline(transaction=False).incrby(STUCK, n), "sweeper count")
-
-
-def bridge_lag(consumer: Any) -> list[tuple[str, int, int]]:
-    """(topic, partition, lag) for each partition a Kafka consumer holds: log end offset minus its position.
-
-    The log end is librdkafka's, from the last fetch response: free to read, where asking the
-    broker waits behind the consumer's own long-poll fetch (up to fetch.wait.max.ms per
-    partition). While the bridge pauses fetching (Celery refusing work) it stands still. A
-    partition not consumed from yet (no position) is left out.
-    """
-    assignment = consumer.assignment()
-    if not assignment:
-        return []
-    lags = []
-    for tp in consumer.position(assignment):
-        if tp.offset < 0:
-            continue
-        _low, high = consumer.get_watermark_offsets(tp, cached=True)
-        if high >= 0:
-            lags.append((tp.topic, tp.partition, max(high - tp.offset, 0)))
-    return lags
-
-
-def set_bridge_lag(r: redis.Redis, group: str, lags: Iterable[tuple[str, int, int]], now: float | None = None) -> None:
-    """Record a consumer group's lag per partition, with when it was measured."""
-    now = time.time() if now is None else now
-    mapping = {_field(group, topic, partition): f"{lag} {now:.3f}" for topic, partition, lag in lags}
-    if mapping:
-        _run(r.pipeline(transaction=False).hset(BRIDGE_LAG, mapping=mapping), "bridge lag")
-
-
-def report_bridge_lag(group: str, consumer: Any) -> None:
-    """Measure and record the bridge's lag; never raises (the bridge must go on consuming)."""
-    try:
-        from notifier.store.redis_conn import get_redis
-
-        set_bridge_lag(get_redis(), group, bridge_lag(consumer))
-    except Exception as exc:  # noqa: BLE001 - a metric is never worth stopping the bridge for
-        log.warning("metrics: bridge lag not recorded: %s", exc)
-
-
-# -- read at scrape time -------------------------------------------------------------------
 
 
 def queue_depths(broker: redis.Redis, queues: Sequence[str], key_prefix: str = "",
@@ -195,7 +100,7 @@ def _redis_counters(r: redis.Redis) -> Iterator[Any]:
 
 
 def _broker_gauges(broker: redis.Redis, queues: Sequence[str], key_prefix: str,
-                   priority_steps: Sequence[int] | None) -> Iterator[Any]:
+                   priority_steps: Sequence[int] | None = None) -> Iterator[Any]:
     family = GaugeMetricFamily("notifier_queue_messages", "Messages waiting in a Celery queue on the broker.",
                                labels=["queue"])
     for queue, depth in queue_depths(broker, queues, key_prefix, priority_steps).items():
@@ -234,21 +139,19 @@ class NotifierCollector(Collector):
         self._queues = queues
 
     def collect(self) -> Iterator[Any]:
-        from notifier.store.redis_conn import broker_redis, get_redis
         from notifier.settings import get_settings
+        from notifier.store.redis_conn import broker_redis, get_redis
 
-        import celeryconfig
-
-        queues = self._queues or celeryconfig.QUEUES
-        options = celeryconfig.broker_transport_options
+        queues = self._queues or QUEUES
         sources: list[tuple[str, Callable[[], Iterator[Any]]]] = [
             ("redis", lambda: _redis_counters(get_redis())),
             ("database", lambda: _scheduled_gauges(time.time())),
         ]
         broker = broker_redis()
         if broker is not None:  # another broker (RabbitMQ) has its own exporter for queue depths
-            prefix = options.get("global_keyprefix", get_settings().broker_key_prefix)
-            sources.append(("broker", lambda: _broker_gauges(broker, queues, prefix, options.get("priority_steps"))))
+            # celeryconfig sets kombu's global_keyprefix from the same setting.
+            prefix = get_settings().broker_key_prefix
+            sources.append(("broker", lambda: _broker_gauges(broker, queues, prefix)))
         up = GaugeMetricFamily("notifier_metrics_source_up", "1 if the exporter could read a source at this scrape.",
                                labels=["source"])
         for name, read in sources:
