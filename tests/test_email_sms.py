@@ -21,12 +21,12 @@ from notifier.store.db import session_factory
 from notifier.store.models import UserPreferences
 from notifier.providers import OutcomeKind
 from notifier.providers.base import Delivery
-from notifier.providers.sendgrid import CLASSIFICATION as SENDGRID_TABLE
-from notifier.providers.sendgrid import SendgridProvider
+from notifier.providers.sendgrid.adapter import CLASSIFICATION as SENDGRID_TABLE
+from notifier.providers.sendgrid.adapter import SendgridProvider
 from notifier.providers.smtp import CLASSIFICATION as SMTP_TABLE
 from notifier.providers.smtp import SmtpProvider, message_id
-from notifier.providers.twilio import CLASSIFICATION as TWILIO_TABLE
-from notifier.providers.twilio import TwilioProvider
+from notifier.providers.twilio.adapter import CLASSIFICATION as TWILIO_TABLE
+from notifier.providers.twilio.adapter import TwilioProvider
 from sandbox.tls import TlsIdentity
 from notifier.settings import Settings, get_settings
 from notifier.accounts.devices import get_status, set_preferences
@@ -98,7 +98,7 @@ def _check(outcome, seen: int, row: Row) -> None:
         assert outcome.retry_after_s == pytest.approx(row.retry_after, abs=1.5)
 
 
-# ---- SendGrid v3 Mail Send: one row per documented status (notifier.providers.sendgrid.CLASSIFICATION)
+# ---- SendGrid v3 Mail Send: one row per documented status (notifier.providers.sendgrid.adapter.CLASSIFICATION)
 
 SENDGRID_ROWS = [
     Row("202 accepted", K.OK, "", documents=202),
@@ -165,7 +165,7 @@ def test_sendgrid_batch_goes_out_over_kept_alive_connections(sandbox, unique):
     assert sandbox.connections("sendgrid")["accepted"] - before <= get_settings().provider_http_concurrency
 
 
-# ---- Twilio Messages API: one row per error code (notifier.providers.twilio.CLASSIFICATION)
+# ---- Twilio Messages API: one row per error code (notifier.providers.twilio.adapter.CLASSIFICATION)
 
 TWILIO_ROWS = [
     Row("201 created", K.OK, "SM"),

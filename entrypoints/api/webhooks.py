@@ -26,7 +26,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from notifier import webhook_effects
+from notifier.providers import reports as webhook_effects
 from notifier.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, P
 REGISTRY: dict[str, str] = {
     "apns": "notifier.providers.apns:ApnsProvider",
     "fcm": "notifier.providers.fcm:FcmProvider",
-    "sendgrid": "notifier.providers.sendgrid:SendgridProvider",
+    "sendgrid": "notifier.providers.sendgrid.adapter:SendgridProvider",
     "smtp": "notifier.providers.smtp:SmtpProvider",
-    "twilio": "notifier.providers.twilio:TwilioProvider",
+    "twilio": "notifier.providers.twilio.adapter:TwilioProvider",
 }
 
 _instances: dict[str, Provider] = {}
