@@ -2,7 +2,7 @@
 
 Shared by the sandbox (which calls the notifier's webhooks as the providers do) and
 the tests (which forge or tamper with such calls). Written from the providers' docs,
-independently of the verifying code in ``entrypoints.api.webhooks``.
+independently of the verifying code in ``notifier.providers.sendgrid.signature`` and ``notifier.providers.twilio.signature``.
 
 - SendGrid Signed Event Webhook: ECDSA P-256 / SHA-256 over timestamp + raw body,
   base64 DER signature; the verification key is base64 DER SubjectPublicKeyInfo.

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from sandbox import devstack
-from entrypoints.api.webhooks import verify_sendgrid
+from notifier.providers.sendgrid.signature import verify_sendgrid
 from sandbox.process import SandboxProcess, start_sandbox
 
 TWILIO_SID = "AC00000000000000000000000000000000"

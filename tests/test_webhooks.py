@@ -10,7 +10,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from entrypoints.api.webhooks import twilio_signature, verify_sendgrid
+from notifier.providers.sendgrid.signature import verify_sendgrid
+from notifier.providers.twilio.signature import twilio_signature
 from notifier.store.db import session_factory
 from notifier.store.delivery_log import utcnow
 from notifier.store.models import NotificationLog
@@ -18,7 +19,8 @@ from notifier.store.recipients import CACHE_PREFIX, load_recipients
 from notifier.store.redis_conn import get_redis
 from notifier.pipeline.routing import idempotency_key
 from notifier.accounts.devices import set_preferences
-from notifier.providers.reports import Effect, sendgrid_effect
+from notifier.providers.reports import Effect
+from notifier.providers.sendgrid.reports import sendgrid_effect
 from tests.api_fixture import api  # noqa: F401  (fixture)
 
 

@@ -6,27 +6,19 @@ whose verification key is not configured answers 503 (the provider retries later
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import logging
-import re
-import time
-from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from notifier.providers import reports as webhook_effects
+from notifier.providers.sendgrid.reports import apply_sendgrid_events
+from notifier.providers.sendgrid.signature import verification_key, verify_sendgrid
+from notifier.providers.twilio.reports import apply_twilio_status
+from notifier.providers.twilio.signature import verify_twilio
 from notifier.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -44,46 +36,6 @@ class WebhookResult(BaseModel):
     applied: int
     ignored: int
     unknown: int
-
-
-# ---- SendGrid: ECDSA P-256 / SHA-256 over timestamp + raw body.
-# https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/getting-started-event-webhook-security-features
-
-
-@lru_cache(maxsize=4)
-def _sendgrid_key(configured: str) -> ec.EllipticCurvePublicKey:
-    text = configured.strip()
-    key = load_pem_public_key(text.encode()) if "BEGIN PUBLIC KEY" in text else load_der_public_key(
-        base64.b64decode(text, validate=True)
-    )
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ValueError("the SendGrid verification key is not an elliptic-curve public key")
-    return key
-
-
-_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
-
-
-def verify_sendgrid(public_key: str, body: bytes, signature: str | None, timestamp: str | None,
-                    max_age_s: float, now: float | None = None) -> str | None:
-    """Check a SendGrid Event Webhook signature; return why it is refused, or None if genuine."""
-    if not signature or not timestamp:
-        return "missing signature or timestamp header"
-    # ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses.
-    if not _UNIX_SECONDS.fullmatch(timestamp):
-        return "timestamp is not unix seconds"
-    now = time.time() if now is None else now
-    if abs(now - int(timestamp)) > max_age_s:
-        return "timestamp outside the accepted window (replayed or clock skew)"
-    try:
-        raw_signature = base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
-        return "signature is not base64"
-    try:
-        _sendgrid_key(public_key).verify(raw_signature, timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return "signature does not match"
-    return None
 
 
 SENDGRID_BODY = {
@@ -124,7 +76,7 @@ async def sendgrid_events(request: Request) -> dict[str, int]:
     body = await request.body()
     try:
         # Loaded on its own, so that nothing else a request can make go wrong is taken for a bad key.
-        _sendgrid_key(settings.sendgrid_webhook_public_key)
+        verification_key(settings.sendgrid_webhook_public_key)
     except ValueError as exc:
         log.error("SendGrid webhook refused: bad NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY: %s", exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "SendGrid webhook verification is misconfigured")
@@ -141,42 +93,8 @@ async def sendgrid_events(request: Request) -> dict[str, int]:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is nested too deep")
     if not isinstance(events, list):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "body must be a JSON array of events")
-    report = await run_in_threadpool(webhook_effects.apply_sendgrid_events, events)
+    report = await run_in_threadpool(apply_sendgrid_events, events)
     return report.as_dict()
-
-
-# ---- Twilio: base64(HMAC-SHA1(auth token, URL + each POST param name+value, sorted by name)).
-# https://www.twilio.com/docs/usage/security#validating-requests
-
-
-def twilio_signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> str:
-    """The X-Twilio-Signature Twilio sends for a form POST of `params` to `url`."""
-    data = url + "".join(name + value for name, value in sorted(set(params)))
-    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
-
-
-def _with_and_without_port(url: str) -> list[str]:
-    """Twilio may sign the URL with or without the default port: accept either, like its own helpers do."""
-    parts = urlsplit(url)
-    default = {"https": 443, "http": 80}.get(parts.scheme)
-    if default is None or not parts.hostname or parts.port not in (None, default):
-        return [url]
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    userinfo = parts.netloc.rpartition("@")[0]
-    userinfo = userinfo + "@" if userinfo else ""
-    bare = urlunsplit(parts._replace(netloc=f"{userinfo}{host}"))
-    ported = urlunsplit(parts._replace(netloc=f"{userinfo}{host}:{default}"))
-    return [bare, ported]
-
-
-def verify_twilio(auth_token: str, url: str, params: list[tuple[str, str]], signature: str | None) -> str | None:
-    """Check an X-Twilio-Signature; return why it is refused, or None if genuine."""
-    if not signature:
-        return "missing X-Twilio-Signature header"
-    for candidate in _with_and_without_port(url):
-        if hmac.compare_digest(twilio_signature(auth_token, candidate, params).encode(), signature.encode()):
-            return None
-    return "signature does not match"
 
 
 def twilio_url(request: Request, public_url: str) -> str:
@@ -230,6 +148,6 @@ async def twilio_status(request: Request) -> dict[str, Any]:
     if not sid or not message_status or len(sid) > 128 or not sid.isprintable():
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "MessageSid and MessageStatus are required")
     report = await run_in_threadpool(
-        webhook_effects.apply_twilio_status, sid, message_status, fields.get("ErrorCode") or None
+        apply_twilio_status, sid, message_status, fields.get("ErrorCode") or None
     )
     return report.as_dict()
