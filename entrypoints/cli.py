@@ -126,14 +126,14 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from notifier.accounts.devices import get_status
+    from notifier.accounts.status import get_status
 
     print(json.dumps(get_status(args.notification_id), default=str, indent=2))
     return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from notifier.accounts.devices import cancel_notification
+    from notifier.accounts.status import cancel_notification
 
     print(f"cancelled {cancel_notification(args.notification_id)} deliveries")
     return 0
@@ -257,8 +257,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def _devices(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from notifier.accounts import devices as users
-    from notifier.store.db import session_factory
+    from notifier.accounts import devices
+    from notifier.store.db import transaction
     from notifier.store.models import DeviceToken
     from notifier.accounts.status import redact
 
@@ -269,17 +269,17 @@ def _devices(args: argparse.Namespace) -> int:
         from notifier.intake.events import describe_errors
 
         try:
-            users.register_device(args.user_id, args.token, args.platform, args.app)
+            devices.register_device(args.user_id, args.token, args.platform, args.app)
         except ValidationError as exc:
             return _refused("devices register", describe_errors(exc))
         print(f"registered {shown(args.token)} ({args.platform}) for user {args.user_id}")
     elif args.devices_command == "unregister":
-        if not users.unregister_device(args.user_id, args.token):
+        if not devices.unregister_device(args.user_id, args.token):
             print(f"user {args.user_id} has no such device token", file=sys.stderr)
             return 1
         print(f"unregistered {shown(args.token)} of user {args.user_id}")
     else:
-        with session_factory()() as session:
+        with transaction() as session:
             devices = session.scalars(
                 select(DeviceToken).where(DeviceToken.user_id == args.user_id).order_by(DeviceToken.id)
             ).all()

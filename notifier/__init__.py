@@ -11,9 +11,9 @@ _LAZY = {
     "send_notifications": "tasks.pipeline",
     "register_device": "notifier.accounts.devices",
     "unregister_device": "notifier.accounts.devices",
-    "set_preferences": "notifier.accounts.devices",
-    "get_status": "notifier.accounts.devices",
-    "cancel_notification": "notifier.accounts.devices",
+    "set_preferences": "notifier.accounts.preferences",
+    "get_status": "notifier.accounts.status",
+    "cancel_notification": "notifier.accounts.status",
     "NotificationEvent": "notifier.intake.events",
     "publish": "notifier.intake.publish",
 }

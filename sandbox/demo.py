@@ -40,7 +40,8 @@ def _prepare_env() -> dict[str, str]:
 
 
 def _seed(users: dict[str, dict]) -> None:
-    from notifier.accounts.devices import register_device, set_preferences
+    from notifier.accounts.devices import register_device
+    from notifier.accounts.preferences import set_preferences
 
     for user, spec in users.items():
         set_preferences(user, **spec.get("prefs", {}))
@@ -78,7 +79,7 @@ def main() -> int:
     from notifier.store.redis_conn import stop_embedded
     from sandbox.keys import ensure_dev_keys
     from notifier.settings import get_settings
-    from notifier.accounts.devices import get_status
+    from notifier.accounts.status import get_status
 
     settings = get_settings()
     ensure_dev_keys(settings.apns_key_path.parent)

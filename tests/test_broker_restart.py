@@ -18,7 +18,8 @@ import redis
 
 from notifier.store import models
 from sandbox import devstack
-from notifier.accounts.devices import get_status, register_device
+from notifier.accounts.devices import register_device
+from notifier.accounts.status import get_status
 from tasks.app import app
 from tasks.pipeline import filter_stage, send_notification
 from tests.conftest import TEST_VAR, child_env

@@ -99,7 +99,7 @@ def test_register_device_raises_only_the_validation_error(database, user, device
 @given(user=field("u-fuzz", TEXT), changes=PREFERENCES)
 def test_set_preferences_raises_only_the_validation_error(database, user, changes):
     from notifier.accounts.preferences import get_preferences
-    from notifier.accounts.devices import set_preferences
+    from notifier.accounts.preferences import set_preferences
 
     try:
         stored = set_preferences(user, **changes)

@@ -29,7 +29,8 @@ from notifier.providers.twilio.adapter import CLASSIFICATION as TWILIO_TABLE
 from notifier.providers.twilio.adapter import TwilioProvider
 from sandbox.tls import TlsIdentity
 from notifier.settings import Settings, get_settings
-from notifier.accounts.devices import get_status, set_preferences
+from notifier.accounts.preferences import set_preferences
+from notifier.accounts.status import get_status
 from notifier.store import models
 from tasks.pipeline import send_notification
 from tests.api_fixture import serve

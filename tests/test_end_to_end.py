@@ -7,7 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 import notifier
-from notifier.accounts.devices import get_status, register_device, set_preferences
+from notifier.accounts.devices import register_device
+from notifier.accounts.preferences import set_preferences
+from notifier.accounts.status import get_status
 from tests.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS
 
 

@@ -31,7 +31,9 @@ from sandbox.client import SandboxClient
 from sandbox.keys import ensure_fcm_service_account
 from notifier.settings import Settings
 from notifier.providers.transport import Http2Transport, HttpRequest
-from notifier.accounts.devices import get_status, register_device, set_preferences
+from notifier.accounts.devices import register_device
+from notifier.accounts.preferences import set_preferences
+from notifier.accounts.status import get_status
 
 K = OutcomeKind
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"

@@ -17,7 +17,9 @@ import requests
 
 import notifier
 from sandbox import devstack
-from notifier.accounts.devices import get_status, register_device, set_preferences
+from notifier.accounts.devices import register_device
+from notifier.accounts.preferences import set_preferences
+from notifier.accounts.status import get_status
 from tests.conftest import TEST_VAR, child_env
 
 ROOT = devstack.ROOT

@@ -10,7 +10,9 @@ from sqlalchemy import select
 import notifier
 from notifier.store.db import session_factory
 from notifier.store.models import DeviceToken
-from notifier.accounts.devices import cancel_notification, get_status, register_device, set_preferences
+from notifier.accounts.devices import register_device
+from notifier.accounts.preferences import set_preferences
+from notifier.accounts.status import cancel_notification, get_status
 from notifier.store import models
 
 TERMINAL = {status.value for status in models.TERMINAL}

@@ -18,7 +18,8 @@ from notifier.queues import QUEUES
 from notifier.store.db import session_factory
 from notifier.intake.events import parse_event
 from notifier.pipeline.routing import route
-from notifier.accounts.devices import get_status, register_device
+from notifier.accounts.devices import register_device
+from notifier.accounts.status import get_status
 from notifier.store.redis_conn import broker_url
 from tasks.pipeline import filter_stage
 

@@ -22,7 +22,7 @@ from notifier.store.delivery_log import utcnow
 from notifier.store.models import DeviceToken
 from notifier.ops.redaction import RedactingFilter, redact_target, redact_text
 from notifier.accounts.status import notification_status
-from notifier.accounts.devices import get_status
+from notifier.accounts.status import get_status
 from tests.api_fixture import api, serve  # noqa: F401  (fixture)
 from tests.conftest import TEST_VAR, child_env
 from tests.test_flower import flower  # noqa: F401  (fixture)
@@ -157,7 +157,7 @@ def test_a_token_the_transport_chokes_on_reaches_no_log_line_task_field_or_reaso
 def test_a_bounce_quoting_the_address_in_capitals_is_redacted_in_status(api, worker, sandbox, wait_until,  # noqa: F811
                                                                         unique):
     # Given an email sent to a user (SendGrid accepted it)
-    from notifier.accounts.devices import set_preferences
+    from notifier.accounts.preferences import set_preferences
 
     user, nid = unique("user"), unique("n")
     address = f"{unique('ada')}@example.com"
@@ -187,7 +187,7 @@ def test_a_bounce_quoting_the_address_in_capitals_is_redacted_in_status(api, wor
 
 def test_a_transport_error_quoting_the_address_is_stored_redacted(worker, sandbox, wait_until, unique):
     # Given SendGrid refusing one address with an error that quotes it in capitals
-    from notifier.accounts.devices import set_preferences
+    from notifier.accounts.preferences import set_preferences
 
     user, nid = unique("user"), unique("n")
     address = f"{unique('ada')}@example.com"

@@ -11,7 +11,8 @@ import time
 from notifier.queues import QUEUES
 from sandbox import devstack
 from notifier.store.redis_conn import broker_redis
-from notifier.accounts.devices import get_status, register_device
+from notifier.accounts.devices import register_device
+from notifier.accounts.status import get_status
 from notifier.store import models
 from tasks.pipeline import send_notification, send_notifications
 from tests.conftest import TEST_VAR, child_env

@@ -13,7 +13,8 @@ from notifier.intake.events import parse_event
 from notifier.store.redis_conn import get_redis
 from notifier.pipeline.routing import route
 from notifier.pipeline.scheduling import sweep_stuck
-from notifier.accounts.devices import cancel_notification, get_status, register_device
+from notifier.accounts.devices import register_device
+from notifier.accounts.status import cancel_notification, get_status
 
 
 def _stored(unique, status: str, *, priority: str = "high", age_s: float = 600, redrives: int = 0,

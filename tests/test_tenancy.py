@@ -24,7 +24,9 @@ from notifier.intake.events import NotificationEvent
 from notifier.accounts.preferences import get_preferences
 from notifier.store.redis_conn import get_redis
 from notifier.pipeline.routing import CANCEL_PREFIX, CONFLICT_REASON, route
-from notifier.accounts.devices import get_status, register_device, set_preferences
+from notifier.accounts.devices import register_device
+from notifier.accounts.preferences import set_preferences
+from notifier.accounts.status import get_status
 from tests.api_fixture import api  # noqa: F401  (fixture)
 from tests.conftest import child_env
 

@@ -192,7 +192,7 @@ def test_register_device_accepts_real_token_shapes(database, unique):
 )
 def test_finding_6_set_preferences_refuses_what_the_http_api_refuses(database, unique, change, field):
     from notifier.accounts.preferences import DEFAULTS, get_preferences
-    from notifier.accounts.devices import set_preferences
+    from notifier.accounts.preferences import set_preferences
 
     user = unique("user")
     with pytest.raises(ValidationError) as info:
@@ -206,7 +206,7 @@ def test_finding_6_set_preferences_refuses_what_the_http_api_refuses(database, u
 def test_set_preferences_keeps_good_values(database, unique):
     from datetime import time
 
-    from notifier.accounts.devices import set_preferences
+    from notifier.accounts.preferences import set_preferences
 
     prefs = set_preferences(unique("user"), email="Ann@Example.COM", phone="+4712345678", timezone="Europe/Oslo",
                             quiet_start="22:00", quiet_end=time(7), opted_out_categories=("marketing",))

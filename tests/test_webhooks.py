@@ -18,7 +18,7 @@ from notifier.store.models import NotificationLog
 from notifier.store.recipients import CACHE_PREFIX, load_recipients
 from notifier.store.redis_conn import get_redis
 from notifier.pipeline.routing import idempotency_key
-from notifier.accounts.devices import set_preferences
+from notifier.accounts.preferences import set_preferences
 from notifier.providers.reports import Effect
 from notifier.providers.sendgrid.reports import sendgrid_effect
 from tests.api_fixture import api  # noqa: F401  (fixture)

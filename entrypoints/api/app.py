@@ -1,7 +1,7 @@
 """The HTTP API: the same operations as the Python API, for producers that are not Python.
 
-Handlers only translate HTTP to calls into notifier/ (events, users, preferences_view,
-status_view, webhook_effects) and back. Every handler that touches the database or the
+Handlers only translate HTTP to calls into notifier/ (intake, accounts, providers' reports)
+and back. Every handler that touches the database or the
 broker is a plain `def`, so FastAPI runs it in its thread pool, off the event loop.
 """
 from __future__ import annotations
@@ -24,15 +24,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from notifier.pipeline import routing
-from notifier.accounts import devices as users
+from notifier.accounts import devices
 from notifier.intake import validation
 from entrypoints.api import auth, webhooks
 from notifier.accounts.api_keys import KeyInfo
-from notifier.store.db import get_engine, session_factory
+from notifier.store.db import get_engine, transaction
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
 from notifier.accounts.preferences import get_preferences, shown_to, update_preferences
 from notifier.store.redis_conn import broker_redis, redis_url
-from notifier.accounts.status import notification_status
+from notifier.accounts.status import cancel_notification, notification_status
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def create_app() -> FastAPI:
         """Queue one notification event; repeating a notification_id delivers it once."""
         from tasks.pipeline import send_notification
 
-        with session_factory()() as session:
+        with transaction() as session:
             if routing.conflicts(session, event):
                 raise HTTPException(status.HTTP_409_CONFLICT, "notification_id: already accepted for a different "
                                     "event (another user or content); use a new id")
@@ -213,7 +213,7 @@ def create_app() -> FastAPI:
                 dependencies=[Depends(auth.cancel)], responses={404: {"description": "No delivery (yet)"}})
     def cancel(notification_id: NotificationId) -> dict[str, Any]:
         """Cancel the deliveries of a notification that are not sent yet (queued or scheduled)."""
-        count = users.cancel_notification(notification_id, only_known=True)
+        count = cancel_notification(notification_id, only_known=True)
         if count is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no delivery of this notification (yet)")
         return {"notification_id": notification_id, "cancelled": count}
@@ -222,14 +222,14 @@ def create_app() -> FastAPI:
              dependencies=[Depends(auth.users)])
     def register_device(user_id: UserId, token: DeviceToken, device: DeviceRegistration) -> Response:
         """Register a device's push token for a user (moving it from another user if need be)."""
-        users.register_device(user_id, token, device.platform, device.app)
+        devices.register_device(user_id, token, device.platform, device.app)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.delete("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
                 dependencies=[Depends(auth.users)], responses={404: {"description": "No such device"}})
     def unregister_device(user_id: UserId, token: DeviceToken) -> Response:
         """Forget a user's device token."""
-        if not users.unregister_device(user_id, token):
+        if not devices.unregister_device(user_id, token):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "this user has no such device token")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 

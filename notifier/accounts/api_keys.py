@@ -19,7 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from notifier.store.db import session_factory
+from notifier.store.db import transaction
 from notifier.store.delivery_log import utcnow
 from notifier.store.models import ApiKey, ApiKeyScope
 
@@ -84,7 +84,7 @@ def create_key(name: str, scope: str | Iterable[str]) -> tuple[KeyInfo, str]:
         raise ValueError("name must be 1 to 128 characters")
     prefix = secrets.token_hex(6)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
-    with session_factory()() as session, session.begin():
+    with transaction() as session:
         row = ApiKey(name=name, scopes=",".join(s for s in SCOPES if s in scopes), prefix=prefix, key_hash=_hash(key), created_at=utcnow())
         session.add(row)
         session.flush()
@@ -97,7 +97,7 @@ def verify_key(key: str) -> KeyInfo | None:
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1].isalnum() or len(parts[1]) > 16:
         return None
-    with session_factory()() as session:
+    with transaction() as session:
         row = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
         if row is None or row.revoked_at is not None:
             return None
@@ -108,13 +108,13 @@ def verify_key(key: str) -> KeyInfo | None:
 
 def list_keys() -> list[KeyInfo]:
     """Every key, revoked ones too, oldest first."""
-    with session_factory()() as session:
+    with transaction() as session:
         return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.id))]
 
 
 def revoke_key(prefix: str) -> bool:
     """Revoke the key with this prefix; True if a live key was revoked."""
-    with session_factory()() as session, session.begin():
+    with transaction() as session:
         result = session.execute(
             update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
         )

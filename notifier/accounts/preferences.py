@@ -1,14 +1,18 @@
-"""Reading a user's preferences as the HTTP API shows them, and changing them from it."""
+"""A user's preferences: change them, read them, and show them to an API key."""
 from __future__ import annotations
 
 from typing import Any
 
-
 from notifier.accounts.api_keys import KeyInfo
-from notifier.store.db import session_factory
-from notifier.store.models import ApiKeyScope, UserPreferences
+from notifier.intake import validation
 from notifier.ops.redaction import redact_target, redact_text
-from notifier.accounts.devices import PREFERENCE_FIELDS, set_preferences
+from notifier.store import delivery_log
+from notifier.store.db import transaction
+from notifier.store.models import ApiKeyScope, UserPreferences
+from notifier.store.recipients import invalidate
+from notifier.store.redis_conn import get_redis
+
+PREFERENCE_FIELDS = validation.PREFERENCE_FIELDS  # the one list, with the rules for each field
 
 # What a user we never heard of gets (the same defaults as notifier.store.recipients.Recipient).
 DEFAULTS: dict[str, Any] = {
@@ -19,9 +23,34 @@ UNDELIVERABLE_FIELDS = ("email_undeliverable_at", "email_undeliverable_reason")
 CONTACT_FIELDS = ("email", "phone")
 
 
+def set_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
+    """Change some of a user's preferences; returns them all.
+
+    Raises pydantic.ValidationError naming the field for an unknown preference or a bad value.
+    """
+    valid = validation.PreferencesChange.model_validate({**changes, "user_id": user_id})
+    changes = valid.model_dump(exclude_unset=True)
+    user_id = changes.pop("user_id")
+    with transaction() as session:
+        prefs = session.get(UserPreferences, user_id)
+        if prefs is None:
+            prefs = UserPreferences(user_id=user_id, push_enabled=True, email_enabled=True, sms_enabled=True,
+                                    opted_out_categories=[])
+            session.add(prefs)
+        if "email" in changes and changes["email"] != prefs.email:
+            # A new address is not the one that bounced.
+            prefs.email_undeliverable_at = prefs.email_undeliverable_reason = None
+        for name, value in changes.items():
+            setattr(prefs, name, list(value) if name == "opted_out_categories" else value)
+        prefs.updated_at = delivery_log.utcnow()
+        current = {name: getattr(prefs, name) for name in sorted(PREFERENCE_FIELDS)}
+    invalidate(get_redis(), [user_id])
+    return current
+
+
 def get_preferences(user_id: str) -> dict[str, Any]:
     """A user's preferences, with whether the provider reported their email address dead."""
-    with session_factory()() as session:
+    with transaction() as session:
         prefs = session.get(UserPreferences, user_id)
         if prefs is None:
             return {"user_id": user_id, **DEFAULTS, **dict.fromkeys(UNDELIVERABLE_FIELDS)}

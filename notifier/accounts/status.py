@@ -1,26 +1,81 @@
-"""A notification's deliveries as the HTTP API shows them: targets redacted."""
+"""A notification's deliveries: their status (targets redacted for the HTTP API), and cancelling them."""
 from __future__ import annotations
 
 from typing import Any
 
 from sqlalchemy import select
 
-from notifier.store.db import session_factory
-from notifier.store.models import NotificationLog
 from notifier.ops.redaction import redact_target, redact_text
-from notifier.pipeline.routing import NO_TARGET
-from notifier.accounts.devices import get_status
+from notifier.pipeline.routing import CANCEL_PREFIX, NO_TARGET
+from notifier.pipeline.sending import cancel_stranded
+from notifier.settings import get_settings
+from notifier.store import delivery_log
+from notifier.store.db import transaction
+from notifier.store.models import NotificationLog, Status
+from notifier.store.redis_conn import get_redis
 
 
 redact = redact_target  # the name other modules know
 
 
+def get_status(notification_id: str) -> list[dict[str, Any]]:
+    """Every delivery of a notification: channel, status, reason, attempts, timestamps."""
+    with transaction() as session:
+        rows = session.scalars(
+            select(NotificationLog).where(NotificationLog.notification_id == notification_id).order_by(NotificationLog.id)
+        )
+        return [
+            {
+                "delivery_id": r.id, "notification_id": r.notification_id, "user_id": r.user_id, "channel": r.channel, "provider": r.provider, "status": r.status,
+                "reason": r.reason, "attempts": r.attempts, "last_error": r.last_error,
+                "provider_message_id": r.provider_message_id, "created_at": r.created_at,
+                "scheduled_at": r.scheduled_at, "sent_at": r.sent_at, "delivered_at": r.delivered_at,
+                "failed_at": r.failed_at,
+            }
+            for r in rows
+        ]
+
+
+CANCEL_TTL_S = 7 * 86400
+
+
+def cancel_notification(notification_id: str, *, only_known: bool = False) -> int | None:
+    """Cancel every delivery of a notification that is not sent yet; returns how many.
+
+    Queued and scheduled deliveries, and `sending` ones whose worker is gone (see cancel_stranded).
+
+    A cancel that overtakes its event (still queued for routing) is remembered for a week,
+    so the event is routed straight to `suppressed`. With `only_known` (the HTTP API, where
+    anyone with the cancel scope could fill Redis with week-long marks for made-up ids) a
+    notification with no row yet is neither cancelled nor remembered: None.
+    """
+    with transaction() as session:
+        known = session.scalar(
+            select(NotificationLog.id).where(NotificationLog.notification_id == notification_id).limit(1)
+        )
+        if known is None and only_known:
+            return None
+        get_redis().set(CANCEL_PREFIX + notification_id, 1, ex=CANCEL_TTL_S)
+        ids = session.scalars(
+            select(NotificationLog.id).where(
+                NotificationLog.notification_id == notification_id,
+                NotificationLog.status.in_([Status.QUEUED.value, Status.SCHEDULED.value]),
+            )
+        ).all()
+        moved = delivery_log.set_status(
+            session, ids, Status.SUPPRESSED.value, only_from=[Status.QUEUED.value, Status.SCHEDULED.value],
+            reason="cancelled by producer",
+        )
+        stranded = cancel_stranded(session, get_redis(), notification_id, get_settings().lease_ttl_s)
+        return len(moved) + len(stranded)
+
+
 def notification_status(notification_id: str) -> list[dict[str, Any]]:
-    """Every delivery of a notification (notifier.accounts.devices.get_status) with a redacted target."""
+    """Every delivery of a notification (get_status) with a redacted target."""
     deliveries = get_status(notification_id)
     if not deliveries:
         return []
-    with session_factory()() as session:
+    with transaction() as session:
         targets = dict(
             session.execute(
                 select(NotificationLog.id, NotificationLog.target).where(

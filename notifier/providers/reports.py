@@ -10,18 +10,18 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from notifier.accounts.preferences import set_preferences
+from notifier.ops.redaction import redact_text
 from notifier.store import delivery_log
 from notifier.store.models import NotificationLog, Status, UserPreferences
 from notifier.store.recipients import invalidate
-from notifier.ops.redaction import redact_text
 from notifier.store.redis_conn import get_redis
-from notifier.accounts.devices import set_preferences
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from notifier.providers.reports import Effect, Report, after_commit, apply_effect, column_text
 from notifier.store import delivery_log
-from notifier.store.db import session_factory
+from notifier.store.db import transaction
 from notifier.store.models import NotificationLog, UserPreferences
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def apply_sendgrid_events(events: Iterable[Mapping[str, Any]], now: datetime | N
     now = now or delivery_log.utcnow()
     events = [e for e in events if isinstance(e, Mapping)]
     report = Report()
-    with session_factory()() as session, session.begin():
+    with transaction() as session:
         ids = {i for i in (_delivery_id(e.get("delivery_id")) for e in events) if i is not None}
         rows = {
             row.id: row

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from notifier.providers.reports import Effect, Report, apply_effect, column_text
 from notifier.store import delivery_log
-from notifier.store.db import session_factory
+from notifier.store.db import transaction
 from notifier.store.models import NotificationLog
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def apply_twilio_status(message_sid: str, status: str, error_code: str | None,
     now = now or delivery_log.utcnow()
     report = Report()
     effect = TWILIO_STATUSES.get(status.strip().lower(), Effect.IGNORE)
-    with session_factory()() as session, session.begin():
+    with transaction() as session:
         row = session.scalar(
             select(NotificationLog).where(
                 NotificationLog.provider_message_id == message_sid, NotificationLog.channel == "sms"
