@@ -21,13 +21,28 @@ class Priority(str, enum.Enum):
     NORMAL = "normal"
     LOW = "low"
 
+    @classmethod
+    def of(cls, value: str) -> Priority:
+        """The priority a stored delivery names; one we do not know counts as NORMAL (low lane, not critical)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.NORMAL
+
     @property
     def lane(self) -> str:
         """The queue lane ('high' or 'low') this priority travels in."""
         return "high" if self in (Priority.CRITICAL, Priority.HIGH) else "low"
 
+    @property
+    def bypasses_user_limits(self) -> bool:
+        """Critical events (security alerts) go out despite quiet hours and per-user rate limits."""
+        return self is Priority.CRITICAL
 
-class ChannelName(str, enum.Enum):
+
+class Channel(str, enum.Enum):
+    """The ways we reach a person; each has its own send queues and providers."""
+
     PUSH = "push"
     EMAIL = "email"
     SMS = "sms"
@@ -43,7 +58,7 @@ class NotificationEvent(BaseModel):
     type: Name = Field(description="What happened, e.g. order_shipped.")
     category: Name = Field(description="e.g. transactional, marketing, security.")
     priority: Priority = Priority.NORMAL
-    channels: list[ChannelName] | None = Field(None, description="Channels to use; default from type/category.")
+    channels: list[Channel] | None = Field(None, description="Channels to use; default from type/category.")
     title: Title
     body: Body
     data: JsonData | None = Field(
@@ -54,7 +69,7 @@ class NotificationEvent(BaseModel):
 
     @field_validator("channels")
     @classmethod
-    def _channels_not_empty(cls, v: list[ChannelName] | None) -> list[ChannelName] | None:
+    def _channels_not_empty(cls, v: list[Channel] | None) -> list[Channel] | None:
         if v is not None and not v:
             raise ValueError("channels must name at least one channel, or be omitted")
         return list(dict.fromkeys(v)) if v else v

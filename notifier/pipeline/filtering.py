@@ -9,6 +9,7 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from notifier.store import delivery_log
+from notifier.intake.events import Priority
 from notifier.pipeline import rate_limits
 from notifier.store.models import Status
 from notifier.pipeline.quiet_hours import quiet_hours_release
@@ -37,7 +38,7 @@ def deferral(row: Row, recipient: Recipient, now: datetime) -> tuple[datetime | 
     due = delivery_log.as_utc(row.scheduled_at)
     if due is not None and due > now + EARLY_TOLERANCE:
         return due, f"send_at {due.isoformat()}"
-    if row.priority == "critical":  # security alerts bypass quiet hours
+    if Priority.of(row.priority).bypasses_user_limits:
         return None, None
     decision = quiet_hours_release(now, recipient.quiet_start, recipient.quiet_end, recipient.timezone)
     if decision.deliver_at is not None:

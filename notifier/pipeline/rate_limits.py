@@ -12,6 +12,8 @@ from typing import Sequence
 
 import redis
 
+from notifier.intake.events import Priority
+
 DAY = 86_400
 WEEK = 7 * DAY
 # Categories that are never limited: a user must always hear about their account's security.
@@ -79,7 +81,7 @@ def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], 
     plan: list[Limit | None] = []
     keys, ttls = [], []
     for req in requests:
-        limit = None if req.category in EXEMPT_CATEGORIES or req.priority == "critical" else limit_for(
+        limit = None if req.category in EXEMPT_CATEGORIES or Priority.of(req.priority).bypasses_user_limits else limit_for(
             limits, req.channel, req.category
         )
         plan.append(limit)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent
 from notifier.store.models import NotificationLog, Status
+from notifier.queues import LANES
 from notifier.store.recipients import Recipient, load_recipients
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
 
 @dataclass(slots=True)
 class RouteResult:
-    queued: dict[str, list[int]] = field(default_factory=lambda: {"high": [], "low": []})  # lane -> ids
+    queued: dict[str, list[int]] = field(default_factory=lambda: {lane: [] for lane in LANES})  # lane -> ids
     duplicates: list[str] = field(default_factory=list)  # notification ids seen before
 
 

@@ -15,8 +15,9 @@ from sqlalchemy import String, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from notifier.store.delivery_log import LOG, as_utc
-from notifier.intake.events import ChannelName, Priority
+from notifier.intake.events import Channel, Priority
 from notifier.store.models import Status
+from notifier.queues import LANES
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +31,7 @@ class Ready:
 
 
 def _lane(priority: str) -> str:
-    try:
-        return Priority(priority).lane
-    except ValueError:
-        return "low"
+    return Priority.of(priority).lane
 
 
 BATCH = 1000
@@ -125,13 +123,13 @@ def _not_waiting_in(status: str, busy_queues: Collection[str]) -> list:
     if not busy_queues:
         return []
     conditions = []
-    for lane in ("high", "low"):
+    for lane in LANES:
         priorities = [p.value for p in Priority if p.lane == lane]
         if status == Status.QUEUED.value:
             if f"pipeline.{lane}" in busy_queues:
                 conditions.append(LOG.c.priority.not_in(priorities))
             continue
-        busy_channels = [c.value for c in ChannelName if f"{c.value}.{lane}" in busy_queues]
+        busy_channels = [c.value for c in Channel if f"{c.value}.{lane}" in busy_queues]
         if busy_channels:
             conditions.append(or_(LOG.c.priority.not_in(priorities), LOG.c.channel.not_in(busy_channels)))
     return conditions

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 import jwt
 
+from notifier.intake.events import Priority
 from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome
 from notifier.settings import Settings, get_settings
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
@@ -217,7 +218,7 @@ class ApnsProvider:
                 "apns-topic": self._topic,
                 "apns-push-type": "background" if background else "alert",
                 # Background pushes must go at priority 5; low-lane alerts save the device's battery.
-                "apns-priority": "5" if background or d.priority in ("normal", "low") else "10",
+                "apns-priority": "5" if background or Priority.of(d.priority).lane == "low" else "10",
                 "apns-id": apns_id(d.idempotency_key),
                 "apns-expiration": str(int(d.expires_at.timestamp())) if d.expires_at else "0",
             }

@@ -193,7 +193,7 @@ def build_message(d: Delivery, now: datetime | None = None) -> dict[str, Any]:
     """Build the v1 message for one delivery, shortening the body to FCM's 4096-byte payload."""
     data = data_strings(d.data)
     try:
-        high = Priority(d.priority).lane == "high"
+        high = Priority.of(d.priority).lane == "high"
     except ValueError:
         high = False
     android: dict[str, Any] = {"priority": "HIGH" if high else "NORMAL"}

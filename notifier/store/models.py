@@ -45,12 +45,6 @@ TERMINAL = frozenset(
 )
 
 
-class Channel(str, enum.Enum):
-    PUSH = "push"
-    EMAIL = "email"
-    SMS = "sms"
-
-
 class NotificationLog(Base):
     """One delivery: a notification to one target on one channel."""
 
