@@ -23,8 +23,8 @@ class NotifierTask(Task):
     """Base task: late acks (set in celeryconfig), JSON args, short reprs for Flower."""
 
     abstract = True
-    acks_late = True
-    reject_on_worker_lost = True
+    # acks_late and reject_on_worker_lost: celeryconfig's task_acks_late and
+    # task_reject_on_worker_lost, which Celery copies onto every task of the app.
     # Provider retries are decided per delivery by notifier.pipeline.sending; Celery's retry covers only
     # our infrastructure being down, for up to about 1.5 hours (countdowns stay under the
     # broker's visibility timeout).
