@@ -292,10 +292,6 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
-PREFERENCE_FLAGS = ("push_enabled", "email_enabled", "sms_enabled", "email", "phone", "quiet_start", "quiet_end",
-                    "timezone", "opted_out_categories")
-
-
 def _preferences(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -303,9 +299,9 @@ def _preferences(args: argparse.Namespace) -> int:
 
     if args.preferences_command == "set":
         from notifier.intake.events import describe_errors
-        from notifier.intake.validation import PreferencesUpdate  # the same rules as the API and set_preferences
+        from notifier.intake.validation import PREFERENCE_FIELDS, PreferencesUpdate  # the API's rules too
 
-        changes = {name: getattr(args, name) for name in PREFERENCE_FLAGS if getattr(args, name) is not None}
+        changes = {name: getattr(args, name) for name in sorted(PREFERENCE_FIELDS) if getattr(args, name) is not None}
         if not changes:
             print("notifier preferences set: name at least one preference to change (see --help)", file=sys.stderr)
             return 2

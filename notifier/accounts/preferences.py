@@ -1,6 +1,7 @@
 """A user's preferences: change them, read them, and show them to an API key."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from notifier.accounts.api_keys import KeyInfo
@@ -9,15 +10,16 @@ from notifier.ops.redaction import redact_target, redact_text
 from notifier.store import delivery_log
 from notifier.store.db import transaction
 from notifier.store.models import ApiKeyScope, UserPreferences
-from notifier.store.recipients import invalidate
+from notifier.store.recipients import Recipient, invalidate
 from notifier.store.redis_conn import get_redis
 
 PREFERENCE_FIELDS = validation.PREFERENCE_FIELDS  # the one list, with the rules for each field
 
-# What a user we never heard of gets (the same defaults as notifier.store.recipients.Recipient).
+# What a user we never heard of gets: the delivery defaults (notifier.store.recipients.Recipient).
+_UNKNOWN = Recipient(user_id="")
 DEFAULTS: dict[str, Any] = {
-    "push_enabled": True, "email_enabled": True, "sms_enabled": True, "email": None, "phone": None,
-    "quiet_start": None, "quiet_end": None, "timezone": None, "opted_out_categories": [],
+    name: sorted(value) if isinstance(value, frozenset) else value
+    for name in sorted(PREFERENCE_FIELDS) for value in [getattr(_UNKNOWN, name)]
 }
 UNDELIVERABLE_FIELDS = ("email_undeliverable_at", "email_undeliverable_reason")
 CONTACT_FIELDS = ("email", "phone")
@@ -34,8 +36,7 @@ def set_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
     with transaction() as session:
         prefs = session.get(UserPreferences, user_id)
         if prefs is None:
-            prefs = UserPreferences(user_id=user_id, push_enabled=True, email_enabled=True, sms_enabled=True,
-                                    opted_out_categories=[])
+            prefs = UserPreferences(user_id=user_id, **copy.deepcopy(DEFAULTS))
             session.add(prefs)
         if "email" in changes and changes["email"] != prefs.email:
             # A new address is not the one that bounced.

@@ -38,6 +38,16 @@ _NOT_BODY = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udf
 _NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def is_storable(value: str) -> bool:
+    """True if a database text column takes `value`: no NUL, no lone surrogate."""
+    return _NOT_STORABLE.search(value) is None
+
+
+def make_storable(value: object, limit: int = 500) -> str:
+    """Text from outside (a provider's report) made fit for a column: NUL dropped, lone surrogates replaced, bounded."""
+    return str(value)[:limit].replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
 def _refuse(char: str, otherwise: str) -> None:
     if char == "\x00":
         raise invalid("NUL characters are not allowed")

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent
+from notifier.intake.validation import is_storable
 from notifier.store.models import NotificationLog, Status
 from notifier.queues import LANES
 from notifier.store.recipients import Recipient, load_recipients
@@ -266,11 +267,7 @@ def invalid_event_row(raw: object, problem: str) -> dict | None:
 
     def text(name: str, limit: int) -> str | None:
         value = raw.get(name) if isinstance(raw, dict) else None
-        if not isinstance(value, str) or not 0 < len(value) <= limit or "\x00" in value:
-            return None
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
+        if not isinstance(value, str) or not 0 < len(value) <= limit or not is_storable(value):
             return None
         return value
 

@@ -36,7 +36,7 @@ APNS_ID_NAMESPACE = uuid.UUID("6f6e6f74-6966-6965-722d-61706e732d69")
 # fragment ("#x", which libcurl drops: the push reaches another device), a path or a
 # header. The length is left to Apple; the bound only keeps the URL sane.
 DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{1,1024}")
-EXPIRED_PROVIDER_TOKEN = "apns 403 ExpiredProviderToken"
+EXPIRED_PROVIDER_TOKEN = (403, "ExpiredProviderToken")  # the answer that asks for a new JWT
 
 K = OutcomeKind
 # (HTTP status, reason) -> outcome kind. One row per documented reason; doc: RESPONSES_DOC.
@@ -147,16 +147,8 @@ def classify(resp: HttpResponse) -> Outcome:
         if resp.unsendable:  # never sent; the same request again cannot do better
             return Outcome.failed(f"apns: {resp.error}")
         return Outcome.retry(f"transport: {resp.error}")
-    try:
-        body = json.loads(resp.body or b"{}")
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        body = {}
-    reason = body.get("reason")
-    if not reason or not printable_ascii(reason):
-        reason = f"HTTP {resp.status}"
-    reason = reason[:100]
+    body = _body(resp)
+    reason = _reason(resp, body)
     kind = CLASSIFICATION.get((resp.status, reason))
     if kind is None:
         kind = K.RETRY if resp.status >= 500 or resp.status == 429 else K.FAILED
@@ -165,6 +157,30 @@ def classify(resp: HttpResponse) -> Outcome:
     if kind is K.TOKEN_INVALID:
         return Outcome(kind, reason=text, invalid_since=_invalid_since(body.get("timestamp")))
     return Outcome(kind, reason=text, retry_after_s=retry_after)
+
+
+def _body(resp: HttpResponse) -> dict:
+    try:
+        body = json.loads(resp.body or b"{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _reason(resp: HttpResponse, body: dict) -> str:
+    """The answer's documented reason, or "HTTP <status>" when it names none we can show."""
+    reason = body.get("reason")
+    if not reason or not printable_ascii(reason):
+        reason = f"HTTP {resp.status}"
+    return reason[:100]
+
+
+def _asks_for_new_token(resp: HttpResponse) -> bool:
+    """True for 403 ExpiredProviderToken: resend with a freshly signed JWT."""
+    try:
+        return (resp.status, _reason(resp, _body(resp))) == EXPIRED_PROVIDER_TOKEN
+    except Exception:  # noqa: BLE001 - an unreadable answer is classified (and settled) as one
+        return False
 
 
 def _invalid_since(timestamp: object) -> datetime | None:
@@ -259,7 +275,7 @@ class ApnsProvider:
 
         def first_answer(resp: HttpResponse) -> None:
             outcome = _classify_safely(resp)
-            if outcome.reason == EXPIRED_PROVIDER_TOKEN:
+            if _asks_for_new_token(resp):
                 outcomes[resp.request.tag] = outcome  # not final: resent below with a new JWT
                 expired.append(resp.request.tag)
             else:

@@ -11,7 +11,6 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -54,11 +53,6 @@ class Report:
 
     def as_dict(self) -> dict[str, int]:
         return {"applied": self.applied, "ignored": self.ignored, "unknown": self.unknown}
-
-
-def column_text(value: Any, limit: int = 500) -> str:
-    """Provider text fit for a database column: no NUL, no lone surrogates, bounded."""
-    return str(value)[:limit].replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def apply_effect(session: Session, row: NotificationLog, effect: Effect, detail: str, at: datetime, report: Report) -> bool:

@@ -8,7 +8,8 @@ from typing import Any, Iterable, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from notifier.providers.reports import Effect, Report, after_commit, apply_effect, column_text
+from notifier.intake.validation import make_storable
+from notifier.providers.reports import Effect, Report, after_commit, apply_effect
 from notifier.store import delivery_log
 from notifier.store.db import transaction
 from notifier.store.models import NotificationLog, UserPreferences
@@ -67,11 +68,11 @@ def _delivery_id(value: Any) -> int | None:
 
 
 def _describe(event: Mapping[str, Any]) -> str:
-    name = column_text(event.get("event"), 64)
+    name = make_storable(event.get("event"), 64)
     detail = event.get("reason") or event.get("response") or event.get("status") or ""
     kind = event.get("type")
-    text = f"sendgrid {name}" + (f" ({column_text(kind, 64)})" if kind and name == "bounce" else "")
-    return f"{text}: {column_text(detail)}" if detail else text
+    text = f"sendgrid {name}" + (f" ({make_storable(kind, 64)})" if kind and name == "bounce" else "")
+    return f"{text}: {make_storable(detail)}" if detail else text
 
 
 def apply_sendgrid_events(events: Iterable[Mapping[str, Any]], now: datetime | None = None) -> Report:

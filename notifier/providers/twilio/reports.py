@@ -6,7 +6,8 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from notifier.providers.reports import Effect, Report, apply_effect, column_text
+from notifier.intake.validation import make_storable
+from notifier.providers.reports import Effect, Report, apply_effect
 from notifier.store import delivery_log
 from notifier.store.db import transaction
 from notifier.store.models import NotificationLog
@@ -45,7 +46,7 @@ def apply_twilio_status(message_sid: str, status: str, error_code: str | None,
             report.unknown += 1
             log.info("twilio status %r for unknown message %r ignored", status, message_sid)
             return report
-        detail = f"twilio {column_text(status, 32)}" + (f": error {column_text(error_code, 32)}" if error_code else "")
+        detail = f"twilio {make_storable(status, 32)}" + (f": error {make_storable(error_code, 32)}" if error_code else "")
         changed = apply_effect(session, row, effect, detail, now, report)
     report.applied += changed
     report.ignored += not changed
