@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/conftest.py).
 TEST_ENV := . .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test
 # The modules that run a second time with RabbitMQ as the broker.
-RABBITMQ_TESTS := tests/test_pipeline.py tests/test_rabbitmq_broker.py
+RABBITMQ_TESTS := tests/integration/test_pipeline.py tests/integration/test_rabbitmq_broker.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -19,7 +19,7 @@ def _survive_redis_restart() -> None:
     it ignores a restore that fails because Redis is down. The messages stay in Redis's unacked
     set and come back after the visibility timeout, as they would have anyway: Redis was down.
     Still present in kombu 5.7.0 and upstream main; remove once kombu's Channel.close no longer
-    reconnects from a collected connection. Test: tests/test_broker_restart.py.
+    reconnects from a collected connection. Test: tests/integration/test_broker_restart.py.
     """
     connparams = kombu_redis.Channel._connparams
     if getattr(connparams, "_notifier_guarded", False):

@@ -1,7 +1,7 @@
 """RabbitMQ as the broker: quorum queues, and ETAs through native delayed delivery.
 
 Runs when NOTIFIER_BROKER_URL is an amqp:// URL (`make test` runs this module and
-tests/test_pipeline.py a second time that way); skipped on Redis.
+tests/integration/test_pipeline.py a second time that way); skipped on Redis.
 """
 from __future__ import annotations
 

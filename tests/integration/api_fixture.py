@@ -1,6 +1,6 @@
 """The HTTP API as a real server process (`notifier api`) on a free loopback port.
 
-Import the fixture into a test module (``from tests.api_fixture import api``). Webhook
+Import the fixture into a test module (``from tests.integration.api_fixture import api``). Webhook
 verification keys are generated at run time; the helpers sign requests the way SendGrid
 and Twilio document it, independently of the code under test.
 """
@@ -23,7 +23,7 @@ from notifier.accounts import api_keys
 from sandbox import devstack
 from sandbox.signing import public_key_b64, sendgrid_headers, twilio_signature
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 free_port = devstack.free_port

@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from tests.sandbox_fixture import clean_sandbox_process, device_token, sandbox_process  # noqa: F401
+from tests.integration.sandbox_fixture import clean_sandbox_process, device_token, sandbox_process  # noqa: F401
 
 from sandbox.process import SandboxProcess
 from notifier.providers.transport import Http2Transport, HttpRequest

@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from entrypoints.api.app import create_app
-from tests.api_fixture import api  # noqa: F401  (fixture)
+from tests.integration.api_fixture import api  # noqa: F401  (fixture)
 
 MAX_EXAMPLES = 50
 DOCUMENT = create_app().openapi()
@@ -78,7 +78,7 @@ def test_no_input_makes_the_api_answer_with_a_server_error(api, api_schema, meth
     check()
 
 
-# ---- Hostile values (tests/bad_events.py), as in tests/test_edges_fuzz.py for the other edges:
+# ---- Hostile values (tests/integration/bad_events.py), as in tests/integration/test_edges_fuzz.py for the other edges:
 # only 422 (or 413), never a 5xx, and what is accepted is storable.
 
 HOSTILE_EXAMPLES = 40
@@ -91,7 +91,7 @@ def test_hostile_events_are_accepted_storable_or_422(api, database):
     from hypothesis import strategies as st
 
     from notifier.intake.events import parse_event
-    from tests.bad_events import EVENTS, assert_storable, dumps, nested_json
+    from tests.integration.bad_events import EVENTS, assert_storable, dumps, nested_json
 
     session = requests.Session()
     bodies = st.one_of(EVENTS.map(lambda e: dumps(e).encode()), st.integers(0, 30_000).map(nested_json),
@@ -118,7 +118,7 @@ def test_hostile_devices_and_preferences_are_accepted_or_422(api, database):
     from hypothesis import event as tally
     from hypothesis import strategies as st
 
-    from tests.bad_events import PREFERENCES, TEXT, dumps, field
+    from tests.integration.bad_events import PREFERENCES, TEXT, dumps, field
 
     session = requests.Session()
     devices = st.tuples(field("u-fuzz", TEXT), st.one_of(

@@ -21,7 +21,7 @@ from notifier.pipeline.routing import idempotency_key
 from notifier.accounts.preferences import set_preferences
 from notifier.providers.reports import Effect
 from notifier.providers.sendgrid.reports import sendgrid_effect
-from tests.api_fixture import api  # noqa: F401  (fixture)
+from tests.integration.api_fixture import api  # noqa: F401  (fixture)
 
 
 def _delivery(unique, channel: str = "email", status: str = "sent", target: str | None = None,

@@ -16,7 +16,7 @@ from entrypoints import cli
 from notifier.intake.bridge import BadMessage, decode_event
 from notifier.intake.events import parse_event
 from notifier.intake.validation import MAX_APNS_TOKEN_CHARS, MAX_DATA_DEPTH, SEND_AT_MAX_AHEAD
-from tests.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS, nested
+from tests.integration.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS, nested
 
 GOOD = {"notification_id": "n-1", "user_id": "u-1", "type": "order_shipped", "category": "transactional",
         "title": "Shipped", "body": "Your order\nis on its way"}

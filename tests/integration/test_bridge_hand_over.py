@@ -12,7 +12,7 @@ import pytest
 
 from notifier.intake.bridge import Bridge
 from notifier.intake.events import NotificationEvent
-from tests.test_bridge import (  # noqa: F401 - fixtures
+from tests.integration.test_bridge import (  # noqa: F401 - fixtures
     BOOTSTRAP, Topics, _all_committed, _all_sent, _committed, _end_offsets, _event, _ios_user, _produce, _read,
     bridges, needs_kafka, topics,
 )

@@ -16,7 +16,7 @@ from notifier.accounts.status import get_status
 from notifier.store import models
 from tasks.pipeline import send_notification, send_notifications
 from tests.conftest import TEST_VAR, child_env
-from tests.isolation import TcpGate, isolated_broker, produce
+from tests.integration.isolation import TcpGate, isolated_broker, produce
 
 TERMINAL = {status.value for status in models.TERMINAL}
 BACKLOG = 2000

@@ -1,7 +1,7 @@
 """Pytest fixtures that run the sandbox as a real subprocess.
 
 Import them into a test module or a conftest
-(``from tests.sandbox_fixture import sandbox_process, clean_sandbox_process``).
+(``from tests.integration.sandbox_fixture import sandbox_process, clean_sandbox_process``).
 Keys and the TLS certificate are generated at run time in a temporary
 directory.
 """

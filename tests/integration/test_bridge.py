@@ -33,11 +33,11 @@ from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
 from notifier.store.models import NotificationLog
 from notifier.accounts.devices import register_device
 from tests.conftest import TEST_VAR, child_env
-from tests.isolation import TcpGate
+from tests.integration.isolation import TcpGate
 
 BOOTSTRAP = os.environ.get("NOTIFIER_KAFKA_BOOTSTRAP_SERVERS")
 needs_kafka = pytest.mark.skipif(not BOOTSTRAP, reason="Kafka comes from `make services` (make test starts it)")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
 
 

@@ -22,7 +22,7 @@ from sandbox.keys import ensure_dev_keys
 from sandbox.process import SandboxProcess, start_sandbox
 from sandbox.state import SandboxState
 from notifier.providers.transport import Http2Transport, HttpRequest
-from tests.sandbox_fixture import clean_sandbox_process, device_token, sandbox_process  # noqa: F401
+from tests.integration.sandbox_fixture import clean_sandbox_process, device_token, sandbox_process  # noqa: F401
 
 ALERT = b'{"aps":{"alert":"Your order has shipped"}}'
 TOPIC = "com.example.notifier"

@@ -10,11 +10,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from notifier.intake.bridge import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MIN_BYTES, DeadLetter
-from tests.test_bridge import (  # noqa: F401 - fixtures
+from tests.integration.test_bridge import (  # noqa: F401 - fixtures
     BOOTSTRAP, _all_committed, _all_sent, _committed, _end_offsets, _event, _ios_user, _produce, _read, bridges,
     needs_kafka, topics,
 )
-from tests.test_bridge_hand_over import running  # noqa: F401 - fixture
+from tests.integration.test_bridge_hand_over import running  # noqa: F401 - fixture
 
 # What a producer can put on the broker: its default message.max.bytes (1,000,000) and the broker's
 # default record-batch limit (message.max.bytes 1,048,588), both less some framing.

@@ -23,7 +23,7 @@ from notifier.ops import counters, exporter
 from notifier.store.redis_conn import broker_redis, get_redis
 from notifier.accounts.devices import register_device
 from notifier.accounts.status import get_status
-from tests.api_fixture import api  # noqa: F401  (fixture)
+from tests.integration.api_fixture import api  # noqa: F401  (fixture)
 from tests.conftest import TEST_VAR, child_env
 
 

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from tests.api_fixture import api, free_port, serve  # noqa: F401  (fixture)
+from tests.integration.api_fixture import api, free_port, serve  # noqa: F401  (fixture)
 from tests.conftest import child_env
 from notifier.accounts import api_keys
 from notifier.store.redis_conn import broker_redis
-from tests.bad_events import BAD_EVENTS
+from tests.integration.bad_events import BAD_EVENTS
 
 
 def _event(nid: str, user: str, **changes) -> dict:

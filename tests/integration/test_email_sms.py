@@ -33,8 +33,8 @@ from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
 from notifier.store import models
 from tasks.pipeline import send_notification
-from tests.api_fixture import serve
-from tests.isolation import isolated_broker, produce
+from tests.integration.api_fixture import serve
+from tests.integration.isolation import isolated_broker, produce
 from tests.conftest import TEST_VAR, child_env
 
 K = OutcomeKind

@@ -11,7 +11,7 @@ import time
 
 from notifier.intake.bridge import INSTANCE_ID_ENV, SESSION_TIMEOUT_MS
 from tests.conftest import child_env
-from tests.test_bridge import PARTITIONS, Topics, _produce, bridges, needs_kafka, topics  # noqa: F401 - fixtures
+from tests.integration.test_bridge import PARTITIONS, Topics, _produce, bridges, needs_kafka, topics  # noqa: F401 - fixtures
 
 # The helper's bridges set -X session.timeout.ms=6000; these put back what the bridge itself chooses.
 OWN_SETTINGS = ("-X", f"session.timeout.ms={SESSION_TIMEOUT_MS}")

@@ -23,9 +23,9 @@ from notifier.store.models import DeviceToken
 from notifier.ops.redaction import RedactingFilter, redact_target, redact_text
 from notifier.accounts.status import notification_status
 from notifier.accounts.status import get_status
-from tests.api_fixture import api, serve  # noqa: F401  (fixture)
+from tests.integration.api_fixture import api, serve  # noqa: F401  (fixture)
 from tests.conftest import TEST_VAR, child_env
-from tests.test_flower import flower  # noqa: F401  (fixture)
+from tests.integration.test_flower import flower  # noqa: F401  (fixture)
 
 TOKEN = "9f" * 32
 FCM_TOKEN = "dXk3Yq0bE_lK:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx8b7Kq0bE_lK_yS8xXs0nQ5PZfUCWY0J3xYz7"

@@ -10,7 +10,7 @@ import notifier
 from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
-from tests.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS
+from tests.integration.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS
 
 
 def _ios_token() -> str:
@@ -97,7 +97,7 @@ def test_a_solo_pool_worker_started_as_deployed_delivers(database, sandbox, wait
 
     from sandbox import devstack
     from tests.conftest import TEST_VAR, child_env
-    from tests.isolation import isolated_broker, produce
+    from tests.integration.isolation import isolated_broker, produce
 
     user, token, nid = unique("user"), _ios_token(), unique("n")
     register_device(user, token, "ios")

@@ -27,7 +27,7 @@ from notifier.pipeline.routing import CANCEL_PREFIX, CONFLICT_REASON, route
 from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
-from tests.api_fixture import api  # noqa: F401  (fixture)
+from tests.integration.api_fixture import api  # noqa: F401  (fixture)
 from tests.conftest import child_env
 
 ALL = ("send", "status", "cancel", "users", "contacts", "admin")

@@ -1,0 +1,1 @@
+"""The wiring, end to end: real workers, PostgreSQL, Redis, Kafka and the sandbox."""

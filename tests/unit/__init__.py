@@ -1,0 +1,1 @@
+"""Rules with no broker and no services: fast, and run first."""
