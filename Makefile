@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-rabbitmq services services-stop services-status install bench clean flower
 
-# Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/conftest.py).
+# Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/integration/environment.py).
 TEST_ENV := . .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test
 # The modules that run a second time with RabbitMQ as the broker.
 RABBITMQ_TESTS := tests/integration/test_pipeline.py tests/integration/test_rabbitmq_broker.py

@@ -18,7 +18,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import TEST_VAR, child_env
+from tests.integration.environment import TEST_VAR, child_env
 from notifier.accounts import api_keys
 from sandbox import devstack
 from sandbox.signing import public_key_b64, sendgrid_headers, twilio_signature

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.integration.api_fixture import api, free_port, serve  # noqa: F401  (fixture)
-from tests.conftest import child_env
+from tests.integration.environment import child_env
 from notifier.accounts import api_keys
 from notifier.store.redis_conn import broker_redis
 from tests.integration.bad_events import BAD_EVENTS
@@ -268,7 +268,7 @@ def test_finding_5_a_body_nested_past_what_json_parses_is_4xx_not_500(api):
 
 
 def _api_log() -> str:
-    from tests.conftest import TEST_VAR
+    from tests.integration.environment import TEST_VAR
 
     return (TEST_VAR / "logs" / "api.log").read_text(errors="replace")
 

@@ -32,7 +32,7 @@ from notifier.store.db import session_factory
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
 from notifier.store.models import NotificationLog
 from notifier.accounts.devices import register_device
-from tests.conftest import TEST_VAR, child_env
+from tests.integration.environment import TEST_VAR, child_env
 from tests.integration.isolation import TcpGate
 
 BOOTSTRAP = os.environ.get("NOTIFIER_KAFKA_BOOTSTRAP_SERVERS")

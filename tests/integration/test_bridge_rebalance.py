@@ -10,7 +10,7 @@ import json
 import time
 
 from notifier.intake.bridge import INSTANCE_ID_ENV, SESSION_TIMEOUT_MS
-from tests.conftest import child_env
+from tests.integration.environment import child_env
 from tests.integration.test_bridge import PARTITIONS, Topics, _produce, bridges, needs_kafka, topics  # noqa: F401 - fixtures
 
 # The helper's bridges set -X session.timeout.ms=6000; these put back what the bridge itself chooses.

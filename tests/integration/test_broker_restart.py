@@ -22,7 +22,7 @@ from notifier.accounts.devices import register_device
 from notifier.accounts.status import get_status
 from tasks.app import app
 from tasks.pipeline import filter_stage, send_notification
-from tests.conftest import TEST_VAR, child_env
+from tests.integration.environment import TEST_VAR, child_env
 
 RESTARTS = 3
 TERMINAL = {status.value for status in models.TERMINAL}

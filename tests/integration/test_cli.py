@@ -14,7 +14,7 @@ import pytest
 from entrypoints import cli
 from sandbox import devstack
 from notifier.accounts.preferences import get_preferences
-from tests.conftest import child_env
+from tests.integration.environment import child_env
 
 # Each subcommand, and words its --help must contain to say what it is for.
 PURPOSES = {

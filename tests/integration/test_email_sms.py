@@ -35,7 +35,7 @@ from notifier.store import models
 from tasks.pipeline import send_notification
 from tests.integration.api_fixture import serve
 from tests.integration.isolation import isolated_broker, produce
-from tests.conftest import TEST_VAR, child_env
+from tests.integration.environment import TEST_VAR, child_env
 
 K = OutcomeKind
 TERMINAL = {status.value for status in models.TERMINAL}

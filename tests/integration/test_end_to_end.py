@@ -96,7 +96,7 @@ def test_a_solo_pool_worker_started_as_deployed_delivers(database, sandbox, wait
     import sys
 
     from sandbox import devstack
-    from tests.conftest import TEST_VAR, child_env
+    from tests.integration.environment import TEST_VAR, child_env
     from tests.integration.isolation import isolated_broker, produce
 
     user, token, nid = unique("user"), _ios_token(), unique("n")

@@ -20,7 +20,7 @@ from sandbox import devstack
 from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
-from tests.conftest import TEST_VAR, child_env
+from tests.integration.environment import TEST_VAR, child_env
 
 ROOT = devstack.ROOT
 

@@ -24,7 +24,7 @@ from notifier.store.redis_conn import broker_redis, get_redis
 from notifier.accounts.devices import register_device
 from notifier.accounts.status import get_status
 from tests.integration.api_fixture import api  # noqa: F401  (fixture)
-from tests.conftest import TEST_VAR, child_env
+from tests.integration.environment import TEST_VAR, child_env
 
 
 def samples(text: str | bytes) -> dict[tuple[str, frozenset], float]:

@@ -22,7 +22,7 @@ from notifier.store.models import DeviceToken, NotificationLog
 from notifier.settings import get_settings
 from notifier.accounts.devices import register_device
 from tasks.app import app
-from tests.conftest import TEST_VAR
+from tests.integration.environment import TEST_VAR
 
 TERMINAL = {status.value for status in models.TERMINAL}
 BATCH = 200

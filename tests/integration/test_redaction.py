@@ -24,7 +24,7 @@ from notifier.ops.redaction import RedactingFilter, redact_target, redact_text
 from notifier.accounts.status import notification_status
 from notifier.accounts.status import get_status
 from tests.integration.api_fixture import api, serve  # noqa: F401  (fixture)
-from tests.conftest import TEST_VAR, child_env
+from tests.integration.environment import TEST_VAR, child_env
 from tests.integration.test_flower import flower  # noqa: F401  (fixture)
 
 TOKEN = "9f" * 32

@@ -15,7 +15,7 @@ from notifier.accounts.devices import register_device
 from notifier.accounts.status import get_status
 from notifier.store import models
 from tasks.pipeline import send_notification, send_notifications
-from tests.conftest import TEST_VAR, child_env
+from tests.integration.environment import TEST_VAR, child_env
 from tests.integration.isolation import TcpGate, isolated_broker, produce
 
 TERMINAL = {status.value for status in models.TERMINAL}

@@ -17,7 +17,7 @@ import redis
 import yaml
 
 from sandbox import devstack
-from tests.conftest import TEST_VAR
+from tests.integration.environment import TEST_VAR
 
 SCRIPT = devstack.ROOT / "scripts" / "services.sh"
 COMPOSE = devstack.ROOT / "docker" / "compose.yaml"

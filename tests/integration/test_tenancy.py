@@ -28,7 +28,7 @@ from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
 from tests.integration.api_fixture import api  # noqa: F401  (fixture)
-from tests.conftest import child_env
+from tests.integration.environment import child_env
 
 ALL = ("send", "status", "cancel", "users", "contacts", "admin")
 
