@@ -12,7 +12,7 @@ from tests.integration.api_fixture import api, free_port, serve  # noqa: F401  (
 from tests.integration.environment import child_env
 from notifier.accounts import api_keys
 from notifier.store.redis_conn import broker_redis
-from tests.integration.bad_events import BAD_EVENTS
+from tests.bad_events import BAD_EVENTS
 
 
 def _event(nid: str, user: str, **changes) -> dict:

@@ -91,7 +91,7 @@ def test_hostile_events_are_accepted_storable_or_422(api, database):
     from hypothesis import strategies as st
 
     from notifier.intake.events import parse_event
-    from tests.integration.bad_events import EVENTS, assert_storable, dumps, nested_json
+    from tests.bad_events import EVENTS, assert_storable, dumps, nested_json
 
     session = requests.Session()
     bodies = st.one_of(EVENTS.map(lambda e: dumps(e).encode()), st.integers(0, 30_000).map(nested_json),
@@ -118,7 +118,7 @@ def test_hostile_devices_and_preferences_are_accepted_or_422(api, database):
     from hypothesis import event as tally
     from hypothesis import strategies as st
 
-    from tests.integration.bad_events import PREFERENCES, TEXT, dumps, field
+    from tests.bad_events import PREFERENCES, TEXT, dumps, field
 
     session = requests.Session()
     devices = st.tuples(field("u-fuzz", TEXT), st.one_of(

@@ -30,19 +30,6 @@ def apns(sandbox) -> ApnsProvider:
     provider.close()
 
 
-def test_every_documented_reason_has_a_row():
-    documented = {
-        "BadCollapseId", "BadDeviceToken", "BadExpirationDate", "BadMessageId", "BadPriority", "BadTopic",
-        "DeviceTokenNotForTopic", "DuplicateHeaders", "IdleTimeout", "InvalidPushType", "MissingDeviceToken",
-        "MissingTopic", "PayloadEmpty", "TopicDisallowed", "BadCertificate", "BadCertificateEnvironment",
-        "ExpiredProviderToken", "Forbidden", "InvalidProviderToken", "MissingProviderToken",
-        "BadEnvironmentKeyIdInToken", "BadEnvironmentKeyInToken", "BadPath", "MethodNotAllowed", "ExpiredToken",
-        "Unregistered", "PayloadTooLarge", "TooManyProviderTokenUpdates", "TooManyRequests",
-        "InternalServerError", "ServiceUnavailable", "Shutdown",
-    }
-    assert {reason for _, reason in CLASSIFICATION} == documented
-
-
 @pytest.mark.parametrize(("status", "reason"), sorted(CLASSIFICATION), ids=lambda v: str(v))
 def test_each_answer_is_classified_by_its_row(apns, sandbox, status, reason):
     # Given APNs answering this status and reason once for a device
@@ -220,15 +207,3 @@ def test_an_exception_in_on_outcome_is_logged_and_the_batch_goes_on(apns, sandbo
     assert all(len(sandbox.messages("apns", t)) == 1 for t in tokens)
 
 
-ODD_ANSWERS = {"list": b"[1, 2]", "odd reason": b'{"reason": ["BadDeviceToken"]}',
-               "odd time": b'{"reason": "Unregistered", "timestamp": "soon"}', "bytes": b"\xff\xfe"}
-
-
-@pytest.mark.parametrize("body", list(ODD_ANSWERS.values()), ids=list(ODD_ANSWERS))
-def test_an_odd_answer_is_classified_never_raised(body):
-    from notifier.providers.apns import classify
-    from notifier.providers.transport import HttpRequest, HttpResponse
-
-    status = 410 if b"Unregistered" in body else 400
-    outcome = classify(HttpResponse(HttpRequest("POST", "https://x/3/device/00", {}, b""), status, {}, body, None, 0))
-    assert outcome.kind in (K.FAILED, K.TOKEN_INVALID) and outcome.reason.startswith(f"apns {status}")

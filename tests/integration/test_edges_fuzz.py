@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from entrypoints import cli
 from notifier.intake.bridge import BadMessage, decode_event
 from notifier.intake.events import parse_event
-from tests.integration.bad_events import EVENTS, PREFERENCES, SCALARS, TEXT, assert_storable, dumps, field, nested_json
+from tests.bad_events import EVENTS, PREFERENCES, SCALARS, TEXT, assert_storable, dumps, field, nested_json
 
 MAX_EXAMPLES = 60
 FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,

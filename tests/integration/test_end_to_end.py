@@ -10,7 +10,7 @@ import notifier
 from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
-from tests.integration.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS
+from tests.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS
 
 
 def _ios_token() -> str:

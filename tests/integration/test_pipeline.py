@@ -256,16 +256,6 @@ def test_cancel_that_overtakes_its_event_suppresses_it(worker, sandbox, wait_unt
     assert sandbox.messages(target=token) == []
 
 
-def test_event_with_a_nul_character_is_refused_naming_the_field():
-    import pytest
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="NUL characters are not allowed") as info:
-        notifier.send_notification.delay({"notification_id": "n", "user_id": "u", "type": "t", "category": "c",
-                                          "title": "a\x00b", "body": "b"})
-    assert [e["loc"] for e in info.value.errors()] == [("title",)]
-
-
 def test_a_preference_change_takes_effect_at_once_despite_the_cache(worker, sandbox, wait_until, unique):
     # Given a user whose record the pipeline has just cached (an event went through)
     user, token = _user_with_ios(unique)
@@ -282,3 +272,13 @@ def test_a_preference_change_takes_effect_at_once_despite_the_cache(worker, sand
     [row] = wait_until(lambda: _settled(second["notification_id"]))
     assert (row["status"], row["reason"]) == ("suppressed", "push disabled by user")
     assert len(sandbox.messages(target=token)) == 1
+
+
+def test_event_with_a_nul_character_is_refused_naming_the_field():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="NUL characters are not allowed") as info:
+        notifier.send_notification.delay({"notification_id": "n", "user_id": "u", "type": "t", "category": "c",
+                                          "title": "a\x00b", "body": "b"})
+    assert [e["loc"] for e in info.value.errors()] == [("title",)]
