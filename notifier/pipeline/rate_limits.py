@@ -76,20 +76,31 @@ return out
 """
 
 
+def applicable_limit(limits: Sequence[Limit], req: Request) -> Limit | None:
+    """The limit a request counts against; None for security mail and critical events, which are never limited."""
+    if req.category in EXEMPT_CATEGORIES or Priority.of(req.priority).bypasses_user_limits:
+        return None
+    return limit_for(limits, req.channel, req.category)
+
+
+def window_key(req: Request, limit: Limit, now_s: float) -> tuple[str, int]:
+    """The counter of the fixed window `now_s` falls in, and its expiry (the window plus a minute)."""
+    window = int(now_s // limit.window_s)
+    return f"rl:{req.user_id}:{req.channel}:{limit.category}:{limit.window_s}:{window}", limit.window_s + 60
+
+
 def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], now_s: float) -> list[bool]:
     """Count each request against its limit in one round trip; True where it is allowed."""
     plan: list[Limit | None] = []
     keys, ttls = [], []
     for req in requests:
-        limit = None if req.category in EXEMPT_CATEGORIES or Priority.of(req.priority).bypasses_user_limits else limit_for(
-            limits, req.channel, req.category
-        )
+        limit = applicable_limit(limits, req)
         plan.append(limit)
         if limit is None:
             continue
-        window = int(now_s // limit.window_s)
-        keys.append(f"rl:{req.user_id}:{req.channel}:{limit.category}:{limit.window_s}:{window}")
-        ttls.append(limit.window_s + 60)
+        key, ttl = window_key(req, limit, now_s)
+        keys.append(key)
+        ttls.append(ttl)
     counts = iter(_counter(r)(keys=keys, args=ttls) if keys else ())
     return [True if limit is None else next(counts) <= limit.max_count for limit in plan]
 

@@ -87,6 +87,15 @@ def backoff_s(attempt: int, retry_after_s: float | None, settings: Settings) -> 
     return min(delay, settings.retry_max_s)
 
 
+def status_after(kind: OutcomeKind, attempts: int, max_attempts: int) -> Status:
+    """Where a delivery goes after an attempt: sent; scheduled again while a retryable one has attempts left; failed."""
+    if kind is OutcomeKind.OK:
+        return Status.SENT
+    if kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED) and attempts < max_attempts:
+        return Status.SCHEDULED
+    return Status.FAILED
+
+
 def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings: Settings) -> SendReport:
     """Send the deliveries we hold leases for, grouped by provider, and record each outcome.
 
@@ -187,11 +196,12 @@ def _record(
     for row, o, provider in results:
         attempts = row.attempts + 1
         change = {"_id": row.id, "attempts": attempts, "provider": provider}
-        if o.kind is OutcomeKind.OK:
+        status = status_after(o.kind, attempts, settings.max_attempts)
+        if status is Status.SENT:
             # The reason of an earlier retry ("retry 2 of 5 after: …") no longer describes the row.
             change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id,
                        "reason": f"sent on attempt {attempts}" if attempts > 1 else None}
-        elif o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED) and attempts < settings.max_attempts:
+        elif status is Status.SCHEDULED:
             if o.kind is OutcomeKind.MISCONFIGURED:
                 log.error("provider %s misconfigured: %s (delivery %s will retry)", row.provider, o.reason, row.id)
             delay = backoff_s(attempts, o.retry_after_s, settings)
