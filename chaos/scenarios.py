@@ -1,0 +1,210 @@
+"""The faults: one function per scenario, run while its load is produced.
+
+Each gets a Run (its stack, the private services, the sandbox, the load) and returns once the
+fault is over and the load is produced; the campaign then waits for the drain and measures.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from chaos.load import Load
+from chaos.services import Services
+from chaos.stack import Stack
+
+
+@dataclass
+class Run:
+    name: str
+    prefix: str
+    stack: Stack
+    services: Services
+    sandbox: Any  # SandboxClient
+    load: Load
+    broker_url: str
+    notes: list[str] = field(default_factory=list)
+    # Sandbox records taken before a reset (the storm's end), added to the final count.
+    saved_messages: list[dict] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"chaos:   {text}", flush=True)
+
+    def wait_sending(self, timeout_s: float = 5.0) -> bool:
+        """Wait until APNs requests are arriving (a push worker is mid-batch); False if none came."""
+        deadline = time.monotonic() + timeout_s
+        before = self.sandbox.request_count("apns")
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.sandbox.request_count("apns")
+            if now > before:
+                return True
+            before = now
+        return False
+
+    def broker_backlog(self) -> int:
+        """Messages waiting in the broker's queues plus those handed out and not acknowledged yet."""
+        import redis
+
+        from celeryconfig import QUEUES
+
+        r = redis.Redis.from_url(self.broker_url, socket_timeout=2)
+        try:
+            return sum(r.llen(q) for q in QUEUES) + r.hlen("unacked")
+        finally:
+            r.close()
+
+
+def baseline(run: Run) -> None:
+    """No fault: the yardstick for the others' drain times."""
+    run.load.start()
+    run.load.join()
+
+
+def push_worker_kill(run: Run, kills: int = 3) -> None:
+    """SIGKILL a push worker (its whole process group) while APNs requests are in flight, several times."""
+    run.load.start()
+    last_kill = 0.0
+    for i in range(kills):
+        run.load.wait_progress((i + 1) / (kills + 1))
+        time.sleep(max(0.0, last_kill + 2.0 - time.monotonic()))  # the previous one is back, or nearly
+        role = "push-low" if i % 2 == 0 else "push-high"
+        flowing = run.wait_sending()
+        last_kill = time.monotonic()
+        run.stack.kill(role)
+        run.note(f"SIGKILL {role} at {run.load.progress:.0%} of the load"
+                 f"{'' if flowing else ' (no APNs request seen in flight)'}; restarted")
+    run.load.join()
+
+
+def pipeline_worker_kill(run: Run, kills: int = 3) -> None:
+    """SIGKILL a pipeline worker while it holds route/filter/dedup messages, several times."""
+    import redis
+
+    run.load.start()
+    r = redis.Redis.from_url(run.broker_url, socket_timeout=2)
+    try:
+        for i in range(kills):
+            run.load.wait_progress((i + 1) / (kills + 1))
+            deadline = time.monotonic() + 5
+            while r.hlen("unacked") == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            unacked = r.hlen("unacked")
+            role = "pipeline-low" if i % 2 == 0 else "pipeline-high"
+            run.stack.kill(role)
+            run.note(f"SIGKILL {role} at {run.load.progress:.0%} ({unacked} messages unacked in the broker); "
+                     "restarted")
+    finally:
+        r.close()
+    run.load.join()
+
+
+def bridge_kill(run: Run) -> None:
+    """SIGKILL the low-lane bridge mid-stream and start it again a second later."""
+    run.load.start()
+    run.load.wait_progress(0.4)
+    run.stack.kill("bridge-low", restart_after_s=1.0)
+    run.note(f"SIGKILL bridge-low at {run.load.progress:.0%}; restarted after 1 s")
+    run.load.join()
+
+
+def provider_storm(run: Run, share: float = 0.15) -> None:
+    """APNs answers 503 to a share of requests and 429 with Retry-After to another, during the load."""
+    run.load.start()
+    run.load.wait_progress(0.1)
+    run.sandbox.add_fault("apns", status=503, fraction=share, count=None)
+    run.sandbox.add_fault("apns", status=429, retry_after=1, fraction=share, count=None)
+    started = time.monotonic()
+    run.note(f"storm on: 503 on {share:.0%} and 429 + Retry-After 1 s on {share:.0%} of APNs requests")
+    run.load.join()
+    time.sleep(2)
+    # A fraction fault lasts until the sandbox resets, and a reset forgets the records: the push
+    # workers are stopped (SIGSTOP) meanwhile, so no accepted request falls between the two.
+    push = ["push-high", "push-low"]
+    run.stack.pause(push)
+    try:
+        time.sleep(1.0)
+        run.saved_messages.extend(run.sandbox.messages("apns"))
+        faults = run.sandbox.faults()
+        run.sandbox.reset()
+    finally:
+        run.stack.resume(push)
+    hits = sum(f.get("hits", 0) for f in faults)
+    run.note(f"storm off after {time.monotonic() - started:.0f} s; {hits} requests answered 503/429")
+
+
+def postgres_crash(run: Run) -> None:
+    """`pg_ctl stop -m immediate` mid-load, start again two seconds later."""
+    run.load.start()
+    run.load.wait_progress(0.4)
+    run.services.postgres.crash()
+    run.note(f"PostgreSQL stopped -m immediate at {run.load.progress:.0%}")
+    time.sleep(2)
+    run.services.postgres.restart()
+    run.note("PostgreSQL started again (crash recovery)")
+    run.load.join()
+
+
+def redis_kill_backlog(run: Run) -> None:
+    """SIGKILL Redis while the broker holds a backlog (the load comes as a fast burst), restart it."""
+    run.load.start()
+    run.load.wait_progress(0.7)
+    deadline = time.monotonic() + 10
+    backlog = run.broker_backlog()
+    while backlog < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        backlog = run.broker_backlog()
+    run.services.redis.kill()
+    run.note(f"SIGKILL Redis at {run.load.progress:.0%} of the load, broker backlog {backlog} messages")
+    time.sleep(2)
+    run.services.redis.start()
+    run.note(f"Redis started again; broker backlog after restart {run.broker_backlog()} messages")
+    run.load.join()
+
+
+def redis_restart(run: Run) -> None:
+    """Graceful Redis restart (SHUTDOWN, which saves as configured; then start) mid-load."""
+    run.load.start()
+    run.load.wait_progress(0.4)
+    backlog = run.broker_backlog()
+    run.services.redis.shutdown()
+    run.note(f"Redis SHUTDOWN at {run.load.progress:.0%} of the load, broker backlog {backlog} messages")
+    time.sleep(1)
+    run.services.redis.start()
+    run.note(f"Redis started again; broker backlog after restart {run.broker_backlog()} messages")
+    run.load.join()
+
+
+def kafka_kill(run: Run) -> None:
+    """SIGKILL Kafka mid-load; start it again three seconds later."""
+    run.load.start()
+    run.load.wait_progress(0.4)
+    run.services.kafka.kill()
+    run.note(f"SIGKILL Kafka at {run.load.progress:.0%} of the load")
+    time.sleep(3)
+    started = time.monotonic()
+    run.services.kafka.restart()
+    run.note(f"Kafka answers again after {time.monotonic() - started:.0f} s")
+    run.load.join()
+
+
+def poison(run: Run) -> None:
+    """Malformed and ~1 MB messages among the events (see Load.poison): the events must still arrive."""
+    run.load.start()
+    run.load.join()
+
+
+# name -> (function, options of the load: rate multiplier, poison)
+SCENARIOS: dict[str, tuple[Callable[[Run], None], dict]] = {
+    "baseline": (baseline, {}),
+    "push-worker-kill": (push_worker_kill, {}),
+    "pipeline-worker-kill": (pipeline_worker_kill, {}),
+    "bridge-kill": (bridge_kill, {}),
+    "provider-storm": (provider_storm, {}),
+    "postgres-crash": (postgres_crash, {}),
+    "redis-kill-backlog": (redis_kill_backlog, {"burst": True}),
+    "redis-restart": (redis_restart, {}),
+    "kafka-kill": (kafka_kill, {}),
+    "poison": (poison, {"poison": True}),
+}
