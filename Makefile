@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test services services-stop services-status install bench clean flower
+.PHONY: demo test services services-stop services-status install bench clean flower chaos
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ flower: $(STAMP)
 
 bench: $(STAMP) services
 	. .services/env && $(PY) -m bench $(BENCH_ARGS)
+
+## The fault campaign (docs/chaos.md): private Redis, PostgreSQL and Kafka on 26379, 25432 and
+## 29092/29093 (never the shared ones), one fault per scenario; e.g. CHAOS_ARGS='--scenario baseline'.
+chaos: $(STAMP)
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf var

@@ -153,6 +153,7 @@ def run_scenario(name: str, args, env, services, sandbox) -> dict:
             "scenario": name,
             "events": len(load.acked),
             "not_acked_by_kafka": len(events) - len(load.acked),
+            "produce_rate": round(len(events) / max(1e-3, (load.finished or time.time()) - load.started)),
             "lost": len(load.acked - settled),
             "lost_no_row": len(load.acked - with_rows),
             "stuck": state.not_terminal_rows if state else None,
@@ -169,7 +170,13 @@ def run_scenario(name: str, args, env, services, sandbox) -> dict:
         if options.get("poison"):
             result["poison"] = len(load.poison)
             result["poison_acked"] = load.poison_acked
-            result["dead_lettered"] = measure.count_dead_letters(services.kafka.bootstrap, dead_letters)
+            result["poison_refused_by_producer"] = load.poison_refused
+            deadline = time.monotonic() + 15  # dead letters are produced asynchronously: give them a moment
+            while True:
+                result["dead_lettered"] = measure.count_dead_letters(services.kafka.bootstrap, dead_letters)
+                if result["dead_lettered"] >= load.poison_acked or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
             result["dead_letter_missing"] = max(0, load.poison_acked - max(0, result["dead_lettered"]))
         return result
     finally:

@@ -8,6 +8,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaException
+
 
 def register_users(prefix: str, n: int) -> list[str]:
     """n users, each with one iOS device token (so pushes go to the sandbox's APNs)."""
@@ -35,7 +37,7 @@ def make_events(prefix: str, n: int, users: list[str], *, high_share: float = 0.
     } for i in range(n)]
 
 
-def poison_messages(n: int, large: int, *, large_bytes: int = 990_000, seed: int = 5) -> list[bytes]:
+def poison_messages(n: int, large: int, *, large_bytes: int = 999_950, seed: int = 5) -> list[bytes]:
     """n malformed messages of several kinds, `large` of them about a megabyte (below Kafka's limit)."""
     rng = random.Random(seed)
     kinds = [
@@ -53,7 +55,7 @@ def poison_messages(n: int, large: int, *, large_bytes: int = 990_000, seed: int
             out.append(rng.randbytes(large_bytes))  # binary junk
         else:  # an event whose body is far above MAX_EVENT_BYTES
             out.append(json.dumps({"notification_id": f"poison-large-{i}", "user_id": "u", "type": "chaos",
-                                   "title": "t", "body": "x" * (large_bytes - 200)}).encode())
+                                   "title": "t", "body": "x" * (large_bytes - 110)}).encode())
     rng.shuffle(out)
     return out
 
@@ -69,9 +71,11 @@ class Load:
     acked: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     poison_acked: int = 0
+    poison_refused: list[str] = field(default_factory=list)  # by our own producer, before Kafka saw them
     produced: int = 0
     last_ack: float = 0.0
     started: float = 0.0
+    finished: float = 0.0
     error: BaseException | None = None
     _thread: threading.Thread | None = None
 
@@ -130,6 +134,7 @@ class Load:
                 time.sleep(max(0.0, self.started + (i + 1) / self.rate - time.time()))
             for value in poison:
                 self._produce_raw(producer, self.topics["low"], value)
+            self.finished = time.time()
         except BaseException as exc:  # noqa: BLE001 - reported by join()
             self.error = exc
 
@@ -144,3 +149,6 @@ class Load:
                 if time.monotonic() > deadline:
                     raise
                 producer.poll(0.1)
+            except KafkaException as exc:
+                self.poison_refused.append(f"{len(value)} bytes: {exc.args[0].str()}")
+                return

@@ -28,6 +28,8 @@ class Run:
     saved_messages: list[dict] = field(default_factory=list)
 
     def note(self, text: str) -> None:
+        """Remember what the scenario did, stamped with the seconds since the load began."""
+        text = f"t+{time.time() - self.load.started:.1f}s {text}" if self.load.started else text
         self.notes.append(text)
         print(f"chaos:   {text}", flush=True)
 
@@ -71,9 +73,9 @@ def push_worker_kill(run: Run, kills: int = 3) -> None:
         time.sleep(max(0.0, last_kill + 2.0 - time.monotonic()))  # the previous one is back, or nearly
         role = "push-low" if i % 2 == 0 else "push-high"
         flowing = run.wait_sending()
-        last_kill = time.monotonic()
+        last_kill, at = time.monotonic(), run.load.progress
         run.stack.kill(role)
-        run.note(f"SIGKILL {role} at {run.load.progress:.0%} of the load"
+        run.note(f"SIGKILL {role} at {at:.0%} of the load"
                  f"{'' if flowing else ' (no APNs request seen in flight)'}; restarted")
     run.load.join()
 
@@ -92,8 +94,9 @@ def pipeline_worker_kill(run: Run, kills: int = 3) -> None:
                 time.sleep(0.01)
             unacked = r.hlen("unacked")
             role = "pipeline-low" if i % 2 == 0 else "pipeline-high"
+            at = run.load.progress
             run.stack.kill(role)
-            run.note(f"SIGKILL {role} at {run.load.progress:.0%} ({unacked} messages unacked in the broker); "
+            run.note(f"SIGKILL {role} at {at:.0%} of the load ({unacked} messages unacked in the broker); "
                      "restarted")
     finally:
         r.close()
@@ -104,8 +107,9 @@ def bridge_kill(run: Run) -> None:
     """SIGKILL the low-lane bridge mid-stream and start it again a second later."""
     run.load.start()
     run.load.wait_progress(0.4)
+    at = run.load.progress
     run.stack.kill("bridge-low", restart_after_s=1.0)
-    run.note(f"SIGKILL bridge-low at {run.load.progress:.0%}; restarted after 1 s")
+    run.note(f"SIGKILL bridge-low at {at:.0%} of the load; restarted after 1 s")
     run.load.join()
 
 
@@ -138,8 +142,9 @@ def postgres_crash(run: Run) -> None:
     """`pg_ctl stop -m immediate` mid-load, start again two seconds later."""
     run.load.start()
     run.load.wait_progress(0.4)
+    at = run.load.progress
     run.services.postgres.crash()
-    run.note(f"PostgreSQL stopped -m immediate at {run.load.progress:.0%}")
+    run.note(f"PostgreSQL stopped -m immediate at {at:.0%} of the load")
     time.sleep(2)
     run.services.postgres.restart()
     run.note("PostgreSQL started again (crash recovery)")
@@ -147,32 +152,39 @@ def postgres_crash(run: Run) -> None:
 
 
 def redis_kill_backlog(run: Run) -> None:
-    """SIGKILL Redis while the broker holds a backlog (the load comes as a fast burst), restart it."""
-    run.load.start()
-    run.load.wait_progress(0.7)
-    deadline = time.monotonic() + 10
-    backlog = run.broker_backlog()
-    while backlog < 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    """SIGKILL Redis while the broker holds a low-lane backlog, restart it two seconds later.
+
+    The backlog is made, not hoped for: the low lane's pipeline and push workers are stopped
+    (SIGSTOP) while a burst arrives, as workers slower than the intake would leave it; the high
+    lane keeps running. They resume once Redis is back.
+    """
+    low = ["pipeline-low", "push-low"]
+    run.stack.pause(low)
+    try:
+        run.load.start()
+        run.load.wait_progress(1.0)
+        time.sleep(1.0)  # the bridges hand the last batches over
         backlog = run.broker_backlog()
-    run.services.redis.kill()
-    run.note(f"SIGKILL Redis at {run.load.progress:.0%} of the load, broker backlog {backlog} messages")
-    time.sleep(2)
-    run.services.redis.start()
-    run.note(f"Redis started again; broker backlog after restart {run.broker_backlog()} messages")
+        run.services.redis.kill()
+        run.note(f"SIGKILL Redis with the low lane's workers stopped and {backlog} messages in the broker")
+        time.sleep(2)
+        run.services.redis.start()
+        run.note(f"Redis started again from what it had on disk: {run.broker_backlog()} messages in the broker")
+    finally:
+        run.stack.resume(low)
     run.load.join()
 
 
 def redis_restart(run: Run) -> None:
-    """Graceful Redis restart (SHUTDOWN, which saves as configured; then start) mid-load."""
+    """Graceful Redis restart (SHUTDOWN, which saves as configured; then start) while work flows."""
     run.load.start()
     run.load.wait_progress(0.4)
-    backlog = run.broker_backlog()
+    at, backlog = run.load.progress, run.broker_backlog()
     run.services.redis.shutdown()
-    run.note(f"Redis SHUTDOWN at {run.load.progress:.0%} of the load, broker backlog {backlog} messages")
+    run.note(f"Redis SHUTDOWN at {at:.0%} of the load, {backlog} messages in the broker")
     time.sleep(1)
     run.services.redis.start()
-    run.note(f"Redis started again; broker backlog after restart {run.broker_backlog()} messages")
+    run.note(f"Redis started again: {run.broker_backlog()} messages in the broker")
     run.load.join()
 
 
@@ -180,8 +192,9 @@ def kafka_kill(run: Run) -> None:
     """SIGKILL Kafka mid-load; start it again three seconds later."""
     run.load.start()
     run.load.wait_progress(0.4)
+    at = run.load.progress
     run.services.kafka.kill()
-    run.note(f"SIGKILL Kafka at {run.load.progress:.0%} of the load")
+    run.note(f"SIGKILL Kafka at {at:.0%} of the load")
     time.sleep(3)
     started = time.monotonic()
     run.services.kafka.restart()
