@@ -131,9 +131,9 @@ def run_scenario(name: str, args, env, services, sandbox) -> dict:
     events = make_events(prefix, args.events, users, high_share=args.high_share)
     stack = Stack(env, VAR / "logs" / prefix, topics, dead_letters, group=f"chaos-{prefix}")
     ledger = measure.Ledger(services.postgres.url())
-    rate = args.burst_rate if options.get("burst") else args.rate
+    rate = args.burst_rate if options.get("burst") else args.rate * options.get("rate_factor", 1.0)
     load = Load(events, topics, rate, poison_messages(args.poison, args.large) if options.get("poison") else [])
-    run = Run(name, prefix, stack, services, sandbox, load, env["NOTIFIER_BROKER_URL"])
+    run = Run(name, prefix, stack, services, sandbox, load, env["NOTIFIER_BROKER_URL"], ledger)
     try:
         t0 = time.monotonic()
         stack.start()

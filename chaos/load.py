@@ -92,12 +92,9 @@ class Load:
         while self.progress < fraction and self._thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def join(self, flush_timeout_s: float = 120) -> None:
+    def join(self) -> None:
         """Wait for the producing to end and Kafka to acknowledge what was produced."""
-        from notifier.publish import flush
-
         self._thread.join()
-        flush(flush_timeout_s)
         if self.error is not None:
             raise self.error
 
@@ -116,7 +113,7 @@ class Load:
 
     def _run(self) -> None:
         from notifier.events import parse_event
-        from notifier.publish import get_producer, publish
+        from notifier.publish import flush, get_producer, publish
 
         try:
             producer = get_producer()
@@ -135,6 +132,9 @@ class Load:
             for value in poison:
                 self._produce_raw(producer, self.topics["low"], value)
             self.finished = time.time()
+            # Acknowledgements are reported from poll()/flush(): flushed here, last_ack is when Kafka
+            # acknowledged the last event, not when some later call happened to collect it.
+            flush(120)
         except BaseException as exc:  # noqa: BLE001 - reported by join()
             self.error = exc
 

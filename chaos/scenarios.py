@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from chaos.load import Load
+from chaos.measure import Ledger
 from chaos.services import Services
 from chaos.stack import Stack
 
@@ -23,6 +24,7 @@ class Run:
     sandbox: Any  # SandboxClient
     load: Load
     broker_url: str
+    ledger: Ledger
     notes: list[str] = field(default_factory=list)
     # Sandbox records taken before a reset (the storm's end), added to the final count.
     saved_messages: list[dict] = field(default_factory=list)
@@ -45,6 +47,25 @@ class Run:
             before = now
         return False
 
+    def unrouted(self) -> int:
+        """Events Kafka acknowledged that have no row yet (in a bridge, the broker or a pipeline worker)."""
+        state = self.ledger.state(self.prefix)
+        return len(self.load.acked - state.events) if state else -1
+
+    def unacked(self, queue: str) -> int:
+        """Messages of `queue` handed to a worker and not acknowledged yet (kombu's Redis `unacked` hash)."""
+        import json
+
+        import redis
+
+        r = redis.Redis.from_url(self.broker_url, socket_timeout=2)
+        try:
+            return sum(1 for raw in r.hvals("unacked") if json.loads(raw)[-1] == queue)
+        except (redis.RedisError, ValueError, IndexError, TypeError):
+            return 0
+        finally:
+            r.close()
+
     def broker_backlog(self) -> int:
         """Messages waiting in the broker's queues plus those handed out and not acknowledged yet."""
         import redis
@@ -64,18 +85,32 @@ def baseline(run: Run) -> None:
     run.load.join()
 
 
-def push_worker_kill(run: Run, kills: int = 3) -> None:
-    """SIGKILL a push worker (its whole process group) while APNs requests are in flight, several times."""
+def push_worker_kill(run: Run, kills: int = 4) -> None:
+    """SIGKILL a push worker (its whole process group) mid-batch, several times.
+
+    The first comes at 20 % of the load, the next ones 1.5 s apart (a restarted worker needs a
+    few seconds to come back), into the drain after the load if need be. A kill waits up to 5 s
+    for its worker to hold push tasks (unacknowledged in the broker) and is skipped, with a
+    note, if it never does.
+    """
     run.load.start()
+    run.load.wait_progress(0.2)
     last_kill = 0.0
     for i in range(kills):
-        run.load.wait_progress((i + 1) / (kills + 1))
-        time.sleep(max(0.0, last_kill + 2.0 - time.monotonic()))  # the previous one is back, or nearly
+        time.sleep(max(0.0, last_kill + 1.5 - time.monotonic()))
         role = "push-low" if i % 2 == 0 else "push-high"
-        flowing = run.wait_sending()
-        last_kill, at = time.monotonic(), run.load.progress
+        queue = role.replace("-", ".")
+        deadline = time.monotonic() + 5
+        while run.unacked(queue) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        held, at = run.unacked(queue), run.load.progress
+        if not held:
+            run.note(f"no SIGKILL of {role} at {at:.0%} of the load: it held no push tasks for 5 s")
+            continue
+        flowing = run.wait_sending(timeout_s=0.5)
+        last_kill = time.monotonic()
         run.stack.kill(role)
-        run.note(f"SIGKILL {role} at {at:.0%} of the load"
+        run.note(f"SIGKILL {role} at {at:.0%} of the load holding {held} push tasks"
                  f"{'' if flowing else ' (no APNs request seen in flight)'}; restarted")
     run.load.join()
 
@@ -164,9 +199,10 @@ def redis_kill_backlog(run: Run) -> None:
         run.load.start()
         run.load.wait_progress(1.0)
         time.sleep(1.0)  # the bridges hand the last batches over
-        backlog = run.broker_backlog()
+        backlog, unrouted = run.broker_backlog(), run.unrouted()
         run.services.redis.kill()
-        run.note(f"SIGKILL Redis with the low lane's workers stopped and {backlog} messages in the broker")
+        run.note(f"SIGKILL Redis with the low lane's workers stopped, {backlog} messages in the broker "
+                 f"(bridge batches), {unrouted} events without a row yet")
         time.sleep(2)
         run.services.redis.start()
         run.note(f"Redis started again from what it had on disk: {run.broker_backlog()} messages in the broker")
@@ -179,9 +215,10 @@ def redis_restart(run: Run) -> None:
     """Graceful Redis restart (SHUTDOWN, which saves as configured; then start) while work flows."""
     run.load.start()
     run.load.wait_progress(0.4)
-    at, backlog = run.load.progress, run.broker_backlog()
+    at, backlog, unrouted = run.load.progress, run.broker_backlog(), run.unrouted()
     run.services.redis.shutdown()
-    run.note(f"Redis SHUTDOWN at {at:.0%} of the load, {backlog} messages in the broker")
+    run.note(f"Redis SHUTDOWN at {at:.0%} of the load, {backlog} messages in the broker, "
+             f"{unrouted} events without a row yet")
     time.sleep(1)
     run.services.redis.start()
     run.note(f"Redis started again: {run.broker_backlog()} messages in the broker")
@@ -208,7 +245,7 @@ def poison(run: Run) -> None:
     run.load.join()
 
 
-# name -> (function, options of the load: rate multiplier, poison)
+# name -> (function, options of its load: burst (--burst-rate), rate_factor (of --rate), poison)
 SCENARIOS: dict[str, tuple[Callable[[Run], None], dict]] = {
     "baseline": (baseline, {}),
     "push-worker-kill": (push_worker_kill, {}),
