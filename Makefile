@@ -39,8 +39,8 @@ flower: $(STAMP)
 bench: $(STAMP) services
 	. .services/env && $(PY) -m bench $(BENCH_ARGS)
 
-## The fault campaign (docs/chaos.md): private Redis, PostgreSQL and Kafka on 26379, 25432 and
-## 29092/29093 (never the shared ones), one fault per scenario; e.g. CHAOS_ARGS='--scenario baseline'.
+## The fault campaign (docs/chaos.md): private Redis, PostgreSQL and Kafka on loopback ports of its own
+## (never the shared ones), one fault per scenario; e.g. CHAOS_ARGS='--scenario baseline'.
 chaos: $(STAMP)
 	$(PY) -m chaos $(CHAOS_ARGS)
 

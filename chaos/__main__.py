@@ -1,7 +1,7 @@
 """`python -m chaos` (`make chaos`): run the fault scenarios, print a table and a JSON line.
 
 Every scenario runs on a fresh stack (bridges, workers, beat) against private Redis,
-PostgreSQL and Kafka started here (ports 26379, 25432, 29092/29093; data in var/chaos/), and a
+PostgreSQL and Kafka started here (loopback ports picked free; data in var/chaos/), and a
 private sandbox. Exit 0 only when no scenario lost an event, sent one twice or failed to
 dead-letter a malformed message; 1 when one did; 2 when the campaign itself could not run.
 """
@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     started = time.monotonic()
     try:
-        print(f"chaos: starting private Redis, PostgreSQL and Kafka under {services.home}", flush=True)
+        print(f"chaos: starting private Redis :{services.redis.port}, PostgreSQL :{services.postgres.port} and "
+              f"Kafka :{services.kafka.port} (controller :{services.kafka.controller_port}) under {services.home}",
+              flush=True)
         services.start()
         env = configure_env(services)
         from notifier import devstack, migrate

@@ -125,6 +125,21 @@ def _spawn(argv: list[str], out: Path, **kw) -> subprocess.Popen:
                             start_new_session=True, **kw)
 
 
+def _processes_using(path: Path) -> list[int]:
+    """Pids whose command line names `path` (a redis.conf, a data directory, a server.properties in it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
 def _kill_group(proc: subprocess.Popen | None, sig: int = signal.SIGKILL) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -140,7 +155,7 @@ class Redis:
 
     config: ServicesConfig
     home: Path
-    port: int = 26379
+    port: int
     proc: subprocess.Popen | None = None
 
     @property
@@ -196,7 +211,7 @@ class Postgres:
 
     config: ServicesConfig
     home: Path
-    port: int = 25432
+    port: int
     bin_dir: Path = field(default_factory=lambda: Path(sorted(
         Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: [int(x) for x in p.parts[-3].split(".")
                                                                       if x.isdigit()])[-1]).parent)
@@ -276,8 +291,8 @@ class Kafka:
 
     config: ServicesConfig
     home: Path
-    port: int = 29092
-    controller_port: int = 29093
+    port: int
+    controller_port: int
     proc: subprocess.Popen | None = None
 
     @property
@@ -351,15 +366,22 @@ class Services:
     kafka: Kafka = field(init=False)
 
     def __post_init__(self) -> None:
-        self.redis = Redis(self.config, self.home / "redis")
-        self.postgres = Postgres(self.config, self.home / "postgres")
-        self.kafka = Kafka(self.config, self.home / "kafka")
+        # Ports picked free and held (devstack's markers) for this campaign, not well-known ones:
+        # other engineers' private servers sit on 26379, 25432, 29092 too, and one of theirs
+        # sending SHUTDOWN to "its" port once took a campaign's Redis down.
+        from notifier.devstack import free_port
+
+        self.redis = Redis(self.config, self.home / "redis", port=free_port())
+        self.postgres = Postgres(self.config, self.home / "postgres", port=free_port())
+        self.kafka = Kafka(self.config, self.home / "kafka", port=free_port(), controller_port=free_port())
 
     def start(self) -> None:
         """Start from empty data directories: each campaign begins from the same place."""
         if self.home.exists():
-            if any(port_open(p) for p in (self.redis.port, self.postgres.port, self.kafka.port)):
-                raise ServiceError(f"a private service still answers; is another chaos run using {self.home}?")
+            left = _processes_using(self.home)
+            if left:
+                raise ServiceError(f"processes still run from {self.home} (another chaos run, or one killed "
+                                   f"without its cleanup): pids {', '.join(map(str, left))}")
             shutil.rmtree(self.home)
         self.home.mkdir(parents=True)
         self.redis.start()
