@@ -65,7 +65,7 @@ def read_services_sh(path: Path = SERVICES_SH) -> ServicesConfig:
         raise ServiceError(f"{SERVICES_SH}: no KAFKA_JAVA=( ... ); update chaos/services.py")
     return ServicesConfig(
         redis_conf=_heredoc(text, 'cat >"$REDIS_DIR/redis.conf"'),
-        pg_conf=_heredoc(text, 'tee -a "$PG_DATA/postgresql.conf"'),
+        pg_conf=_heredoc(text, 'block=$(cat'),  # pg_write_config's block for postgresql.conf
         kafka_properties=_heredoc(text, 'cat >"$KAFKA_DIR/server.properties"'),
         kafka_log4j=_heredoc(text, 'cat >"$KAFKA_DIR/log4j2.properties"'),
         kafka_version=_assignment(text, "KAFKA_VERSION"),
@@ -82,7 +82,7 @@ def substitute(template: str, values: dict[str, str]) -> str:
             raise ServiceError(f"services.sh uses ${name}, which chaos/services.py does not know; update it")
         return values[name]
 
-    return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)\}|\$([A-Z_][A-Z0-9_]*)", one, template)
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", one, template)
 
 
 def settings_of(conf: str, comment: str = "#") -> list[str]:
@@ -160,8 +160,9 @@ class Redis:
 
     @property
     def conf(self) -> str:
+        # appendonly: services.sh turns AOF on later for an old RDB-only directory; a fresh one starts with it.
         return substitute(self.config.redis_conf, {"HOST": HOST, "REDIS_PORT": str(self.port),
-                                                   "REDIS_DIR": str(self.home)})
+                                                   "REDIS_DIR": str(self.home), "appendonly": "yes"})
 
     def url(self, db: int) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
