@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-rabbitmq services services-stop services-status install bench clean flower
+.PHONY: demo test test-rabbitmq services services-stop services-status install bench clean flower chaos
 
 # Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/integration/environment.py).
 TEST_ENV := . .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test
@@ -48,6 +48,11 @@ flower: $(STAMP)
 
 bench: $(STAMP) services
 	. .services/env && $(PY) -m bench $(BENCH_ARGS)
+
+## The fault campaign (docs/chaos.md): private Redis, PostgreSQL and Kafka on loopback ports of its own
+## (never the shared ones), one fault per scenario; e.g. CHAOS_ARGS='--scenario baseline'.
+chaos: $(STAMP)
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf var

@@ -101,9 +101,9 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
 
     No database transaction is open while a provider is called: the rows are read in one short
     transaction and the outcomes recorded in another (a slow provider must not pin a connection
-    `idle in transaction`). Each acceptance is marked sent in Redis the moment its response
-    arrives, so a worker killed mid-batch leaves every accepted delivery marked: the sweeper's
-    re-drive finds the mark and records it instead of sending it again.
+    `idle in transaction`). Each acceptance is marked sent in Redis as its response arrives
+    (dedup.SentMarks), so a worker killed mid-batch leaves the accepted deliveries marked: the
+    sweeper's re-drive finds the mark and records it instead of sending it again.
     """
     with transaction() as session:
         rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
@@ -118,8 +118,22 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
             recovered.append(row)  # accepted by an earlier run of this task whose record did not commit
     results: list[tuple[Row, Outcome, str]] = []
     calls: list[tuple[str, float]] = []  # (provider, seconds) per send_batch call, for metrics
-    marker = _SentMarker(r, settings.sent_marker_ttl_s)
+    marks = dedup.SentMarks(r, settings.sent_marker_ttl_s)
+    marker = _SentMarker(marks)
     fallbacks = settings.fallback_providers()
+    with marks:
+        _send_groups(by_provider, results, calls, marker, fallbacks)
+    if marks.failed is not None:
+        log.warning("dedup: marking accepted deliveries sent failed (%s); recorded in the database only", marks.failed)
+    with transaction(durable=True) as session:
+        _record(session, r, results, claim_id, settings, report, calls)
+        _record_recovered(session, recovered)
+    return report
+
+
+def _send_groups(by_provider: dict[str, list[Row]], results: list[tuple[Row, Outcome, str]],
+                 calls: list[tuple[str, float]], marker: "_SentMarker", fallbacks: dict[str, str]) -> None:
+    """Send each provider's group, failing over what the primary could not take; append to `results`."""
     for name, group in by_provider.items():
         outcomes = _send_with(name, group, calls, marker)
         used = [name] * len(group)
@@ -132,32 +146,18 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
             for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls, marker)):
                 outcomes[i], used[i] = o, fallback
         results.extend(zip(group, outcomes, used))
-    with transaction(durable=True) as session:
-        _record(session, r, results, claim_id, settings, report, calls)
-        _record_recovered(session, recovered)
-    return report
 
 
 class _SentMarker:
-    """Marks each accepted delivery sent in Redis as its response arrives (Provider.send_batch's on_outcome)."""
+    """Hands each accepted delivery to SentMarks as its answer arrives (Provider.send_batch's on_outcome)."""
 
-    def __init__(self, r: redis.Redis, ttl_s: int) -> None:
-        self._r = r
-        self._ttl_s = ttl_s
-        self._failed = False
+    def __init__(self, marks: dedup.SentMarks) -> None:
+        self._marks = marks
 
     def for_group(self, rows: Sequence[Row]):
         def on_outcome(index: int, outcome: Outcome) -> None:
-            if outcome.kind is not OutcomeKind.OK or self._failed:
-                return
-            try:
-                dedup.mark_one_sent(self._r, rows[index].idempotency_key, self._ttl_s)
-            except redis.RedisError as exc:
-                # The row's record (in PostgreSQL, after the batch) still says sent; only a worker
-                # death before that record is no longer covered. Stop trying for this batch.
-                self._failed = True
-                log.warning("dedup: marking accepted deliveries sent failed (%s); recording them in the "
-                            "database only", exc)
+            if outcome.kind is OutcomeKind.OK:
+                self._marks.add(rows[index].idempotency_key)
 
         return on_outcome
 
