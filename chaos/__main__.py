@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None):
 
 def configure_env(services) -> dict[str, str]:
     """Point this process and every child at the private services and a private sandbox."""
-    from notifier.devstack import private_sandbox_env
+    from sandbox.devstack import private_sandbox_env
 
     run_dir = VAR / "run"
     for name in [k for k in os.environ if k.startswith("NOTIFIER_")]:
@@ -229,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         services.start()
         env = configure_env(services)
-        from notifier import devstack, migrate
-        from notifier.sandbox.client import SandboxClient
-        from notifier.sandbox.keys import ensure_dev_keys
+        from notifier.store import migrate
+        from sandbox import devstack
+        from sandbox.client import SandboxClient
+        from sandbox.keys import ensure_dev_keys
         from notifier.settings import get_settings
 
         migrate.upgrade(services.postgres.url())
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         # The producer's threads would report every failed reconnect to the stopping Kafka.
         logging.getLogger("notifier.kafka").setLevel(logging.CRITICAL)
         if sandbox_proc is not None:
-            from notifier import devstack
+            from sandbox import devstack
 
             devstack.stop(sandbox_proc)
         services.stop()

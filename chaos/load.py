@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException
 
 def register_users(prefix: str, n: int) -> list[str]:
     """n users, each with one iOS device token (so pushes go to the sandbox's APNs)."""
-    from notifier.users import register_device
+    from notifier.accounts.devices import register_device
 
     users = [f"{prefix}-u{i}" for i in range(n)]
     for user in users:
@@ -112,8 +112,8 @@ class Load:
             self.poison_acked += 1
 
     def _run(self) -> None:
-        from notifier.events import parse_event
-        from notifier.publish import flush, get_producer, publish
+        from notifier.intake.events import parse_event
+        from notifier.intake.publish import flush, get_producer, publish
 
         try:
             producer = get_producer()

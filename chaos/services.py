@@ -370,7 +370,7 @@ class Services:
         # Ports picked free and held (devstack's markers) for this campaign, not well-known ones:
         # other engineers' private servers sit on 26379, 25432, 29092 too, and one of theirs
         # sending SHUTDOWN to "its" port once took a campaign's Redis down.
-        from notifier.devstack import free_port
+        from sandbox.devstack import free_port
 
         self.redis = Redis(self.config, self.home / "redis", port=free_port())
         self.postgres = Postgres(self.config, self.home / "postgres", port=free_port())

@@ -60,7 +60,7 @@ class Stack:
                              "-n", f"chaos-{name}@%h", "--loglevel", "INFO", "--without-gossip",
                              "--without-mingle", "-E"], READY["worker"])
         for lane, batch_ms in (("high", 20), ("low", 200)):  # as compose.yaml's bridges
-            self._add(f"bridge-{lane}", [sys.executable, "-m", "notifier.cli", "bridge", "--topics", topics[lane],
+            self._add(f"bridge-{lane}", [sys.executable, "-m", "entrypoints.cli", "bridge", "--topics", topics[lane],
                                          "--group", f"{group}-{lane}", "--dead-letter-topic", dead_letter_topic,
                                          "--batch-ms", str(batch_ms), "--stats-interval", "15"], READY["bridge"])
         self._add("beat", [*celery, "beat", "--loglevel", "INFO", "-s", str(logs / "celerybeat-schedule")],

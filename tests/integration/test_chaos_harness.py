@@ -10,7 +10,7 @@ import pytest
 
 from chaos.measure import provider_duplicates
 from chaos.services import SHARED_PORTS, Redis, ServiceError, read_services_sh, settings_of, substitute
-from notifier.devstack import free_port
+from sandbox.devstack import free_port
 
 
 def test_server_config_is_read_from_services_sh_with_only_ports_and_dirs_replaced(tmp_path):
