@@ -22,8 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import jwt
+import google.auth
+import google.auth.credentials
+import google.auth.exceptions
+import google.auth.transport.requests
 import requests
+from google.oauth2 import service_account
 
 from notifier.intake.events import Priority
 from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome
@@ -32,10 +36,6 @@ from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transpo
 
 ERRORS_DOC = "https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-# The assertion's audience is Google's token URL even where the key file's token_uri points elsewhere.
-GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
-ASSERTION_LIFETIME_S = 3600  # Google's maximum
 # Refresh this long before expiry (google-auth's threshold), or sooner for short-lived tokens.
 REFRESH_MARGIN_S = 225.0
 # FCM: 4096 bytes of keys and values of data, plus the notification's text.
@@ -93,8 +93,42 @@ class TokenError(Exception):
         self.outcome = outcome
 
 
+class _Refused(Exception):
+    """The token endpoint answered, and not with a token: raised out of google-auth's refresh."""
+
+    def __init__(self, status: int, headers: Any, body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.headers, self.body = status, headers, body
+
+
+class _OneRequest(google.auth.transport.requests.Request):
+    """google-auth's transport, stopped at the first refusal.
+
+    google-auth retries a refused token request with backoff, sleeping in the caller; a worker
+    must not sleep (waits live in the database), so a refusal leaves refresh() at once and
+    becomes the batch's outcome: retry later (429, 5xx, with Retry-After) or misconfigured.
+    """
+
+    def __init__(self, session: requests.Session, timeout_s: float, verify: str | bool) -> None:
+        super().__init__(session)
+        self._timeout_s, self._verify = timeout_s, verify
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # verify per request: a session's own is overridden by REQUESTS_CA_BUNDLE in the environment.
+        kwargs |= {"timeout": self._timeout_s, "verify": self._verify}
+        response = super().__call__(*args, **kwargs)
+        if response.status != 200:
+            raise _Refused(response.status, response.headers, response.data)
+        return response
+
+
 class AccessToken:
-    """The OAuth2 access token for FCM, from the service account's key, shared by the process until near expiry."""
+    """The OAuth2 access token for FCM, shared by the process until near expiry.
+
+    google-auth signs the service account's assertion and asks the key file's token_uri (the
+    sandbox's, in development); with no key file configured and none in the var dir it uses
+    Application Default Credentials (workload identity on GKE or Cloud Run, the metadata server).
+    """
 
     def __init__(
         self,
@@ -103,15 +137,17 @@ class AccessToken:
         ca_file: str | None = None,
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        default_credentials_path: str | Path | None = None,
     ) -> None:
         self._credentials_path = Path(credentials_path)
-        self._verify: str | bool = ca_file or True
+        self._default_path = Path(default_credentials_path) if default_credentials_path else None
         self._timeout_s = timeout_s
         self._clock = clock
         self._token: str | None = None
         self._refresh_at = 0.0
         self._lock = threading.Lock()
         self._session = requests.Session()
+        self._verify: str | bool = ca_file or True
 
     def get(self) -> str:
         """Return a live token, fetching one when there is none or it is about to expire."""
@@ -131,50 +167,52 @@ class AccessToken:
         self._session.close()
 
     def _fetch(self) -> None:
-        account = self._account()
-        now = int(self._clock())
-        assertion = jwt.encode(
-            {"iss": account["client_email"], "scope": SCOPE, "aud": GOOGLE_TOKEN_URL,
-             "iat": now, "exp": now + ASSERTION_LIFETIME_S},
-            account["private_key"],
-            algorithm="RS256",
-            headers={"kid": account["private_key_id"]} if account.get("private_key_id") else None,
-        )  # fmt: skip
+        credentials = self._credentials()
         try:
-            resp = self._session.post(
-                account["token_uri"],
-                data={"grant_type": JWT_BEARER, "assertion": assertion},
-                timeout=self._timeout_s,
-                verify=self._verify,
-            )
-        except requests.RequestException as exc:
+            credentials.refresh(_OneRequest(self._session, self._timeout_s, self._verify))
+        except _Refused as refused:
+            raise TokenError(_refusal(refused)) from None
+        except google.auth.exceptions.TransportError as exc:
             raise TokenError(Outcome.retry(f"fcm oauth: {type(exc).__name__}: {exc}")) from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {}
-        if resp.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
-            error = body.get("error") if isinstance(body, dict) else None
-            text = f"fcm oauth {resp.status_code} {error or 'no access_token'}"
-            if isinstance(body, dict) and body.get("error_description"):
-                text += f": {body['error_description']}"
-            if resp.status_code >= 500 or resp.status_code == 429:
-                raise TokenError(Outcome.retry(text, _retry_after(resp.headers.get("retry-after"))))
-            raise TokenError(Outcome(K.MISCONFIGURED, reason=text))
-        lifetime = float(body.get("expires_in") or 3600)
-        self._token = body["access_token"]
+        except google.auth.exceptions.RefreshError as exc:  # a 200 without an access token
+            raise TokenError(Outcome(K.MISCONFIGURED, reason=f"fcm oauth 200 {exc.args[0]}")) from None
+        expiry = credentials.expiry.replace(tzinfo=timezone.utc) if credentials.expiry else None
+        lifetime = (expiry - datetime.now(timezone.utc)).total_seconds() if expiry else 3600.0
+        self._token = credentials.token
         self._refresh_at = self._clock() + lifetime - min(REFRESH_MARGIN_S, lifetime / 10)
 
-    def _account(self) -> dict[str, Any]:
+    def _credentials(self) -> google.auth.credentials.Credentials:
+        if self._credentials_path == self._default_path and not self._credentials_path.exists():
+            try:
+                credentials, _project = google.auth.default(scopes=[SCOPE])
+            except google.auth.exceptions.DefaultCredentialsError as exc:
+                reason = f"fcm credentials: no key file ({self._credentials_path}) and no default credentials: {exc}"
+                raise TokenError(Outcome(K.MISCONFIGURED, reason=reason)) from None
+            return credentials
         # Read at every fetch (hourly): a rotated key file is picked up without a restart.
         try:
             account = json.loads(self._credentials_path.read_text())
             if not all(isinstance(account.get(k), str) for k in ("client_email", "private_key", "token_uri")):
                 raise ValueError("client_email, private_key or token_uri missing")
+            return service_account.Credentials.from_service_account_info(account, scopes=[SCOPE])
         except (OSError, ValueError) as exc:
             reason = f"fcm credentials {self._credentials_path}: {exc}"
             raise TokenError(Outcome(K.MISCONFIGURED, reason=reason)) from None
-        return account
+
+
+def _refusal(refused: _Refused) -> Outcome:
+    """What a refused token request means for the batch."""
+    try:
+        body = json.loads(refused.body or b"{}")
+    except ValueError:
+        body = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    text = f"fcm oauth {refused.status} {error or 'no access_token'}"
+    if isinstance(body, dict) and body.get("error_description"):
+        text += f": {body['error_description']}"
+    if refused.status >= 500 or refused.status == 429:
+        return Outcome.retry(text, _retry_after(refused.headers.get("retry-after")))
+    return Outcome(K.MISCONFIGURED, reason=text)
 
 
 def data_strings(data: dict[str, Any]) -> dict[str, str]:
@@ -329,7 +367,8 @@ class FcmProvider:
         s = settings or get_settings()
         self._url = f"{s.fcm_url.rstrip('/')}/v1/projects/{s.fcm_project_id}/messages:send"
         ca_file = s.apns_ca_file or None  # one CA setting for APNs and FCM
-        self._token = AccessToken(s.fcm_credentials_path, ca_file=ca_file, timeout_s=s.send_timeout_s)
+        self._token = AccessToken(s.fcm_credentials_path, ca_file=ca_file, timeout_s=s.send_timeout_s,
+                                  default_credentials_path=s.var_dir / "sandbox" / "fcm-service-account.json")
         self._transport = transport or Http2Transport(ca_file=ca_file, timeout_s=s.send_timeout_s)
 
     def _request(self, index: int, body: bytes, bearer: str) -> HttpRequest:

@@ -344,6 +344,22 @@ def test_a_key_the_token_endpoint_does_not_know_is_misconfigured(box: PrivateSan
     assert box.counts() == (0, 1)
 
 
+def test_without_a_key_file_application_default_credentials_are_used(box: PrivateSandbox, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    # given no key file configured and none in the var dir, and ADC naming a service account
+    # (as GOOGLE_APPLICATION_CREDENTIALS does; on GKE or Cloud Run the metadata server would)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(box.settings.fcm_credentials_path))
+    provider = box.provider(var_dir=tmp_path, fcm_credentials_path=tmp_path / "sandbox" / "fcm-service-account.json")
+    before = box.counts()
+    try:
+        outcomes = provider.send_batch([delivery(), delivery()])
+    finally:
+        provider.close()
+    # then the token came through ADC from that account's token_uri, and the batch went out
+    assert [o.kind for o in outcomes] == [K.OK, K.OK]
+    assert box.counts() == (before[0] + 2, before[1] + 1)
+
+
 def test_a_missing_key_file_is_misconfigured(box: PrivateSandbox, tmp_path: Path):
     provider = box.provider(fcm_credentials_path=tmp_path / "absent.json")
     try:
