@@ -20,7 +20,9 @@ from typing import Callable, Iterable, Sequence
 import jwt
 
 from notifier.intake.events import Priority
-from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome
+from notifier.providers.base import (
+    Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
+)
 from notifier.settings import Settings, get_settings
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 
@@ -153,7 +155,7 @@ def classify(resp: HttpResponse) -> Outcome:
     if kind is None:
         kind = K.RETRY if resp.status >= 500 or resp.status == 429 else K.FAILED
     text = f"apns {resp.status} {reason}"
-    retry_after = _retry_after(resp.headers.get("retry-after"))
+    retry_after = retry_after_s(resp.headers.get("retry-after"))
     if kind is K.TOKEN_INVALID:
         return Outcome(kind, reason=text, invalid_since=_invalid_since(body.get("timestamp")))
     return Outcome(kind, reason=text, retry_after_s=retry_after)
@@ -198,13 +200,6 @@ def _classify_safely(resp: HttpResponse) -> Outcome:
         return classify(resp)
     except Exception as exc:  # noqa: BLE001 - one unreadable answer never fails the batch
         return Outcome.failed(f"apns {resp.status}: the answer could not be read ({type(exc).__name__})")
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 class ApnsProvider:

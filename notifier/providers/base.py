@@ -111,3 +111,11 @@ def report_outcome(on_outcome: OnOutcome | None, index: int, outcome: Outcome) -
 def printable_ascii(text: object) -> bool:
     """Tell whether text is a str of printable ASCII only (no CR, LF, NUL or other control)."""
     return isinstance(text, str) and text.isascii() and text.isprintable()
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A Retry-After header in seconds; None when absent or an HTTP date (the backoff decides then)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

@@ -30,7 +30,9 @@ import requests
 from google.oauth2 import service_account
 
 from notifier.intake.events import Priority
-from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome
+from notifier.providers.base import (
+    Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
+)
 from notifier.settings import Settings, get_settings
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 
@@ -211,7 +213,7 @@ def _refusal(refused: _Refused) -> Outcome:
     if isinstance(body, dict) and body.get("error_description"):
         text += f": {body['error_description']}"
     if refused.status >= 500 or refused.status == 429:
-        return Outcome.retry(text, _retry_after(refused.headers.get("retry-after")))
+        return Outcome.retry(text, retry_after_s(refused.headers.get("retry-after")))
     return Outcome(K.MISCONFIGURED, reason=text)
 
 
@@ -293,7 +295,7 @@ def _classify(resp: HttpResponse) -> tuple[Outcome, tuple[int, str] | None]:
     text = f"fcm {resp.status} {code}".rstrip()
     if error.get("message"):
         text += f": {error['message']}"
-    retry_after = _retry_after(resp.headers.get("retry-after"))
+    retry_after = retry_after_s(resp.headers.get("retry-after"))
     if retry_after is None and resp.status == 429:
         retry_after = QUOTA_RETRY_AFTER_S
     return Outcome(kind, reason=text, retry_after_s=retry_after if kind is K.RETRY else None), row
@@ -349,13 +351,6 @@ def _body(d: Delivery) -> bytes | Outcome:
         return json.dumps({"message": build_message(d)}, separators=(",", ":"), ensure_ascii=False).encode()
     except Exception as exc:  # noqa: BLE001 - one delivery's bad value never fails the batch
         return Outcome.failed(f"fcm: not sent, the message could not be built ({type(exc).__name__})")
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 class FcmProvider:

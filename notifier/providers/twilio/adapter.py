@@ -14,7 +14,7 @@ from typing import Sequence
 
 import requests
 
-from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, report_outcome
+from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, report_outcome, retry_after_s
 from notifier.providers.http1 import HttpClient, send_one
 from notifier.settings import Settings, get_settings
 
@@ -66,14 +66,7 @@ def classify(resp: requests.Response) -> Outcome:
     if kind is None:
         kind = K.RETRY if status == 429 or status >= 500 else K.MISCONFIGURED if status == 401 else K.FAILED
     reason = f"twilio {status} {code or ''} {body.get('message') or resp.reason or 'error'}".replace("  ", " ")
-    return Outcome(kind, reason=reason[:500], retry_after_s=_seconds(resp.headers.get("Retry-After")))
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date; the backoff decides
+    return Outcome(kind, reason=reason[:500], retry_after_s=retry_after_s(resp.headers.get("Retry-After")))
 
 
 class TwilioProvider:
