@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from notifier.intake.bridge import DEFAULT_TOPICS, Bridge
+from notifier.intake.bridge.consumer import Bridge
+from notifier.intake.bridge.messages import DEFAULT_TOPICS
 from notifier.intake.events import NotificationEvent
 
 

@@ -24,7 +24,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _bridge(args: argparse.Namespace) -> int:
     from entrypoints.bridge import run
-    from notifier.intake.bridge import DEFAULT_TOPICS, parse_topics
+    from notifier.intake.bridge.messages import DEFAULT_TOPICS, parse_topics
     from notifier.ops import redaction
 
     redaction.basic_config(args.loglevel)

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from sandbox import devstack
-from notifier.intake.bridge import ensure_topics
+from notifier.intake.bridge.topics import ensure_topics
 from notifier.store.db import session_factory
 from notifier.intake.events import MAX_EVENT_BYTES
 from notifier.store.models import NotificationLog

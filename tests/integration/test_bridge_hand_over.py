@@ -10,7 +10,7 @@ from collections import Counter
 import kombu.exceptions
 import pytest
 
-from notifier.intake.bridge import Bridge
+from notifier.intake.bridge.consumer import Bridge
 from notifier.intake.events import NotificationEvent
 from tests.integration.test_bridge import (  # noqa: F401 - fixtures
     BOOTSTRAP, Topics, _all_committed, _all_sent, _committed, _end_offsets, _event, _ios_user, _produce, _read,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from notifier.intake.bridge import INSTANCE_ID_ENV, SESSION_TIMEOUT_MS
+from notifier.intake.bridge.consumer import INSTANCE_ID_ENV, SESSION_TIMEOUT_MS
 from tests.integration.environment import child_env
 from tests.integration.test_bridge import PARTITIONS, Topics, _produce, bridges, needs_kafka, topics  # noqa: F401 - fixtures
 

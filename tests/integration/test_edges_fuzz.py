@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from entrypoints import cli
-from notifier.intake.bridge import BadMessage, decode_event
+from notifier.intake.bridge.messages import BadMessage, decode_event
 from notifier.intake.events import parse_event
 from tests.bad_events import EVENTS, PREFERENCES, SCALARS, TEXT, assert_storable, dumps, field, nested_json
 

@@ -8,7 +8,8 @@ import pytest
 from confluent_kafka import TopicPartition
 from pydantic import ValidationError
 
-from notifier.intake.bridge import BadMessage, OffsetLedger, decode_event, lane_of_topic, parse_topics
+from notifier.intake.bridge.ledger import OffsetLedger
+from notifier.intake.bridge.messages import BadMessage, decode_event, lane_of_topic, parse_topics
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
 
 GOOD = {"notification_id": "n-1", "user_id": "u-1", "type": "t", "category": "social", "title": "Hi", "body": "Yo"}

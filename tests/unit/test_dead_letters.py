@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
-from notifier.intake.bridge import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MIN_BYTES, DeadLetter
+from notifier.intake.bridge.dead_letters import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MIN_BYTES, DeadLetter
 
 def _letter(value: bytes, key: bytes | None = b"user-1", headers=(), max_bytes=DEAD_LETTER_MAX_BYTES) -> DeadLetter:
     return DeadLetter("t.low", 3, 42, key, value, "message is too large", tuple(headers), max_bytes)

@@ -6,7 +6,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from notifier.intake.bridge import BadMessage, decode_event
+from notifier.intake.bridge.messages import BadMessage, decode_event
 from notifier.intake.events import parse_event
 from notifier.intake.validation import MAX_DATA_DEPTH, SEND_AT_MAX_AHEAD
 from tests.bad_events import BAD_EVENTS, PYTHON_ONLY_BAD_EVENTS, nested
