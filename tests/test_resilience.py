@@ -230,6 +230,10 @@ def test_push_worker_killed_mid_batch_sends_nothing_twice(sandbox, database, wai
             assert {t: len(sandbox.messages(target=t)) for _, t in users} == {t: 1 for _, t in users}
             recovered = [r for e in events[:15] for r in get_status(e["notification_id"])]
             assert all("recorded on recovery" in (r["reason"] or "") for r in recovered)
+            # And the 5 whose requests were in flight (sent, never answered) say they were sent again
+            resent = [r for e in events[15:] for r in get_status(e["notification_id"])]
+            assert all("sent again after a worker died with an earlier request in flight" in r["reason"]
+                       for r in resent), resent
         finally:
             devstack.stop(healthy)
             devstack.stop(beat)
