@@ -53,6 +53,20 @@ class Ledger:
             by_status=by_status,
         )
 
+    def in_flight_resent(self, prefix: str) -> set[str]:
+        """apns-ids of deliveries whose row says they were sent again after a worker died with an earlier
+        request in flight (notifier.sending.IN_FLIGHT_RESENT): a second copy the system saw coming."""
+        from sqlalchemy import text
+
+        from notifier.providers.apns import apns_id
+        from notifier.pipeline.sending import IN_FLIGHT_RESENT
+
+        with self.engine.connect() as conn:
+            keys = conn.execute(text(
+                "SELECT idempotency_key FROM notification_log WHERE notification_id LIKE :p AND reason LIKE :r"),
+                {"p": prefix + "-%", "r": f"%{IN_FLIGHT_RESENT}%"}).scalars().all()
+        return {apns_id(key) for key in keys}
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -88,11 +102,11 @@ def wait_drained(ledger: Ledger, prefix: str, expected: set[str], since: float, 
         time.sleep(0.5)
 
 
-def provider_duplicates(messages: list[dict], prefix: str) -> tuple[int, int]:
-    """(deliveries APNs accepted more than once, extra requests): by apns-id, deterministic per delivery."""
+def provider_duplicates(messages: list[dict], prefix: str) -> tuple[set[str], int]:
+    """(apns-ids APNs accepted more than once, extra requests): by apns-id, deterministic per delivery."""
     per_id = Counter(m["id"] for m in messages if (m.get("payload") or {}).get("chaos") == prefix)
-    twice = [n for n in per_id.values() if n > 1]
-    return len(twice), sum(n - 1 for n in twice)
+    twice = {apns_id: n for apns_id, n in per_id.items() if n > 1}
+    return set(twice), sum(n - 1 for n in twice.values())
 
 
 def accepted_deliveries(messages: list[dict], prefix: str) -> int:

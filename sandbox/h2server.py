@@ -253,6 +253,9 @@ class _Connection(asyncio.Protocol):
                 self._dispatch(event.stream_id)
                 if self.closed:
                     return
+                # Each answer leaves as soon as it is ready, as APNs answers each stream on its own;
+                # held until the whole read chunk was processed, a batch's answers all came at once.
+                self._flush()
             elif kind is _StreamReset:
                 self.streams.pop(event.stream_id, None)
                 self.waiting.discard(event.stream_id)

