@@ -28,13 +28,14 @@ class Settings(BaseSettings):
 
     # APNs (token-based auth). Defaults point at the local sandbox.
     apns_url: str = Field("https://127.0.0.1:8791", description="APNs origin (api.push.apple.com in production).")
-    apns_key_path: Path = Field(VAR_DIR / "sandbox" / "apns_key.p8", description="APNs .p8 signing key.")
+    apns_key_path: Path | None = Field(
+        None, description="APNs .p8 signing key; unset = <var_dir>/sandbox/apns_key.p8, the sandbox's.")
     apns_key_id: str = Field("SANDBOXKEY", description="APNs key id (JWT kid).")
     apns_team_id: str = Field("SANDBOXTEAM", description="Apple team id (JWT iss).")
     apns_topic: str = Field("com.example.notifier", description="App bundle id (apns-topic).")
-    apns_ca_file: str = Field(
-        str(VAR_DIR / "sandbox" / "tls-cert.pem"),
-        description="CA bundle trusted for APNs/FCM TLS; empty = system CAs.",
+    apns_ca_file: str | None = Field(
+        None, description="CA bundle trusted for APNs/FCM TLS; unset = <var_dir>/sandbox/tls-cert.pem (the "
+        "sandbox's), empty = system CAs.",
     )
 
     # FCM (HTTP v1, OAuth2 access tokens from a service-account key). Defaults point at the local sandbox.
@@ -124,6 +125,15 @@ class Settings(BaseSettings):
     provider_http_concurrency: int = Field(
         8, description="Requests in flight at once per worker process to SendGrid or Twilio (one per delivery)."
     )
+
+    @model_validator(mode="after")
+    def _sandbox_files_in_var_dir(self) -> Settings:
+        # Every file the sandbox makes follows var_dir, so one NOTIFIER_VAR_DIR moves a whole setup.
+        if self.apns_key_path in (None, Path()):
+            self.apns_key_path = self.var_dir / "sandbox" / "apns_key.p8"
+        if self.apns_ca_file is None:
+            self.apns_ca_file = str(self.var_dir / "sandbox" / "tls-cert.pem")
+        return self
 
     @model_validator(mode="after")
     def _fcm_credentials_in_var_dir(self) -> Settings:

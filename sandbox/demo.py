@@ -23,11 +23,7 @@ def _prepare_env() -> dict[str, str]:
     from sandbox.devstack import private_sandbox_env
 
     os.environ.update(private_sandbox_env())
-    os.environ.update({
-        "NOTIFIER_VAR_DIR": str(root),
-        "NOTIFIER_APNS_KEY_PATH": str(root / "sandbox" / "apns_key.p8"),
-        "NOTIFIER_APNS_CA_FILE": str(root / "sandbox" / "tls-cert.pem"),
-    })
+    os.environ["NOTIFIER_VAR_DIR"] = str(root)  # every file of the setup follows it (keys, certificate, database)
     from notifier.store.db import database_url
     from notifier.store.redis_conn import broker_url, redis_url
 

@@ -39,8 +39,6 @@ def main() -> int:
     os.environ.update(private_sandbox_env())
     os.environ.update({
         "NOTIFIER_VAR_DIR": str(WORK),
-        "NOTIFIER_APNS_KEY_PATH": str(WORK / "sandbox" / "apns_key.p8"),
-        "NOTIFIER_APNS_CA_FILE": str(WORK / "sandbox" / "tls-cert.pem"),
         "NOTIFIER_API_PUBLIC_URL": api_url,
         "NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY_PATH": str(WORK / "sandbox" / "sendgrid_webhook_public_key"),
         # The sandbox posts receipts only to the API it is configured with.

@@ -29,8 +29,6 @@ def configure() -> None:
 
     os.environ.setdefault("NOTIFIER_VAR_DIR", str(TEST_VAR))
     TEST_VAR.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("NOTIFIER_APNS_KEY_PATH", str(TEST_VAR / "sandbox" / "apns_key.p8"))
-    os.environ.setdefault("NOTIFIER_APNS_CA_FILE", str(TEST_VAR / "sandbox" / "tls-cert.pem"))
     os.environ.update(devstack.private_sandbox_env())
     # The sandbox posts receipts only to the API it is configured with: this run's, on a port of its own.
     os.environ["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"] = (
