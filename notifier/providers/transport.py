@@ -109,6 +109,38 @@ class _Unsendable(Exception):
     """A request that cannot be set up; the text names what, never the value."""
 
 
+class _Round:
+    """One send_all call's requests: which are waiting, in flight (their handles) and answered."""
+
+    def __init__(self, requests: Sequence[HttpRequest], on_response: Callable[[HttpResponse], None] | None) -> None:
+        self.requests = requests
+        self.on_response = on_response
+        self.count = len(requests)
+        self.results: list[HttpResponse | None] = [None] * self.count
+        self.handles: list[pycurl.Curl | None] = [None] * self.count  # in the multi now
+        self.started = monotonic()
+        self.resent = bytearray(self.count)
+        self.waiting = deque(range(self.count))
+        self.in_flight = 0
+        self.done = 0
+        self.checked: set[str] = set()  # header names and values found good (see _malformed)
+
+    def finished(self, multi: pycurl.CurlMulti, curl: pycurl.Curl) -> int:
+        """Take a transfer libcurl has finished out of the multi; return its request's index."""
+        multi.remove_handle(curl)
+        self.in_flight -= 1
+        index = curl.index
+        self.handles[index] = None
+        return index
+
+    def settle(self, index: int, response: HttpResponse) -> None:
+        """Record a request's final response and report it."""
+        self.results[index] = response
+        self.done += 1
+        if self.on_response is not None:
+            _call(self.on_response, response)
+
+
 class Http2Transport:
     """Multiplex batches of requests over one persistent HTTP/2 connection per origin.
 
@@ -176,115 +208,102 @@ class Http2Transport:
         if self._pid != os.getpid():
             _INHERITED.extend((self._multi, self._idle))
             self._start()
-        count = len(requests)
-        if not count:
+        if not requests:
             return []
-        results: list[HttpResponse | None] = [None] * count
-        handles: list[pycurl.Curl | None] = [None] * count  # in the multi now
-        started = monotonic()
-        resent = bytearray(count)
-        waiting = deque(range(count))
-        multi = self._multi
-        socket_action = multi.socket_action
-        poll = self._poll.poll
-        max_in_flight = self.max_in_flight
-        timeout_s = self.timeout_s
-        in_flight = done = 0
-        checked: set[str] = set()  # header names and values found good (see _malformed)
+        batch = _Round(requests, on_response)
         try:
-            while done < count:
-                if waiting and in_flight < max_in_flight:
-                    budget_s = timeout_s - (monotonic() - started)
-                    while waiting and in_flight < max_in_flight:
-                        index = waiting.popleft()
-                        try:
-                            curl = self._prepare(index, requests[index], budget_s, checked)
-                        except _Unsendable as exc:
-                            response = results[index] = HttpResponse(
-                                requests[index], 0, {}, b"", f"request not sent: {exc}", 0.0, True
-                            )
-                            done += 1
-                            if on_response is not None:
-                                _call(on_response, response)
-                            continue
-                        handles[index] = curl
-                        multi.add_handle(curl)
-                        in_flight += 1
-                    if done == count:
+            while batch.done < batch.count:
+                if batch.waiting and batch.in_flight < self.max_in_flight:
+                    self._admit(batch)
+                    if batch.done == batch.count:
                         break  # the last ones were unsendable: nothing to wait for
-                due = self._timer_due
-                if due is None:
-                    wait_ms = _MAX_WAIT_MS
-                else:
-                    left_s = due - monotonic()
-                    wait_ms = 0 if left_s <= 0 else min(ceil(left_s * 1000), _MAX_WAIT_MS)
-                for fd, events in poll(wait_ms):
-                    socket_action(fd, _curl_events(events))
-                due = self._timer_due
-                if due is not None and due <= monotonic():
-                    self._timer_due = None
-                    socket_action(pycurl.SOCKET_TIMEOUT, 0)
-                queued = 1
-                while queued:
-                    queued, succeeded, failed = multi.info_read()
-                    if not (succeeded or failed):
-                        break
-                    elapsed_s = monotonic() - started
-                    for curl in succeeded:
-                        multi.remove_handle(curl)
-                        in_flight -= 1
-                        index = curl.index
-                        handles[index] = None
-                        response = results[index] = HttpResponse(
-                            requests[index],
-                            curl.getinfo(_RESPONSE_CODE),
-                            _parse_headers(curl.header_lines),
-                            b"".join(curl.body_chunks),
-                            None,
-                            elapsed_s,
-                        )
-                        self._release(curl)
-                        done += 1
-                        if on_response is not None:
-                            _call(on_response, response)
-                    for curl, code, message in failed:
-                        multi.remove_handle(curl)
-                        in_flight -= 1
-                        index = curl.index
-                        handles[index] = None
-                        died_unanswered = code in _CONNECTION_DIED and curl.getinfo(_HEADER_SIZE) == 0
-                        resend = (
-                            died_unanswered
-                            and not resent[index]
-                            and elapsed_s < timeout_s
-                            and curl.getinfo(_NUM_CONNECTS) <= 1
-                        )
-                        self._release(curl)
-                        if resend:
-                            # The server cannot have answered it, and libcurl did not
-                            # go to a second connection for it: resend once, now.
-                            resent[index] = 1
-                            waiting.append(index)
-                            log.debug("resending a request after: %s (curl %d)", message, code)
-                            continue
-                        kind = "connection lost" if died_unanswered else _ERROR_KIND.get(code, "transport error")
-                        response = results[index] = HttpResponse(
-                            requests[index], 0, {}, b"", f"{kind}: {message or 'no detail'} (curl {code})", elapsed_s
-                        )
-                        done += 1
-                        if on_response is not None:
-                            _call(on_response, response)
+                self._wait_for_sockets()
+                self._collect(batch)
         finally:
-            if done < count:
+            if batch.done < batch.count:
                 # Interrupted (a signal, a soft time limit): leave the multi clean for the next call.
-                for curl in handles:
+                for curl in batch.handles:
                     if curl is not None:
                         try:
-                            multi.remove_handle(curl)
+                            self._multi.remove_handle(curl)
                         except pycurl.error:
                             pass  # interrupted before it was added
                         self._release(curl)
-        return results  # type: ignore[return-value]
+        return batch.results  # type: ignore[return-value]
+
+    def _admit(self, batch: _Round) -> None:
+        """Add waiting requests to the multi, up to max_in_flight; settle at once those that cannot be sent."""
+        budget_s = self.timeout_s - (monotonic() - batch.started)
+        while batch.waiting and batch.in_flight < self.max_in_flight:
+            index = batch.waiting.popleft()
+            request = batch.requests[index]
+            try:
+                curl = self._prepare(index, request, budget_s, batch.checked)
+            except _Unsendable as exc:
+                batch.settle(index, HttpResponse(request, 0, {}, b"", f"request not sent: {exc}", 0.0, True))
+                continue
+            batch.handles[index] = curl
+            self._multi.add_handle(curl)
+            batch.in_flight += 1
+
+    def _wait_for_sockets(self) -> None:
+        """Wait for socket activity or libcurl's next timer, and hand what happened to libcurl."""
+        socket_action = self._multi.socket_action
+        due = self._timer_due
+        if due is None:
+            wait_ms = _MAX_WAIT_MS
+        else:
+            left_s = due - monotonic()
+            wait_ms = 0 if left_s <= 0 else min(ceil(left_s * 1000), _MAX_WAIT_MS)
+        for fd, events in self._poll.poll(wait_ms):
+            socket_action(fd, _curl_events(events))
+        due = self._timer_due
+        if due is not None and due <= monotonic():
+            self._timer_due = None
+            socket_action(pycurl.SOCKET_TIMEOUT, 0)
+
+    def _collect(self, batch: _Round) -> None:
+        """Settle every transfer libcurl has finished; queue once more a request its connection lost unanswered."""
+        multi = self._multi
+        queued = 1
+        while queued:
+            queued, succeeded, failed = multi.info_read()
+            if not (succeeded or failed):
+                break
+            elapsed_s = monotonic() - batch.started
+            for curl in succeeded:
+                index = batch.finished(multi, curl)
+                response = HttpResponse(
+                    batch.requests[index],
+                    curl.getinfo(_RESPONSE_CODE),
+                    _parse_headers(curl.header_lines),
+                    b"".join(curl.body_chunks),
+                    None,
+                    elapsed_s,
+                )
+                self._release(curl)
+                batch.settle(index, response)
+            for curl, code, message in failed:
+                index = batch.finished(multi, curl)
+                died_unanswered = code in _CONNECTION_DIED and curl.getinfo(_HEADER_SIZE) == 0
+                resend = (
+                    died_unanswered
+                    and not batch.resent[index]
+                    and elapsed_s < self.timeout_s
+                    and curl.getinfo(_NUM_CONNECTS) <= 1
+                )
+                self._release(curl)
+                if resend:
+                    # The server cannot have answered it, and libcurl did not
+                    # go to a second connection for it: resend once, now.
+                    batch.resent[index] = 1
+                    batch.waiting.append(index)
+                    log.debug("resending a request after: %s (curl %d)", message, code)
+                    continue
+                kind = "connection lost" if died_unanswered else _ERROR_KIND.get(code, "transport error")
+                batch.settle(index, HttpResponse(
+                    batch.requests[index], 0, {}, b"", f"{kind}: {message or 'no detail'} (curl {code})", elapsed_s
+                ))
 
     def close(self) -> None:
         """Close the connections and free the curl handles."""
