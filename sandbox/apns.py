@@ -145,30 +145,27 @@ class ApnsSandbox:
         self.state.count_request(PROVIDER)
         path = request.path
         token = path[len(DEVICE_PATH):] if path.startswith(DEVICE_PATH) else None
-        if self.state.faults:
-            fault = self.state.take_fault(PROVIDER, token or "")
-            if fault is not None:
-                return self._faulted(request, token, fault)
+        fault = self.state.fault_for(PROVIDER, token or "")
+        if fault is not None:
+            return self._faulted(request, token, fault)
         return self._process(request, token)
 
     def _faulted(self, request: Request, token: str | None, fault: Fault) -> Reply:
-        delay_s = fault.latency_ms / 1000
         if fault.drop or fault.refuse:
-            return Reply(drop=fault.drop, refuse=fault.refuse, delay_s=delay_s)
+            return Reply(drop=fault.drop, refuse=fault.refuse, delay_s=fault.delay_s)
         if fault.goaway_after == 0:
             return Reply(goaway_after=0)
-        if (fault.status and fault.status != 200) or fault.reason:
+        if fault.answers_error(200):
             status = fault.status or REASON_STATUS.get(fault.reason or "", 400)
             reason = fault.reason or STATUS_REASON.get(status, "InternalServerError")
             # A token made invalid by a fault became so when the fault was set, as APNs reports it.
             reply = self._error(status, reason, request, invalid_since=fault.created_at)
-            if fault.retry_after is not None:
-                reply.headers = [*reply.headers, ("retry-after", str(fault.retry_after))]
+            reply.headers = [*reply.headers, *fault.retry_after_header("retry-after")]
             if not request.connection.streams_unlocked:
                 reply.unlock_streams = self._check_authorization(request.headers.get("authorization")) is None
         else:
             reply = self._process(request, token)
-        reply.delay_s = delay_s
+        reply.delay_s = fault.delay_s
         reply.goaway_after = fault.goaway_after
         return reply
 

@@ -177,23 +177,20 @@ class OAuthTokenEndpoint:
         """Answer one token request, or the fault armed for its service account."""
         self.state.count_request(TOKEN_PROVIDER)
         form = {k: v[-1] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
-        fault = None
-        if self.state.faults:
-            fault = self.state.take_fault(TOKEN_PROVIDER, _unverified_issuer(form.get("assertion")))
+        fault = self.state.fault_for(TOKEN_PROVIDER, _unverified_issuer(form.get("assertion")))
         if fault is None:
             status, payload = self.token_request(request.method, request.path, form)
             return _oauth_reply(status, payload)
         if fault.drop or fault.refuse:
-            return http1.Reply(drop=True, delay_s=fault.latency_ms / 1000)
+            return http1.Reply(drop=True, delay_s=fault.delay_s)
         if fault.status or fault.reason:
             status = fault.status or 400
             error = fault.reason or ("internal_failure" if status >= 500 else "invalid_grant")
             reply = _oauth_reply(status, {"error": error, "error_description": "sandbox fault"})
         else:
             reply = _oauth_reply(*self.token_request(request.method, request.path, form))
-        if fault.retry_after is not None:
-            reply.headers.append(("Retry-After", str(fault.retry_after)))
-        reply.delay_s = fault.latency_ms / 1000
+        reply.headers += fault.retry_after_header()
+        reply.delay_s = fault.delay_s
         return reply
 
     def token_request(self, method: str, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -296,25 +293,22 @@ class FcmSandbox:
     def handle(self, request: Request) -> Reply:
         """Answer one request to the send API."""
         self.state.count_request(PROVIDER)
-        if self.state.faults:
-            fault = self.state.take_fault(PROVIDER, _target_of(request.body))
-            if fault is not None:
-                return self._faulted(request, fault)
+        fault = self.state.fault_for(PROVIDER, _target_of(request.body))
+        if fault is not None:
+            return self._faulted(request, fault)
         return self._process(request)
 
     def _faulted(self, request: Request, fault: Fault) -> Reply:
-        delay_s = fault.latency_ms / 1000
         if fault.drop or fault.refuse:
-            return Reply(drop=fault.drop, refuse=fault.refuse, delay_s=delay_s)
+            return Reply(drop=fault.drop, refuse=fault.refuse, delay_s=fault.delay_s)
         if fault.goaway_after == 0:
             return Reply(goaway_after=0)
-        if (fault.status and fault.status != 200) or fault.reason:
+        if fault.answers_error(200):
             reply = fault_reply(fault.status, fault.reason)
-            if fault.retry_after is not None:
-                reply.headers = [*reply.headers, ("retry-after", str(fault.retry_after))]
+            reply.headers = [*reply.headers, *fault.retry_after_header("retry-after")]
         else:
             reply = self._process(request)
-        reply.delay_s = delay_s
+        reply.delay_s = fault.delay_s
         reply.goaway_after = fault.goaway_after
         return reply
 

@@ -93,17 +93,15 @@ class SendgridSandbox:
         if not isinstance(body, dict):
             return errors(400, "Bad Request", None, "-Request-Body-Parameters")
         target = _first_recipient(body)
-        if self.state.faults:
-            fault = self.state.take_fault(PROVIDER, target)
-            if fault is not None:
-                return self._faulted(request, body, target, fault)
+        fault = self.state.fault_for(PROVIDER, target)
+        if fault is not None:
+            return self._faulted(request, body, target, fault)
         return self._process(request, body, target)
 
     def _faulted(self, request: Request, body: dict, target: str, fault: Fault) -> Reply:
-        delay_s = fault.latency_ms / 1000
         if fault.drop or fault.refuse:
-            return Reply(drop=True, delay_s=delay_s)
-        if (fault.status and fault.status != 202) or fault.reason:
+            return Reply(drop=True, delay_s=fault.delay_s)
+        if fault.answers_error(202):
             status = fault.status or 400
             reply = errors(status, fault.reason or STATUS_MESSAGE.get(status, "error"))
             if status == 429:
@@ -111,11 +109,11 @@ class SendgridSandbox:
                 reset = int(self.clock()) + (fault.retry_after if fault.retry_after is not None else 1)
                 reply.headers += [("X-RateLimit-Limit", "600"), ("X-RateLimit-Remaining", "0"),
                                   ("X-RateLimit-Reset", str(reset))]
-            elif fault.retry_after is not None:
-                reply.headers.append(("Retry-After", str(fault.retry_after)))
+            else:
+                reply.headers += fault.retry_after_header()
         else:
             reply = self._process(request, body, target)
-        reply.delay_s = delay_s
+        reply.delay_s = fault.delay_s
         return reply
 
     def _process(self, request: Request, body: dict, target: str) -> Reply:

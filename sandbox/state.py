@@ -44,6 +44,17 @@ class Fault:
     def matches(self, target: str) -> bool:
         return self._match(target) is not None
 
+    @property
+    def delay_s(self) -> float:
+        return self.latency_ms / 1000
+
+    def answers_error(self, ok_status: int) -> bool:
+        """True if the fault answers with an error instead of processing (its status, or a reason)."""
+        return bool((self.status and self.status != ok_status) or self.reason)
+
+    def retry_after_header(self, name: str = "Retry-After") -> list[tuple[str, str]]:
+        return [] if self.retry_after is None else [(name, str(self.retry_after))]
+
     def public(self) -> dict[str, Any]:
         return {
             "provider": self.provider,
@@ -147,6 +158,10 @@ class SandboxState:
 
     def count_request(self, provider: str) -> None:
         self.request_counts[provider] += 1
+
+    def fault_for(self, provider: str, target: str) -> Fault | None:
+        """The fault that hits this request, if any (the common case, no fault armed, costs one lookup)."""
+        return self.take_fault(provider, target) if self.faults else None
 
     def take_fault(self, provider: str, target: str) -> Fault | None:
         """Return the first fault that hits this request, using up one of its count."""

@@ -103,10 +103,9 @@ class TwilioSandbox:
         except UnicodeDecodeError:
             form = {}
         target = form.get("To", "")
-        if self.state.faults:
-            fault = self.state.take_fault(PROVIDER, target)
-            if fault is not None:
-                return self._faulted(request, form, target, fault)
+        fault = self.state.fault_for(PROVIDER, target)
+        if fault is not None:
+            return self._faulted(request, form, target, fault)
         return self._process(request, form, target)
 
     def _authenticated(self, authorization: str) -> bool:
@@ -122,21 +121,19 @@ class TwilioSandbox:
         )
 
     def _faulted(self, request: Request, form: dict[str, str], target: str, fault: Fault) -> Reply:
-        delay_s = fault.latency_ms / 1000
         if fault.drop or fault.refuse:
-            return Reply(drop=True, delay_s=delay_s)
-        if (fault.status and fault.status != 201) or fault.reason:
+            return Reply(drop=True, delay_s=fault.delay_s)
+        if fault.answers_error(201):
             # The fault's reason carries the error code ("21610"), or a message for its status.
             code = int(fault.reason) if fault.reason and fault.reason.isdigit() else None
             if code is None:
                 code = STATUS_CODE.get(fault.status or 400, 20500 if (fault.status or 400) >= 500 else 21211)
             message = fault.reason if fault.reason and not fault.reason.isdigit() else None
             reply = error(code, fault.status, message)
-            if fault.retry_after is not None:
-                reply.headers.append(("Retry-After", str(fault.retry_after)))
+            reply.headers += fault.retry_after_header()
         else:
             reply = self._process(request, form, target)
-        reply.delay_s = delay_s
+        reply.delay_s = fault.delay_s
         return reply
 
     def _process(self, request: Request, form: dict[str, str], to: str) -> Reply:
