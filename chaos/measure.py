@@ -55,7 +55,7 @@ class Ledger:
 
     def in_flight_resent(self, prefix: str) -> set[str]:
         """apns-ids of deliveries whose row says they were sent again after a worker died with an earlier
-        request in flight (notifier.sending.IN_FLIGHT_RESENT): a second copy the system saw coming."""
+        request in flight (notifier.pipeline.sending.IN_FLIGHT_RESENT): a second copy the system saw coming."""
         from sqlalchemy import text
 
         from notifier.providers.apns import apns_id
