@@ -45,8 +45,8 @@ HEALTH_TIMEOUT_S = 2.0
 # the body, so the path holds it to what any platform's token can be; register_device checks the rest.
 UserId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(validation.single_line)]
 NotificationId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(validation.single_line)]
-DeviceToken = Annotated[str, Path(min_length=1, max_length=validation.MAX_FCM_TOKEN_CHARS),
-                        AfterValidator(validation.any_token)]
+TokenPath = Annotated[str, Path(min_length=1, max_length=validation.MAX_FCM_TOKEN_CHARS),
+                      AfterValidator(validation.any_token)]
 
 
 class NotificationRequest(NotificationEvent):
@@ -220,14 +220,14 @@ def create_app() -> FastAPI:
 
     @app.put("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
              dependencies=[Depends(auth.users)])
-    def register_device(user_id: UserId, token: DeviceToken, device: DeviceRegistration) -> Response:
+    def register_device(user_id: UserId, token: TokenPath, device: DeviceRegistration) -> Response:
         """Register a device's push token for a user (moving it from another user if need be)."""
         devices.register_device(user_id, token, device.platform, device.app)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.delete("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
                 dependencies=[Depends(auth.users)], responses={404: {"description": "No such device"}})
-    def unregister_device(user_id: UserId, token: DeviceToken) -> Response:
+    def unregister_device(user_id: UserId, token: TokenPath) -> Response:
         """Forget a user's device token."""
         if not devices.unregister_device(user_id, token):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "this user has no such device token")
