@@ -838,8 +838,12 @@ export NOTIFIER_DATABASE_URL=postgresql+psycopg2://notifier:notifier@$HOST:$PG_P
 export NOTIFIER_KAFKA_BOOTSTRAP_SERVERS=$HOST:$KAFKA_PORT
 # RabbitMQ as the Celery broker instead of Redis: export NOTIFIER_BROKER_URL=\$NOTIFIER_RABBITMQ_URL
 export NOTIFIER_RABBITMQ_URL=amqp://notifier:notifier@$HOST:$RABBITMQ_PORT/notifier
-export NOTIFIER_RABBITMQCTL=$RABBITMQ_DIR/rabbitmqctl
 EOF
+    # Only for a node this checkout started: another checkout's node has its own cookie, and the
+    # tests then use the URL as given instead of a vhost of their own.
+    if [[ -x $RABBITMQ_DIR/rabbitmqctl ]]; then
+        echo "export NOTIFIER_RABBITMQCTL=$RABBITMQ_DIR/rabbitmqctl"
+    fi
 }
 
 ALL_SERVICES=(redis postgres kafka rabbitmq)
