@@ -300,21 +300,7 @@ class ApnsProvider:
                 settle(i, built)
             else:
                 requests.append(built)
-        if not requests:
-            return
-        unsettled = {r.tag for r in requests}
-
-        def answered(resp: HttpResponse) -> None:
-            on_response(resp)
-            unsettled.discard(resp.request.tag)
-
-        responses = self._transport.send_all(requests, answered)
-        # The transport calls back for every request; should one callback have been lost
-        # (it logs and ignores exceptions), the returned response still settles it.
-        for resp in responses:
-            if resp.request.tag in unsettled:
-                unsettled.discard(resp.request.tag)
-                on_response(resp)
+        self._transport.send_each(requests, on_response)
 
     def close(self) -> None:
         self._transport.close()

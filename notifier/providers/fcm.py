@@ -409,7 +409,7 @@ class FcmProvider:
             else:
                 settle(resp.request.tag, outcome)
 
-        self._send_all([self._request(i, body, bearer) for i, body in bodies.items()], first_answer)
+        self._transport.send_each([self._request(i, body, bearer) for i, body in bodies.items()], first_answer)
         if refused:
             refused.sort()
             try:
@@ -428,25 +428,8 @@ class FcmProvider:
                     outcome = Outcome(K.MISCONFIGURED, reason=f"{outcome.reason} (with a new access token)")
                 settle(resp.request.tag, outcome)
 
-            self._send_all([self._request(i, bodies[i], bearer) for i in refused], second_answer)
+            self._transport.send_each([self._request(i, bodies[i], bearer) for i in refused], second_answer)
         return outcomes  # type: ignore[return-value]
-
-    def _send_all(self, requests: list[HttpRequest], on_response: Callable[[HttpResponse], None]) -> None:
-        if not requests:
-            return
-        unsettled = {r.tag for r in requests}
-
-        def answered(resp: HttpResponse) -> None:
-            on_response(resp)
-            unsettled.discard(resp.request.tag)
-
-        responses = self._transport.send_all(requests, answered)
-        # The transport calls back for every request; should one callback have been lost
-        # (it logs and ignores exceptions), the returned response still settles it.
-        for resp in responses:
-            if resp.request.tag in unsettled:
-                unsettled.discard(resp.request.tag)
-                on_response(resp)
 
     def close(self) -> None:
         self._transport.close()

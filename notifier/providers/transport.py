@@ -231,6 +231,22 @@ class Http2Transport:
                         self._release(curl)
         return batch.results  # type: ignore[return-value]
 
+    def send_each(self, requests: Sequence[HttpRequest], on_response: Callable[[HttpResponse], None]) -> None:
+        """send_all, with ``on_response`` settling every request exactly once: a call that raised
+        (send_all logs and ignores it) is made again with the response send_all returns."""
+        if not requests:
+            return
+        unsettled = {id(r) for r in requests}
+
+        def answered(resp: HttpResponse) -> None:
+            on_response(resp)
+            unsettled.discard(id(resp.request))
+
+        for resp in self.send_all(requests, answered):
+            if id(resp.request) in unsettled:
+                unsettled.discard(id(resp.request))
+                on_response(resp)
+
     def _admit(self, batch: _Round) -> None:
         """Add waiting requests to the multi, up to max_in_flight; settle at once those that cannot be sent."""
         budget_s = self.timeout_s - (monotonic() - batch.started)
