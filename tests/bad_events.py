@@ -145,28 +145,6 @@ EVENTS = st.one_of(
 )
 
 
-# ---- What accepted means: storable.
-
-
-def assert_storable(event: NotificationEvent) -> None:
-    """The queued form of an accepted event survives Celery's JSON serializer and PostgreSQL's JSON types."""
-    payload = event.model_dump(mode="json", exclude_none=True)
-    content_type, encoding, body = kombu_dumps([payload], serializer="json")
-    assert kombu_loads(body, content_type, encoding) == [payload]
-    assert parse_event(payload) == event, "what the worker re-parses is the accepted event"
-    row = {"title": event.title, "body": event.body, "data": event.data or {}}  # notification_log.payload
-    engine = get_engine()
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the storability check needs PostgreSQL")
-    probe = Table("payload_probe", MetaData(), Column("payload", NotificationLog.__table__.c.payload.type),
-                  prefixes=["TEMPORARY"])
-    with engine.connect() as conn:
-        probe.create(conn, checkfirst=True)
-        conn.execute(probe.insert(), {"payload": row})
-        assert conn.execute(select(probe.c.payload)).scalar_one() == row
-        conn.execute(text("SELECT payload::jsonb FROM payload_probe")).scalar_one()
-        conn.rollback()
-
 PREFERENCES = st.fixed_dictionaries({}, optional={
     "push_enabled": st.one_of(st.booleans(), SCALARS), "email_enabled": st.booleans(), "sms_enabled": SCALARS,
     "email": st.one_of(st.emails(), TEXT), "phone": st.one_of(st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True), TEXT),
