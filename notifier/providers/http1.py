@@ -15,7 +15,7 @@ from typing import Callable, Sequence, TypeVar
 import requests
 from requests.adapters import HTTPAdapter
 
-from notifier.providers.base import Outcome
+from notifier.providers.base import Delivery, OnOutcome, Outcome, report_outcome
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -99,3 +99,19 @@ class HttpClient:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         self.session.close()
+
+
+class RequestPerDelivery:
+    """A provider that sends each delivery as its own request through `self._http` (SendGrid, Twilio)."""
+
+    _http: HttpClient
+
+    def _send(self, d: Delivery) -> Outcome:
+        raise NotImplementedError
+
+    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Send each delivery as its own request, a few at a time (on_outcome: see Provider.send_batch)."""
+        return self._http.map(self._send, deliveries, lambda i, o: report_outcome(on_outcome, i, o))
+
+    def close(self) -> None:
+        self._http.close()

@@ -12,12 +12,12 @@ which SendGrid's Event Webhook echoes back, so a report finds its delivery.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import requests
 
-from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, report_outcome
-from notifier.providers.http1 import HttpClient, send_one
+from notifier.providers.base import Delivery, Outcome, OutcomeKind
+from notifier.providers.http1 import HttpClient, RequestPerDelivery, send_one
 from notifier.settings import Settings, get_settings
 
 RESPONSES_DOC = "https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors"
@@ -84,7 +84,7 @@ def _error_text(resp: requests.Response) -> str:
     return "; ".join(texts)[:500] or resp.reason or "error"
 
 
-class SendgridProvider:
+class SendgridProvider(RequestPerDelivery):
     """Send email through SendGrid's v3 Mail Send API over kept-alive connections."""
 
     name = "sendgrid"
@@ -103,10 +103,3 @@ class SendgridProvider:
                                                  timeout=self._http.timeout_s),
             classify,
         )
-
-    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
-        """Send each delivery as its own request, a few at a time (on_outcome: see Provider.send_batch)."""
-        return self._http.map(self._send, deliveries, lambda i, o: report_outcome(on_outcome, i, o))
-
-    def close(self) -> None:
-        self._http.close()

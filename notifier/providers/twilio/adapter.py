@@ -10,12 +10,10 @@ The message SID (SM...) is the delivery's provider message id; status callbacks 
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import requests
 
-from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, report_outcome, retry_after_s
-from notifier.providers.http1 import HttpClient, send_one
+from notifier.providers.base import Delivery, Outcome, OutcomeKind, retry_after_s
+from notifier.providers.http1 import HttpClient, RequestPerDelivery, send_one
 from notifier.settings import Settings, get_settings
 
 RESPONSES_DOC = "https://www.twilio.com/docs/api/errors"
@@ -69,7 +67,7 @@ def classify(resp: requests.Response) -> Outcome:
     return Outcome(kind, reason=reason[:500], retry_after_s=retry_after_s(resp.headers.get("Retry-After")))
 
 
-class TwilioProvider:
+class TwilioProvider(RequestPerDelivery):
     """Send SMS through Twilio's Messages API over kept-alive connections."""
 
     name = "twilio"
@@ -92,10 +90,3 @@ class TwilioProvider:
                                                  timeout=self._http.timeout_s),
             classify,
         )
-
-    def send_batch(self, deliveries: Sequence[Delivery], on_outcome: OnOutcome | None = None) -> list[Outcome]:
-        """Send each SMS as its own request, a few at a time (on_outcome: see Provider.send_batch)."""
-        return self._http.map(self._send, deliveries, lambda i, o: report_outcome(on_outcome, i, o))
-
-    def close(self) -> None:
-        self._http.close()
