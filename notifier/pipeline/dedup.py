@@ -57,10 +57,6 @@ for i = 1, n do
 end
 return out
 """
-_MARK_SENT = """
-for _, key in ipairs(KEYS) do redis.call('SET', key, 'sent', 'EX', ARGV[1]) end
-return #KEYS
-"""
 # Give back our leases and clear their attempt flags (the answer is recorded: a retry is a new attempt).
 _RELEASE = """
 local n = #KEYS / 2
@@ -106,11 +102,6 @@ def renew(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int, attemp
     per key CLAIMED (ours), ALREADY_SENT or HELD (another's)."""
     return [(HELD, CLAIMED, ALREADY_SENT)[x]
             for x in _run(r, _RENEW, keys, claim_id, ttl_s, attempt_ttl_s, attempts=True)]
-
-
-def mark_sent(r: redis.Redis, keys: Sequence[str], ttl_s: int) -> None:
-    """Mark keys as sent, so no later claim succeeds for `ttl_s`."""
-    _run(r, _MARK_SENT, keys, ttl_s)
 
 
 class SentMarks:

@@ -130,10 +130,9 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
     results: list[tuple[Row, Outcome, str]] = []
     calls: list[tuple[str, float]] = []  # (provider, seconds) per send_batch call, for metrics
     marks = dedup.SentMarks(r, settings.sent_marker_ttl_s)
-    marker = _SentMarker(marks)
     fallbacks = settings.fallback_providers()
     with marks:
-        _send_groups(by_provider, results, calls, marker, fallbacks)
+        _send_groups(by_provider, results, calls, marks, fallbacks)
     if marks.failed is not None:
         log.warning("dedup: marking accepted deliveries sent failed (%s); recorded in the database only", marks.failed)
     with transaction(durable=True) as session:
@@ -143,10 +142,10 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
 
 
 def _send_groups(by_provider: dict[str, list[Row]], results: list[tuple[Row, Outcome, str]],
-                 calls: list[tuple[str, float]], marker: "_SentMarker", fallbacks: dict[str, str]) -> None:
+                 calls: list[tuple[str, float]], marks: dedup.SentMarks, fallbacks: dict[str, str]) -> None:
     """Send each provider's group, failing over what the primary could not take; append to `results`."""
     for name, group in by_provider.items():
-        outcomes = _send_with(name, group, calls, marker)
+        outcomes = _send_with(name, group, calls, marks)
         used = [name] * len(group)
         # Provider failover: what the primary could not take now goes to the fallback at once.
         fallback = fallbacks.get(name)
@@ -154,23 +153,9 @@ def _send_groups(by_provider: dict[str, list[Row]], results: list[tuple[Row, Out
         if fallback and transient:
             log.warning("%s failing (%s); %d deliveries fail over to %s",
                         name, outcomes[transient[0]].reason, len(transient), fallback)
-            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls, marker)):
+            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls, marks)):
                 outcomes[i], used[i] = o, fallback
         results.extend(zip(group, outcomes, used))
-
-
-class _SentMarker:
-    """Hands each accepted delivery to SentMarks as its answer arrives (Provider.send_batch's on_outcome)."""
-
-    def __init__(self, marks: dedup.SentMarks) -> None:
-        self._marks = marks
-
-    def for_group(self, rows: Sequence[Row]):
-        def on_outcome(index: int, outcome: Outcome) -> None:
-            if outcome.kind is OutcomeKind.OK:
-                self._marks.add(rows[index].idempotency_key)
-
-        return on_outcome
 
 
 def _record_recovered(session: Session, rows: Sequence[Row]) -> None:
@@ -180,7 +165,7 @@ def _record_recovered(session: Session, rows: Sequence[Row]) -> None:
     )
 
 
-def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]], marker: _SentMarker) -> list[Outcome]:
+def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]], marks: dedup.SentMarks) -> list[Outcome]:
     deliveries = [to_delivery(row) for row in rows]
     try:
         provider = get_provider(name)
@@ -188,7 +173,13 @@ def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]], marke
         log.error("provider %s cannot be used: %s", name, exc)
         return [Outcome(OutcomeKind.MISCONFIGURED, reason=f"provider {name}: {exc}")] * len(rows)
     started = time.perf_counter()
-    outcomes = provider.send_batch(deliveries, on_outcome=marker.for_group(rows))
+
+    def on_outcome(index: int, outcome: Outcome) -> None:
+        # Each acceptance is marked sent the moment its answer arrives (see send_deliveries).
+        if outcome.kind is OutcomeKind.OK:
+            marks.add(rows[index].idempotency_key)
+
+    outcomes = provider.send_batch(deliveries, on_outcome=on_outcome)
     calls.append((name, time.perf_counter() - started))
     return outcomes
 
