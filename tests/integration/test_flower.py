@@ -9,6 +9,7 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,7 +51,15 @@ def flower(worker) -> Iterator[Flower]:
     )
     try:
         devstack.wait_for_port("127.0.0.1", port, proc=proc)
-        yield Flower(f"http://127.0.0.1:{port}", auth)
+        flower = Flower(f"http://127.0.0.1:{port}", auth)
+        # Flower answers HTTP before its event receiver listens, and a chain now runs in well under a
+        # second: wait until it has seen a task (beat releases due deliveries every half second), so a
+        # test's own tasks are not missed.
+        deadline = time.monotonic() + 60
+        while not flower.api("/api/tasks", taskname="notifier.release_due", limit=1):
+            assert time.monotonic() < deadline, "Flower saw no task event within 60 s"
+            time.sleep(0.2)
+        yield flower
     finally:
         devstack.stop(proc)
 
