@@ -15,6 +15,7 @@ import inspect
 import itertools
 import logging
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,14 +26,17 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hpack.hpack
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 log = logging.getLogger(__name__)
 
 # One WINDOW_UPDATE up front so request bodies never wait on the connection window.
 _CONNECTION_WINDOW = 16 * 1024 * 1024
-# h2 enforces only the limit the client has acknowledged; until then it must not
-# kill the connection over streams opened before our SETTINGS arrived.
+# h2 itself would answer a stream over SETTINGS_MAX_CONCURRENT_STREAMS with a connection
+# error (GOAWAY PROTOCOL_ERROR), losing every stream on the connection. RFC 9113 §5.1.2
+# makes it a stream error, so h2 is told no limit and the connection enforces the one it
+# advertised itself, refusing only the streams over it (RST_STREAM REFUSED_STREAM: never
+# processed, safe for the client to retry).
 _UNENFORCED_STREAM_LIMIT = 2**31 - 1
 # After GOAWAY, how long streams up to last-stream-id may take to finish arriving.
 _GOAWAY_GRACE_S = 30.0
@@ -82,6 +86,7 @@ _DataReceived = h2.events.DataReceived
 _StreamEnded = h2.events.StreamEnded
 _StreamReset = h2.events.StreamReset
 _ConnectionTerminated = h2.events.ConnectionTerminated
+_SettingsAcknowledged = h2.events.SettingsAcknowledged
 
 
 @dataclass(slots=True)
@@ -91,6 +96,7 @@ class ConnectionInfo:
     id: int
     peer: str
     streams_unlocked: bool = False
+    streams_refused: int = 0  # over the advertised limit: RST_STREAM(REFUSED_STREAM)
 
 
 @dataclass(slots=True)
@@ -189,6 +195,13 @@ class _Connection(asyncio.Protocol):
         self.goaway_budget: int | None = None
         self.last_stream_id: int | None = None  # set once GOAWAY is sent
         self.closed = False
+        # The stream limit in force, and the SETTINGS frames the client has yet to acknowledge, in
+        # order: None for h2's own opening SETTINGS, else the MAX_CONCURRENT_STREAMS we advertised.
+        # A lowered limit applies once acknowledged (a client may have opened streams before it
+        # saw it); a raised one at once.
+        self.stream_limit = _UNENFORCED_STREAM_LIMIT
+        self.advertised_limit = _UNENFORCED_STREAM_LIMIT
+        self.unacked_limits: deque[int | None] = deque()
 
     # asyncio.Protocol
 
@@ -210,19 +223,15 @@ class _Connection(asyncio.Protocol):
         h2conn = self.h2
         h2conn.local_settings = h2.settings.Settings(
             client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: _UNENFORCED_STREAM_LIMIT,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
-            },
+            # No MAX_CONCURRENT_STREAMS: h2 then enforces none (_UNENFORCED_STREAM_LIMIT).
+            initial_values={h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536},
         )
         h2conn.initiate_connection()
-        # The limit we advertise takes effect in h2 once the client acknowledges it.
-        h2conn.update_settings(
-            {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: server.initial_max_concurrent_streams}
-        )
-        self.info.streams_unlocked = server.initial_max_concurrent_streams >= server.max_concurrent_streams
+        self.unacked_limits.append(None)
         h2conn.increment_flow_control_window(_CONNECTION_WINDOW)
         self._flush()
+        self._advertise_stream_limit(server.initial_max_concurrent_streams)
+        self.info.streams_unlocked = server.initial_max_concurrent_streams >= server.max_concurrent_streams
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -242,6 +251,10 @@ class _Connection(asyncio.Protocol):
         for event in events:
             kind = event.__class__
             if kind is _RequestReceived:
+                if len(self.streams) + len(self.waiting) >= self.stream_limit:
+                    self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    self.info.streams_refused += 1
+                    continue
                 self.streams[event.stream_id] = (event.headers, [])
             elif kind is _DataReceived:
                 entry = self.streams.get(event.stream_id)
@@ -259,6 +272,12 @@ class _Connection(asyncio.Protocol):
             elif kind is _StreamReset:
                 self.streams.pop(event.stream_id, None)
                 self.waiting.discard(event.stream_id)
+            elif kind is _SettingsAcknowledged:
+                if self.unacked_limits:
+                    limit = self.unacked_limits.popleft()
+                    if limit is not None:
+                        # A raise sent since then is already in force.
+                        self.stream_limit = max(limit, self.advertised_limit)
             elif kind is _ConnectionTerminated:
                 self._flush()
                 self.transport.close()
@@ -342,9 +361,8 @@ class _Connection(asyncio.Protocol):
             return
         if reply.unlock_streams and not self.info.streams_unlocked:
             self.info.streams_unlocked = True
-            self.h2.update_settings(
-                {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_concurrent_streams}
-            )
+            self._flush()
+            self._advertise_stream_limit(self.server.max_concurrent_streams)
         if reply.goaway_after is not None and self.goaway_budget is None:
             self.goaway_budget = reply.goaway_after
         if reply.delay_s > 0:
@@ -389,6 +407,15 @@ class _Connection(asyncio.Protocol):
         self._send(stream_id, status, headers, body)
         self._flush()
         self._close_if_done()
+
+    def _advertise_stream_limit(self, limit: int) -> None:
+        """Send SETTINGS_MAX_CONCURRENT_STREAMS ourselves (h2 is told no limit: see _UNENFORCED_STREAM_LIMIT)."""
+        frame = SettingsFrame(0, settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limit})
+        self.transport.write(frame.serialize())
+        self.unacked_limits.append(limit)
+        self.advertised_limit = limit
+        if limit > self.stream_limit:
+            self.stream_limit = limit
 
     # connection-level faults
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import stat
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
+import hpack
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 
 from sandbox.apns import ApnsSandbox
 from sandbox.client import SandboxError
@@ -212,6 +217,94 @@ def test_goaway_before_the_matching_request_leaves_it_unprocessed(sandbox, trans
 
     # then libcurl reruns it on a new connection and every notification is recorded once
     assert [r.status for r in responses] == [200] * 20
+    assert sorted(m["target"] for m in sandbox.client.messages()) == sorted(tokens)
+
+
+class EagerClient:
+    """An HTTP/2 client that opens streams without waiting for the server's stream limit, as Go's did.
+
+    Written with raw frames because a conforming client library (h2, nghttp2) will not break the limit.
+    """
+
+    def __init__(self, sandbox: SandboxProcess) -> None:
+        context = ssl.create_default_context(cafile=str(sandbox.cert_path))
+        context.set_alpn_protocols(["h2"])
+        url = urllib.parse.urlsplit(sandbox.apns_url)
+        raw = socket.create_connection((url.hostname, url.port), timeout=10)
+        self.sock = context.wrap_socket(raw, server_hostname=url.hostname)
+        self.authority = url.netloc
+        self.encoder, self.decoder = hpack.Encoder(), hpack.Decoder()
+        self.buffer = b""
+        self.next_stream = 1
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize())
+
+    def frames(self):
+        while True:
+            while len(self.buffer) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+                if len(self.buffer) < 9 + length:
+                    break
+                frame.parse_body(memoryview(self.buffer[9:9 + length]))
+                self.buffer = self.buffer[9 + length:]
+                yield frame
+            self.buffer += self.sock.recv(65536)
+
+    def acknowledge_settings_until_limit(self) -> int:
+        """ACK every SETTINGS until the server's MAX_CONCURRENT_STREAMS arrives; return it."""
+        for frame in self.frames():
+            if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+                self.sock.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
+                if SettingsFrame.MAX_CONCURRENT_STREAMS in frame.settings:
+                    return frame.settings[SettingsFrame.MAX_CONCURRENT_STREAMS]
+
+    def open(self, path: str, headers: dict[str, str]) -> int:
+        """Send a request's HEADERS only (the stream stays open until finish())."""
+        stream_id, self.next_stream = self.next_stream, self.next_stream + 2
+        block = self.encoder.encode([(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
+                                     (":path", path), *headers.items()])
+        self.sock.sendall(HeadersFrame(stream_id, data=block, flags=["END_HEADERS"]).serialize())
+        return stream_id
+
+    def finish(self, stream_id: int, body: bytes) -> None:
+        self.sock.sendall(DataFrame(stream_id, data=body, flags=["END_STREAM"]).serialize())
+
+    def outcomes(self, stream_ids: set[int]) -> dict[int, str]:
+        """Each stream's end: its :status, or REFUSED_STREAM / another reset; GOAWAY fails the test."""
+        outcomes: dict[int, str] = {}
+        for frame in self.frames():
+            if isinstance(frame, GoAwayFrame):
+                pytest.fail(f"connection error instead of a stream error: GOAWAY {frame.error_code}")
+            if isinstance(frame, HeadersFrame):
+                status = dict(self.decoder.decode(frame.data))[":status"]
+                if frame.stream_id in stream_ids:
+                    outcomes[frame.stream_id] = status
+            elif isinstance(frame, RstStreamFrame) and frame.stream_id in stream_ids:
+                outcomes[frame.stream_id] = "REFUSED_STREAM" if frame.error_code == 7 else f"reset {frame.error_code}"
+            if set(outcomes) == stream_ids:
+                return outcomes
+
+
+def test_streams_over_the_limit_are_refused_one_by_one_not_the_connection(sandbox):
+    """RFC 9113 §5.1.2: a stream over SETTINGS_MAX_CONCURRENT_STREAMS is a stream error, not GOAWAY."""
+    client = EagerClient(sandbox)
+    headers = {"authorization": f"bearer {sandbox.apns_jwt()}", "apns-topic": TOPIC, "apns-push-type": "alert"}
+    tokens = [device_token() for _ in range(31)]
+    # given the server's opening limit (one stream until the first authenticated request), acknowledged
+    assert client.acknowledge_settings_until_limit() == 1
+
+    # when a client opens 31 streams at once regardless
+    streams = [client.open(f"/3/device/{t}", headers) for t in tokens]
+    refused = client.outcomes(set(streams[1:]))
+
+    # then each stream over the limit is refused on its own, and the first one goes on on the same connection
+    assert set(refused.values()) == {"REFUSED_STREAM"}
+    client.finish(streams[0], ALERT)
+    assert client.outcomes({streams[0]}) == {streams[0]: "200"}
+    # and once it answered (authenticated: the limit is raised), the refused ones succeed on their retry
+    retries = [client.open(f"/3/device/{t}", headers) for t in tokens[1:]]
+    for stream_id in retries:
+        client.finish(stream_id, ALERT)
+    assert set(client.outcomes(set(retries)).values()) == {"200"}
     assert sorted(m["target"] for m in sandbox.client.messages()) == sorted(tokens)
 
 
