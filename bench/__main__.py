@@ -33,6 +33,7 @@ def _configure_env(work: Path) -> dict[str, str]:
         "NOTIFIER_REDIS_URL": f"{host}/14",
         "NOTIFIER_BROKER_URL": f"{host}/15",
         "NOTIFIER_VAR_DIR": str(work),
+        "NOTIFIER_STAGE_CPU": "1",  # notifier.ops.stage_cpu: each stage's CPU, for the report
         "NOTIFIER_APNS_KEY_PATH": str(work / "sandbox" / "apns_key.p8"),
         "NOTIFIER_APNS_CA_FILE": str(work / "sandbox" / "tls-cert.pem"),
     })
@@ -87,6 +88,23 @@ class CpuMeter:
     def start(self) -> None:
         self._before = self._sample()
 
+    def peak_rss_mb(self) -> dict[str, float]:
+        """The largest peak resident set (VmHWM) of any one process of each tree, in MiB."""
+        peaks: dict[str, float] = {}
+        for name, root in self._roots.items():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil_errors():
+                continue
+            for proc in procs:
+                try:
+                    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            peaks[name] = max(peaks.get(name, 0.0), int(line.split()[1]) / 1024)
+                except OSError:
+                    pass
+        return {k: round(v, 1) for k, v in peaks.items()}
+
     def stop(self) -> dict[str, float]:
         """CPU seconds per named process tree (parents and children)."""
         after = self._sample()
@@ -94,6 +112,12 @@ class CpuMeter:
         for (name, pid), v in after.items():
             per[name] = per.get(name, 0.0) + v - self._before.get((name, pid), 0.0)
         return per
+
+
+def psutil_errors():
+    import psutil
+
+    return (psutil.NoSuchProcess, psutil.AccessDenied)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -186,15 +210,17 @@ def _prepare(sandbox, n_events: int, prefix: str, high_share: float):
     return workload
 
 
-def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
-    """The product: Kafka -> bridge -> lane workers -> sandbox."""
+def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms: int = 0) -> dict:
+    """The product: Kafka -> bridge -> lane workers -> sandbox (answering `latency_ms` late)."""
     from notifier.queues import QUEUES
     from sandbox import devstack
     from notifier.intake.publish import flush, get_producer
     from notifier.intake.events import parse_event
 
-    prefix = "p-"
+    prefix = f"p{latency_ms}-"
     workload = _prepare(sandbox, args.events, prefix, args.high_share)
+    if latency_ms:
+        sandbox.add_fault(latency_ms=latency_ms, fraction=1.0)  # every request, until reset
     topics = {"high": f"bench.{int(time.time())}.high", "low": f"bench.{int(time.time())}.low"}
     high = tuple(q for q in QUEUES if q.endswith(".high"))
     low = tuple(q for q in QUEUES if q.endswith(".low")) + ("scheduler",)
@@ -220,9 +246,12 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
         )
     time.sleep(args.warmup_s)  # bridge joins its group, workers warm up
     meter = CpuMeter(procs)
+    sandbox_meter = CpuMeter({"sandbox": sandbox_proc})
     try:
         producer = get_producer()
         meter.start()
+        sandbox_meter.start()
+        requests_before = sandbox.request_count()
         started = time.time()
 
         def produce(event: dict) -> None:
@@ -247,10 +276,53 @@ def run_pipeline(env: dict, args, sandbox, logs: Path) -> dict:
         flush(60)
         _wait_settled({e["notification_id"] for e in workload.events}, args.timeout_s, prefix)
         cpu = meter.stop()
-        return _outcome(prefix, workload.events, sandbox, started, cpu)
+        sandbox_cpu = sum(sandbox_meter.stop().values())
+        requests = sandbox.request_count() - requests_before
+        rss = meter.peak_rss_mb()
+        outcome = _outcome(prefix, workload.events, sandbox, started, cpu)
+        outcome["stages_cpu_us_per_delivery"] = _stages(cpu, outcome["deliveries"])
+        outcome["peak_rss_mb"] = _by_kind(rss, max)
+        outcome["sandbox_requests"] = requests
+        outcome["sandbox_cpu_us_per_request"] = round(sandbox_cpu / max(requests, 1) * 1e6, 1)
+        return outcome
     finally:
         for proc in procs.values():
             devstack.stop(proc)
+
+
+def _by_kind(per_process: dict[str, float], combine) -> dict[str, float]:
+    """Fold high_worker0, high_worker1, high_worker_children… into high_worker."""
+    kinds: dict[str, list[float]] = {}
+    for name, value in per_process.items():
+        kind = name.removesuffix("_children").rstrip("0123456789")
+        kinds.setdefault(kind, []).append(value)
+    return {k: round(combine(v), 1) for k, v in sorted(kinds.items())}
+
+
+def _stages(cpu: dict[str, float], deliveries: int) -> dict[str, float]:
+    """CPU per delivery of each stage: the bridges (consume, validate, hand over), routing (in the
+    bridges), filter, dedup and send task bodies, and Celery's own share of the workers."""
+    from notifier.ops import stage_cpu
+    from notifier.store.redis_conn import get_redis
+
+    measured = stage_cpu.read(get_redis())
+    per = lambda seconds: round(seconds / max(deliveries, 1) * 1e6, 1)  # noqa: E731
+    bridges = sum(v for k, v in cpu.items() if k.startswith("bridge"))
+    workers = sum(v for k, v in cpu.items() if "worker" in k)
+    tasks = {k: v for k, v in measured.items() if k.startswith("notifier.") and not k.endswith(":n")}
+    send = sum(v for k, v in tasks.items() if k.startswith("notifier.send_"))
+    route = measured.get("route", 0.0)
+    return {
+        "bridge": per(bridges - route),
+        "route": per(route),
+        "filter": per(tasks.get("notifier.filter", 0.0)),
+        "dedup": per(tasks.get("notifier.dedup", 0.0)),
+        "send": per(send),
+        "other_tasks": per(sum(tasks.values()) - send - tasks.get("notifier.filter", 0.0)
+                           - tasks.get("notifier.dedup", 0.0)),
+        "celery_own": per(workers - sum(tasks.values())),
+        "tasks": int(sum(v for k, v in measured.items() if k.endswith(":n") and k.startswith("notifier."))),
+    }
 
 
 def run_naive(env: dict, args, sandbox, logs: Path) -> dict:
@@ -305,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=4.0)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of the pipeline phase; the JSON line gives the median, min and max (default 1)")
+    parser.add_argument("--latency-ms", type=int, default=200,
+                        help="then one run with every provider answer this late (0 = skip; default 200)")
+    parser.add_argument("--bare-requests", type=int, default=10_000,
+                        help="requests of the bare HTTP/2 send measured for overhead_ratio (0 = skip)")
     args = parser.parse_args(argv)
 
     work = (ROOT / "var" / "bench").resolve()
@@ -323,38 +401,69 @@ def main(argv: list[str] | None = None) -> int:
     sandbox_proc = devstack.start_sandbox(env, logs / "sandbox.log")
     sandbox = SandboxClient(settings.sandbox_control_url)
     try:
-        sandbox.reset()
-        product = run_pipeline(env, args, sandbox, logs)
+        runs = []
+        for _ in range(args.runs):
+            sandbox.reset()
+            runs.append(run_pipeline(env, args, sandbox, logs, sandbox_proc))
+        slow = None
+        if args.latency_ms:
+            sandbox.reset()
+            slow = run_pipeline(env, args, sandbox, logs, sandbox_proc, latency_ms=args.latency_ms)
         sandbox.reset()
         naive = None if args.skip_naive else run_naive(env, args, sandbox, logs)
     finally:
         devstack.stop(sandbox_proc)
+    # The bare multiplexed send, on the same machine in the same run: what overhead_ratio divides by.
+    from bench import transport_bench
 
-    report = {"time": datetime.now(timezone.utc).isoformat(), "args": vars(args), "pipeline": product, "naive": naive}
+    bare = transport_bench.run(args.bare_requests, 200, 3) if args.bare_requests else None
+    by_cpu = sorted(runs, key=lambda r: r["cpu_us_per_delivery"])
+    product = by_cpu[len(by_cpu) // 2]  # the median run
+    for run in runs:
+        if bare:
+            run["overhead_ratio"] = round(run["cpu_us_per_delivery"] / bare["cpu_us_per_request_median"], 2)
+
+    report = {"time": datetime.now(timezone.utc).isoformat(), "args": vars(args), "pipeline": product,
+              "runs": runs, "latency_run": slow, "bare_send": bare, "naive": naive}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(report, indent=2))
 
-    rows = [k for k in product if k != "by_status"]
-    print(f"\n{'figure':<22} {'pipeline':>12} {'naive':>12}")
+    rows = [k for k in product if k not in ("by_status", "stages_cpu_us_per_delivery", "peak_rss_mb")]
+    print(f"\n{'figure':<28} {'pipeline':>12} {'+latency':>12} {'naive':>12}")
     for key in rows:
-        print(f"{key:<22} {product[key]!s:>12} {(naive or {}).get(key, '-')!s:>12}")
+        print(f"{key:<28} {product[key]!s:>12} {(slow or {}).get(key, '-')!s:>12} {(naive or {}).get(key, '-')!s:>12}")
+    print(f"CPU per delivery by stage (µs): {product['stages_cpu_us_per_delivery']}")
+    print(f"peak RSS per process kind (MiB): {product['peak_rss_mb']}")
     print(f"statuses (pipeline): {product['by_status']}")
     if naive:
         print(f"statuses (naive):    {naive['by_status']}")
+    if bare:
+        print(f"bare HTTP/2 send: {bare['cpu_us_per_request_median']} µs CPU per request (median of 3 rounds)")
     print(f"report: {out}")
     ratio = round(product["throughput_per_s"] / naive["throughput_per_s"], 2) if naive else None
+    cpu = [r["cpu_us_per_delivery"] for r in by_cpu]
     print(json.dumps({
         "deliveries": product["deliveries"],
         "throughput_per_s": product["throughput_per_s"],
         "naive_throughput_per_s": naive["throughput_per_s"] if naive else None,
         "ratio": ratio,
         "cpu_us_per_delivery": product["cpu_us_per_delivery"],
+        "cpu_us_per_delivery_min_max": [cpu[0], cpu[-1]],
+        "bare_send_cpu_us_per_request": bare["cpu_us_per_request_median"] if bare else None,
+        "overhead_ratio": product.get("overhead_ratio"),
+        "overhead_ratio_min_max": [by_cpu[0].get("overhead_ratio"), by_cpu[-1].get("overhead_ratio")],
+        "stages_cpu_us_per_delivery": product["stages_cpu_us_per_delivery"],
+        "peak_rss_mb": product["peak_rss_mb"],
+        "sandbox_cpu_us_per_request": product["sandbox_cpu_us_per_request"],
+        "latency_ms": args.latency_ms or None,
+        "latency_throughput_per_s": slow["throughput_per_s"] if slow else None,
+        "latency_throughput_share": round(slow["throughput_per_s"] / product["throughput_per_s"], 2) if slow else None,
         "p50_high_ms": product["p50_high_ms"],
         "p99_high_ms": product["p99_high_ms"],
         "p99_low_ms": product["p99_low_ms"],
-        "duplicates": product["duplicates"],
-        "lost": product["lost"],
+        "duplicates": sum(r["duplicates"] for r in runs) + (slow["duplicates"] if slow else 0),
+        "lost": sum(r["lost"] for r in runs) + (slow["lost"] if slow else 0),
     }))
     return 0
 

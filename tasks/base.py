@@ -8,7 +8,7 @@ from celery import Task
 from celery.exceptions import Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_process_shutdown
 
-from notifier.ops import redaction
+from notifier.ops import redaction, stage_cpu
 from notifier.store.db import dispose_engines
 from notifier.outages import OUTAGE_ERRORS
 
@@ -36,7 +36,8 @@ class NotifierTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().__call__(*args, **kwargs)
+            with stage_cpu.measure(self.name):
+                return super().__call__(*args, **kwargs)
         except Retry as retry:
             # Its text (worker log, Flower) quotes the exception retried for.
             if retry.exc is not None and redaction.redacted_exception(retry.exc) is not retry.exc:

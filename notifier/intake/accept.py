@@ -16,6 +16,7 @@ import psycopg2
 import redis
 from sqlalchemy import exc as sa_exc
 
+from notifier.ops import stage_cpu
 from notifier.store.db import transaction
 from notifier.intake.events import NotificationEvent
 from notifier.store.redis_conn import get_redis
@@ -32,6 +33,11 @@ def store(events: Sequence[NotificationEvent]) -> RouteResult:
     """Route `events` and commit their delivery rows durably; return what is queued, per lane."""
     if not events:
         return RouteResult()
+    with stage_cpu.measure("route"):
+        return _store(events)
+
+
+def _store(events: Sequence[NotificationEvent]) -> RouteResult:
     r: redis.Redis | None = get_redis()
     deadlocks = 0
     while True:
