@@ -78,6 +78,8 @@ class Delivery(BaseModel):
     sent_at: datetime | None
     delivered_at: datetime | None
     failed_at: datetime | None
+    task_id: str | None = Field(None, description="The Celery task that last handled the delivery.")
+    task_url: str | None = Field(None, description="That task's page in Flower (when NOTIFIER_FLOWER_URL is set).")
 
 
 class NotificationStatus(BaseModel):
