@@ -104,9 +104,9 @@ class SendTask(NotifierTask):
     failure is only a report: the deliveries' retries live in the database (`scheduled` rows),
     never in Celery. So this exception is not in autoretry_for (no Celery retry), it is expected
     (`throws`: logged as one line, without a traceback), and the message is acknowledged like a
-    success (`acks_on_failure`; Celery's default, pinned here because the exactly-once record
-    depends on it: a redelivered batch would find its rows already recorded and skip them, but
-    would still be a needless second task). docs/operations.md, "Flower"."""
+    success (`acks_on_failure`: Celery's default, pinned here so that no global setting turns a
+    report into a redelivery; one would not break the guarantees, as a second run finds the rows
+    recorded and skips them, but it would be a needless second task). docs/operations.md, "Flower"."""
 
     abstract = True
     throws = (DeliveriesNotSent,)

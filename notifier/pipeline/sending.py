@@ -37,7 +37,8 @@ class Claimed:
 
 def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, ttl_s: int) -> Claimed:
     """Take the dedup lease of each queued delivery; move those we hold to `sending`."""
-    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=("id", "idempotency_key", "channel", "notification_id"))
+    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value],
+                             columns=("id", "idempotency_key", "channel", "notification_id"))
     states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
     mine = [row for row, state in zip(rows, states) if state in (dedup.CLAIMED, dedup.RECLAIMED)]
     moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
