@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         "", description="Flower's HTTP basic auth, user:password (several comma-separated); empty = "
         "`notifier flower` refuses to start unless given --no-auth."
     )
+    flower_url: str = Field(
+        "", description="Where staff reach Flower, e.g. https://ops.example.com/flower; set, `notifier status` "
+        "and GET /v1/notifications/{id} link each delivery to <url>/task/<task_id>."
+    )
 
     # Email: SendGrid v3 Mail Send, and SMTP as the second provider. Defaults point at the local sandbox.
     sendgrid_url: str = Field("http://127.0.0.1:8794", description="SendGrid API origin (https://api.sendgrid.com).")

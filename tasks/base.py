@@ -9,6 +9,8 @@ from celery.exceptions import Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_process_shutdown
 
 from notifier.ops import redaction, stage_cpu
+from notifier.pipeline import summary
+from notifier.store import task_context
 from notifier.store.db import dispose_engines
 from notifier.outages import OUTAGE_ERRORS
 
@@ -33,8 +35,23 @@ class NotifierTask(Task):
     retry_backoff_max = 60
     retry_jitter = True
     max_retries = 100
+    # Flower shows a task's result as Celery's repr of it, cut at this many characters (1024 by
+    # default): room for a summary and summary.MAX_SHOWN notification ids.
+    resultrepr_maxsize = 4096
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The rows this task writes carry its id; its result names the notifications it handled.
+        with task_context.running(self.request.id) as record:
+            result = self._run_redacted(*args, **kwargs)
+        if record is None or not record.notification_ids:
+            return result
+        if result is None:
+            return summary.notifications(record.notification_ids)
+        if isinstance(result, dict) and "notifications" not in result:
+            return result | summary.notifications(record.notification_ids)
+        return result
+
+    def _run_redacted(self, *args: Any, **kwargs: Any) -> Any:
         try:
             with stage_cpu.measure(self.name):
                 return super().__call__(*args, **kwargs)
@@ -69,6 +86,39 @@ class NotifierTask(Task):
         more = f",…+{len(ids) - 5}" if len(ids) > 5 else ""
         lane = args[1] if len(args) > 1 else kwargs.get("lane")
         return f"deliveries=[{head}{more}] n={len(ids)}" + (f" lane={lane}" if lane else "")
+
+
+class DeliveriesNotSent(Exception):
+    """A send batch of which no delivery was sent: each failed or waits, `scheduled`, for its retry.
+
+    Raised after every outcome is recorded, so that the task ends in Celery's FAILURE state, which
+    Flower shows and counts (its workers page: Failed). Nothing is retried or redelivered because
+    of it: see SendTask."""
+
+
+class SendTask(NotifierTask):
+    """A send stage: its result summarises the batch's deliveries; a batch that sent nothing fails.
+
+    Why a FAILURE and not a custom state: Flower knows a task's state only from the worker's
+    events, and a custom state (`update_state`) travels through a result backend, which we do not
+    keep; a failed task is what Flower counts and what `celery events` and alerting see. The
+    failure is only a report: the deliveries' retries live in the database (`scheduled` rows),
+    never in Celery. So this exception is not in autoretry_for (no Celery retry), it is expected
+    (`throws`: logged as one line, without a traceback), and the message is acknowledged like a
+    success (`acks_on_failure`: Celery's default, pinned here so that no global setting turns a
+    report into a redelivery; one would not break the guarantees, as a second run finds the rows
+    recorded and skips them, but it would be a needless second task). docs/operations.md, "Flower"."""
+
+    abstract = True
+    throws = (DeliveriesNotSent,)
+    acks_on_failure = True
+
+    @staticmethod
+    def settle(result: dict[str, Any]) -> dict[str, Any]:
+        """The task's result, or DeliveriesNotSent when nothing of the batch was sent."""
+        if summary.nothing_sent(result):
+            raise DeliveriesNotSent(summary.describe(result))
+        return result
 
 
 @after_setup_logger.connect

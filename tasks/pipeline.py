@@ -26,9 +26,10 @@ from notifier.store.models import Status
 from notifier.pipeline.routing import event_row, invalid_event_row
 from notifier.pipeline.scheduling import BATCH, Ready, release_due, sweep_stuck
 from notifier.pipeline.sending import claim_deliveries, send_deliveries
+from notifier.pipeline.summary import send_summary, shown_in_args
 from notifier.settings import get_settings
 from tasks.app import app
-from tasks.base import INFRASTRUCTURE_ERRORS, NotifierTask
+from tasks.base import INFRASTRUCTURE_ERRORS, NotifierTask, SendTask
 
 
 log = logging.getLogger(__name__)
@@ -176,33 +177,37 @@ def dedup_stage(self, ids: list[int], lane: str) -> None:
     with transaction() as session:
         claimed = claim_deliveries(session, get_redis(), ids, claim_id, get_settings().lease_ttl_s)
     for channel, channel_ids in claimed.by_channel.items():
-        SEND_TASKS[channel].apply_async((channel_ids, lane, claim_id), queue=queue_for(channel, lane))
+        send = SEND_TASKS[channel]
+        # Flower's search looks at arguments and results, not at a failure's text: the notifications go here.
+        argsrepr = f"{send.describe((channel_ids, lane), {})} {shown_in_args(claimed.notification_ids[channel])}"
+        send.apply_async((channel_ids, lane, claim_id), queue=queue_for(channel, lane), argsrepr=argsrepr)
 
 
-def _send(ids: list[int], lane: str, claim_id: str) -> None:
+def _send(ids: list[int], lane: str, claim_id: str) -> dict:
     # Opens its own short transactions: none is held across the provider call.
     report = send_deliveries(get_redis(), ids, claim_id, get_settings())
     # Retries wait as `scheduled` rows; release_due puts them back on the queue when due.
     if report.changed_users:
         invalidate(get_redis(), report.changed_users)
+    return SendTask.settle(send_summary(len(ids), report.outcomes))
 
 
-@app.task(base=NotifierTask, name="notifier.send_push")
-def send_push(ids: list[int], lane: str, claim_id: str) -> None:
+@app.task(base=SendTask, name="notifier.send_push")
+def send_push(ids: list[int], lane: str, claim_id: str) -> dict:
     """Send push deliveries (APNs, FCM)."""
-    _send(ids, lane, claim_id)
+    return _send(ids, lane, claim_id)
 
 
-@app.task(base=NotifierTask, name="notifier.send_email")
-def send_email(ids: list[int], lane: str, claim_id: str) -> None:
+@app.task(base=SendTask, name="notifier.send_email")
+def send_email(ids: list[int], lane: str, claim_id: str) -> dict:
     """Send email deliveries (SendGrid, SMTP)."""
-    _send(ids, lane, claim_id)
+    return _send(ids, lane, claim_id)
 
 
-@app.task(base=NotifierTask, name="notifier.send_sms")
-def send_sms(ids: list[int], lane: str, claim_id: str) -> None:
+@app.task(base=SendTask, name="notifier.send_sms")
+def send_sms(ids: list[int], lane: str, claim_id: str) -> dict:
     """Send SMS deliveries (Twilio)."""
-    _send(ids, lane, claim_id)
+    return _send(ids, lane, claim_id)
 
 
 SEND_TASKS = {"push": send_push, "email": send_email, "sms": send_sms}

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import Depends, FastAPI, HTTPException, Path, Response, status
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,7 +26,8 @@ from sqlalchemy import text
 from notifier.pipeline import routing
 from notifier.accounts import devices
 from notifier.intake import validation
-from entrypoints.api import auth, webhooks
+from entrypoints.api import auth, docs, webhooks
+from entrypoints.api.docs import AUTH, errors, example
 from notifier.accounts.api_keys import KeyInfo
 from notifier.store.db import get_engine, transaction
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
@@ -78,6 +79,8 @@ class Delivery(BaseModel):
     sent_at: datetime | None
     delivered_at: datetime | None
     failed_at: datetime | None
+    task_id: str | None = Field(None, description="The Celery task that last handled the delivery.")
+    task_url: str | None = Field(None, description="That task's page in Flower (when NOTIFIER_FLOWER_URL is set).")
 
 
 class NotificationStatus(BaseModel):
@@ -168,10 +171,9 @@ def _check_broker() -> None:
 
 def create_app() -> FastAPI:
     """Build the API application."""
-    app = FastAPI(
+    app = docs.create(
         max_body_size=OTHER_MAX_BYTES,
         title="notifier",
-        version="1",
         description="Send notifications, see where each delivery stands, manage devices and preferences, "
         "and receive the providers' delivery reports. Authenticate with `Authorization: Bearer <key>` "
         "(`notifier keys create`); webhooks authenticate by the provider's signature.",
@@ -187,9 +189,8 @@ def create_app() -> FastAPI:
 
     @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationAccepted,
               tags=["notifications"], dependencies=[Depends(auth.send)], max_body_size=MAX_EVENT_BYTES,
-              responses={409: {"description": "notification_id already accepted for a different event"},
-                         413: {"description": f"Event over {MAX_EVENT_BYTES} bytes"}})
-    def send(event: NotificationRequest) -> dict[str, str]:
+              responses=errors(*AUTH, 409, 413, 422, max_bytes=MAX_EVENT_BYTES))
+    def send(event: Annotated[NotificationRequest, Body(openapi_examples=docs.SEND_EXAMPLES)]) -> dict[str, str]:
         """Queue one notification event; repeating a notification_id delivers it once."""
         from tasks.pipeline import send_notification
 
@@ -201,7 +202,9 @@ def create_app() -> FastAPI:
         return {"notification_id": event.notification_id}
 
     @app.get("/v1/notifications/{notification_id}", response_model=NotificationStatus, tags=["notifications"],
-             dependencies=[Depends(auth.read_status)], responses={404: {"description": "No delivery (yet)"}})
+             dependencies=[Depends(auth.read_status)],
+             responses={200: example(docs.STATUS_EXAMPLE), **errors(*AUTH, 422),
+                        404: {"model": docs.Problem, "description": "No delivery (yet)"}})
     def get(notification_id: NotificationId) -> dict[str, Any]:
         """Every delivery of a notification: channel, redacted target, status, reason, attempts, times."""
         deliveries = notification_status(notification_id)
@@ -210,7 +213,8 @@ def create_app() -> FastAPI:
         return {"notification_id": notification_id, "deliveries": deliveries}
 
     @app.delete("/v1/notifications/{notification_id}", response_model=Cancelled, tags=["notifications"],
-                dependencies=[Depends(auth.cancel)], responses={404: {"description": "No delivery (yet)"}})
+                dependencies=[Depends(auth.cancel)],
+                responses={**errors(*AUTH, 422), 404: {"model": docs.Problem, "description": "No delivery (yet)"}})
     def cancel(notification_id: NotificationId) -> dict[str, Any]:
         """Cancel the deliveries of a notification that are not sent yet (queued or scheduled)."""
         count = cancel_notification(notification_id, only_known=True)
@@ -219,27 +223,32 @@ def create_app() -> FastAPI:
         return {"notification_id": notification_id, "cancelled": count}
 
     @app.put("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
-             dependencies=[Depends(auth.users)])
-    def register_device(user_id: UserId, token: TokenPath, device: DeviceRegistration) -> Response:
+             dependencies=[Depends(auth.users)], responses=errors(*AUTH, 413, 422, max_bytes=OTHER_MAX_BYTES))
+    def register_device(user_id: UserId, token: TokenPath,
+                        device: Annotated[DeviceRegistration, Body(openapi_examples=docs.DEVICE_EXAMPLES)]) -> Response:
         """Register a device's push token for a user (moving it from another user if need be)."""
         devices.register_device(user_id, token, device.platform, device.app)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.delete("/v1/users/{user_id}/devices/{token}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
-                dependencies=[Depends(auth.users)], responses={404: {"description": "No such device"}})
+                dependencies=[Depends(auth.users)],
+                responses={**errors(*AUTH, 422), 404: {"model": docs.Problem, "description": "No such device"}})
     def unregister_device(user_id: UserId, token: TokenPath) -> Response:
         """Forget a user's device token."""
         if not devices.unregister_device(user_id, token):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "this user has no such device token")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    @app.get("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"])
+    @app.get("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"],
+             responses={200: example(docs.PREFERENCES_EXAMPLE), **errors(*AUTH, 422)})
     def read_preferences(user_id: UserId, key: KeyInfo = Depends(auth.read_users)) -> dict[str, Any]:
         """A user's preferences (the defaults for a user never seen); email and phone need the contacts scope."""
         return shown_to(key, get_preferences(user_id))
 
-    @app.put("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"])
-    def write_preferences(user_id: UserId, changes: PreferencesUpdate,
+    @app.put("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"],
+             responses={200: example(docs.PREFERENCES_EXAMPLE), **errors(*AUTH, 413, 422, max_bytes=OTHER_MAX_BYTES)})
+    def write_preferences(user_id: UserId,
+                          changes: Annotated[PreferencesUpdate, Body(openapi_examples=docs.PREFERENCES_EXAMPLES)],
                           key: KeyInfo = Depends(auth.users)) -> dict[str, Any]:
         """Change some of a user's preferences; returns them all (email and phone redacted without contacts)."""
         return shown_to(key, update_preferences(user_id, **changes.model_dump(exclude_unset=True)))
@@ -264,7 +273,8 @@ def create_app() -> FastAPI:
                             status_code=200 if healthy else 503)
 
     @app.get("/metrics", tags=["operations"], dependencies=[Depends(auth.admin)], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"},
+                        **errors(*AUTH)})
     def prometheus_metrics() -> Response:
         """Deliveries, retries, provider call times, queue depths, scheduled backlog, bridge lag (admin key)."""
         from notifier.ops.exporter import CONTENT_TYPE_LATEST, render

@@ -19,7 +19,8 @@ redact = redact_target  # the name other modules know
 
 
 def get_status(notification_id: str) -> list[dict[str, Any]]:
-    """Every delivery of a notification: channel, status, reason, attempts, timestamps."""
+    """Every delivery of a notification: channel, status, reason, attempts, timestamps, the task that last
+    handled it (and its page in Flower)."""
     with transaction() as session:
         rows = session.scalars(
             select(NotificationLog).where(NotificationLog.notification_id == notification_id).order_by(NotificationLog.id)
@@ -30,10 +31,16 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
                 "reason": r.reason, "attempts": r.attempts, "last_error": r.last_error,
                 "provider_message_id": r.provider_message_id, "created_at": r.created_at,
                 "scheduled_at": r.scheduled_at, "sent_at": r.sent_at, "delivered_at": r.delivered_at,
-                "failed_at": r.failed_at,
+                "failed_at": r.failed_at, "task_id": r.task_id, "task_url": task_url(r.task_id),
             }
             for r in rows
         ]
+
+
+def task_url(task_id: str | None) -> str | None:
+    """Flower's page of the task that last handled a delivery, when NOTIFIER_FLOWER_URL is set."""
+    base = get_settings().flower_url.rstrip("/")
+    return f"{base}/task/{task_id}" if base and task_id else None
 
 
 CANCEL_TTL_S = 7 * 86400

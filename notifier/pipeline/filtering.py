@@ -19,7 +19,8 @@ from notifier.store.recipients import Recipient, load_recipients
 EARLY_TOLERANCE = timedelta(seconds=1)
 
 
-FILTER_COLUMNS = ("id", "user_id", "channel", "category", "priority", "scheduled_at")
+# notification_id: the filter task's result names the notifications it handled (store.task_context).
+FILTER_COLUMNS = ("id", "notification_id", "user_id", "channel", "category", "priority", "scheduled_at")
 
 
 def suppression_reason(row: Row, recipient: Recipient) -> str | None:

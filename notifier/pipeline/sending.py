@@ -13,7 +13,7 @@ import redis
 from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
-from notifier.pipeline import dedup
+from notifier.pipeline import dedup, summary
 from notifier.store import delivery_log
 from notifier.ops import counters
 from notifier.store.db import transaction
@@ -32,11 +32,13 @@ IN_FLIGHT_RESENT = ("sent again after a worker died with an earlier request in f
 @dataclass(slots=True)
 class Claimed:
     by_channel: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    notification_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # per channel, for Flower
 
 
 def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, ttl_s: int) -> Claimed:
     """Take the dedup lease of each queued delivery; move those we hold to `sending`."""
-    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=("id", "idempotency_key", "channel"))
+    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value],
+                             columns=("id", "idempotency_key", "channel", "notification_id"))
     states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
     mine = [row for row, state in zip(rows, states) if state in (dedup.CLAIMED, dedup.RECLAIMED)]
     moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
@@ -50,6 +52,7 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
     for row in mine:
         if row.id in moved:
             result.by_channel[row.channel].append(row.id)
+            result.notification_ids[row.channel].add(row.notification_id)
     # The provider accepted these before a worker died without recording it (found by the sweeper).
     recovered = [row.id for row, state in zip(rows, states) if state == dedup.ALREADY_SENT]
     delivery_log.set_status(
@@ -64,9 +67,11 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
 
 @dataclass(slots=True)
 class SendReport:
-    """What the caller must do after the commit: drop these users' cached records."""
+    """What the caller must do after the commit: drop these users' cached records; and what became of
+    each delivery, (notification_id, summary outcome), for the task's result."""
 
     changed_users: set[str] = field(default_factory=set)
+    outcomes: list[tuple[str, str]] = field(default_factory=list)
 
 
 def to_delivery(row: Row) -> Delivery:
@@ -127,6 +132,9 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
             by_provider[row.provider or ""].append(row)
         elif lease == dedup.ALREADY_SENT:
             recovered.append(row)  # accepted by an earlier run of this task whose record did not commit
+            report.outcomes.append((row.notification_id, summary.SENT))
+        else:
+            report.outcomes.append((row.notification_id, summary.DUPLICATE))
     results: list[tuple[Row, Outcome, str]] = []
     calls: list[tuple[str, float]] = []  # (provider, seconds) per send_batch call, for metrics
     marks = dedup.SentMarks(r, settings.sent_marker_ttl_s)
@@ -242,6 +250,8 @@ def _record(
     # retry claims afresh) or failed; an accepted delivery's key says `sent` and stays.
     dedup.release(r, [row.idempotency_key for row, _, _ in results], claim_id)
     counters.record_sends(r, [(row.channel, c["provider"], c["status"]) for (row, _, _), c in zip(results, changes)], calls)
+    report.outcomes.extend((row.notification_id, summary.send_outcome(o.kind, c["status"]))
+                           for (row, o, _), c in zip(results, changes))
     # The caller drops these users' cached records once the transaction has committed.
     report.changed_users = {user for user, _ in opt_outs} | {
         row.user_id for row, o, _ in results if o.kind is OutcomeKind.TOKEN_INVALID

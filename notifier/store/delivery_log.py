@@ -9,6 +9,7 @@ from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from notifier.store import task_context
 from notifier.store.models import NotificationLog, Status
 
 LOG = NotificationLog.__table__
@@ -34,6 +35,10 @@ def insert_ignoring_duplicates(session: Session, rows: Sequence[dict[str, Any]])
     """Insert rows in one statement; return (id, idempotency_key) of those that were new."""
     if not rows:
         return []
+    record = task_context.current()
+    if record is not None:
+        record.note(row["notification_id"] for row in rows)
+        rows = [{**row, "task_id": record.task_id} for row in rows]
     if session.get_bind().dialect.name == "postgresql":
         return _insert_values(session, rows)
     return [(r[0], r[1]) for r in session.execute(_INSERT["sqlite"], list(rows))]
@@ -82,6 +87,9 @@ def set_status(
     ids = list(ids)
     if not ids:
         return []
+    record = task_context.current()
+    if record is not None:
+        values.setdefault("task_id", record.task_id)
     stmt = update(LOG).where(LOG.c.id.in_(ids)).values(status=status, updated_at=utcnow(), **values)
     if only_from is not None:
         stmt = stmt.where(LOG.c.status.in_(list(only_from)))
@@ -94,6 +102,9 @@ def record_each(
     """Apply per-row changes (each dict has `_id` plus column values), optionally only to rows in given statuses."""
     if not changes:
         return
+    record = task_context.current()
+    if record is not None:
+        changes = [{**change, "task_id": record.task_id} for change in changes]
     by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
         by_shape.setdefault(tuple(sorted(change)), []).append(change)
@@ -147,4 +158,8 @@ def load(
     stmt = stmt.where(LOG.c.id.in_(ids)).order_by(LOG.c.id)
     if statuses is not None:
         stmt = stmt.where(LOG.c.status.in_(list(statuses)))
-    return list(session.execute(stmt))
+    rows = list(session.execute(stmt))
+    record = task_context.current()
+    if record is not None and (columns is None or "notification_id" in columns):
+        record.note(row.notification_id for row in rows)
+    return rows

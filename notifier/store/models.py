@@ -75,6 +75,9 @@ class NotificationLog(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Celery task that last wrote the row (Flower's /task/<id>); set in the stages' own UPDATEs
+    # (notifier.store.task_context). 155: as in Celery's own database result backend (a UUID, or a caller's id).
+    task_id: Mapped[str | None] = mapped_column(String(155))
 
     __table_args__ = (
         Index("ix_notification_log_notification_id", "notification_id"),

@@ -111,10 +111,11 @@ def test_a_notification_chain_reads_by_ids_and_never_shows_a_target(flower, work
 
     # Then searching Flower for the notification id finds its first task: the filter stage of the deliveries
     # the producer stored (intake routes before delay() returns), its args naming the notification
-    found = wait_until(lambda: flower.api("/api/tasks", search=nid), timeout_s=30,
+    # (the later stages name it too: in their results, and the send task in its arguments)
+    found = wait_until(lambda: {i: t for i, t in flower.api("/api/tasks", search=nid).items()
+                                if t["name"] == "notifier.filter"}, timeout_s=30,
                        message="Flower search by notification id finds nothing")
     [(root_id, root)] = found.items()
-    assert root["name"] == "notifier.filter"
     assert f"notification_id={nid}" in root["args"] and "priority=high" in root["args"]
 
     # And its chain follows by root id: filter -> dedup -> send_push, each naming the delivery and the lane
@@ -135,3 +136,162 @@ def test_a_notification_chain_reads_by_ids_and_never_shows_a_target(flower, work
     shown = json.dumps(flower.api("/api/tasks", limit=100000))
     for secret in (token, email, phone):
         assert secret not in shown
+
+
+# ---- Flower shows the truth: a send batch's summary, its failure, and the way from a delivery to its task.
+
+def _email_event(nid: str, user: str) -> dict:
+    return {"notification_id": nid, "user_id": user, "type": "receipt", "category": "transactional",
+            "priority": "high", "channels": ["email"], "title": "Receipt", "body": "Thanks"}
+
+
+def _email_users(unique, sandbox, faults: list[bool]) -> list[tuple[str, str, str]]:
+    """(notification id, user, address) per flag; SendGrid answers 500 to a flagged address, every time."""
+    made = []
+    for fault in faults:
+        user, nid, address = unique("user"), unique("n"), f"{unique('mail')}@example.com"
+        set_preferences(user, email=address)
+        if fault:
+            sandbox.add_fault("sendgrid", address, status=500, count=None)
+        made.append((nid, user, address))
+    return made
+
+
+def _failed_tasks(flower: Flower) -> int:
+    """The Failed count of Flower's workers page, summed over the workers."""
+    response = requests.get(flower.url + "/workers", params={"json": 1}, auth=flower.auth, timeout=10)
+    response.raise_for_status()
+    return sum(worker.get("task-failed", 0) for worker in response.json()["data"])
+
+
+def _send_email_tasks(flower: Flower, nid: str) -> dict[str, dict]:
+    """The send_email tasks Flower's search finds for a notification id, by task id."""
+    found = flower.api("/api/tasks", search=nid, limit=1000)
+    return {task_id: t for task_id, t in found.items() if t["name"] == "notifier.send_email"}
+
+
+def test_a_batch_whose_provider_failed_is_a_failed_task_with_its_summary(flower, worker, sandbox, wait_until,
+                                                                          unique):
+    # Given two users whose email addresses SendGrid answers 500 for, every time
+    (nid1, user1, address1), (nid2, user2, address2) = _email_users(unique, sandbox, [True, True])
+    failed_before = _failed_tasks(flower)
+
+    # When their notifications go through real workers as one batch
+    notifier.send_notifications.delay([_email_event(nid1, user1), _email_event(nid2, user2)])
+
+    # Then each delivery ends failed after the attempts allowed (3 here), each attempt a send_email task
+    def failed() -> list[dict]:
+        rows = get_status(nid1) + get_status(nid2)
+        return rows if [r["status"] for r in rows] == ["failed", "failed"] else []
+
+    rows = wait_until(failed, timeout_s=90, message="the deliveries never ended failed")
+    assert all(r["attempts"] == 3 and "sendgrid 500" in r["reason"] for r in rows), rows
+
+    # And the batch's first send task is FAILURE in Flower, found by either notification id, its
+    # failure the batch's summary: both deliveries rescheduled, both notifications named
+    ids = {str(r["delivery_id"]) for r in rows}
+
+    def batches() -> dict:
+        tasks = _send_email_tasks(flower, nid2)
+        return {i: t for i, t in tasks.items() if all(d in t["args"] for d in ids) and t["state"] == "FAILURE"}
+
+    found = wait_until(batches, timeout_s=30, message="Flower shows no failed batch")
+    batch_id, batch = min(found.items(), key=lambda item: item[1]["received"])  # the first attempt
+    assert f"n=2" in batch["args"] and nid1 in batch["args"] and nid2 in batch["args"]
+    assert "none of 2 deliveries sent (2 retry)" in batch["exception"], batch["exception"]
+    assert '"retry": 2' in batch["exception"] and '"sent": 0' in batch["exception"]
+    assert nid1 in batch["exception"] and nid2 in batch["exception"]
+    assert batch["result"] is None and batch["retries"] == 0
+    assert flower.api(f"/api/task/info/{batch_id}")["state"] == "FAILURE"
+
+    # And each row names the send task that last handled it: a FAILURE whose summary says it gave up
+    for row in rows:
+        info = wait_until(lambda row=row: _task_info_when_done(flower, row["task_id"]), timeout_s=30,
+                          message=f"Flower never saw task {row['task_id']}")
+        assert info["name"] == "notifier.send_email" and info["state"] == "FAILURE", info
+        assert '"failed": ' in info["exception"] and row["notification_id"] in info["exception"], info
+        assert '"failed": 0' not in info["exception"], info
+
+    # And the workers page counts every failed attempt (3 attempts: at least 3 failed tasks)
+    wait_until(lambda: _failed_tasks(flower) >= failed_before + 3, timeout_s=30,
+               message="Flower's workers page does not count the failed tasks")
+    # And no failed task was run again by Celery: SendGrid answered one request per attempt recorded
+    # (its fault's hits, per address), also a few seconds after the last one
+    time.sleep(2)
+    hits = sum(f["hits"] for f in sandbox.faults() if f["target"] in (address1, address2))
+    assert hits == sum(r["attempts"] for r in rows) == 6
+    tasks = {**_send_email_tasks(flower, nid1), **_send_email_tasks(flower, nid2)}
+    assert {t["state"] for t in tasks.values()} == {"FAILURE"} and {t["retries"] for t in tasks.values()} == {0}
+
+
+def _task_info_when_done(flower: Flower, task_id: str) -> dict | None:
+    try:
+        info = flower.api(f"/api/task/info/{task_id}")
+    except requests.HTTPError:
+        return None  # 404: its events have not reached Flower yet
+    return info if info.get("state") in ("SUCCESS", "FAILURE") else None
+
+
+def test_a_batch_that_sent_some_succeeds_with_counts_and_every_stage_names_its_notifications(
+        flower, worker, sandbox, wait_until, unique):
+    # Given one user whose address SendGrid refuses (500) and one it accepts
+    (bad_nid, bad_user, _), (nid, user, _) = _email_users(unique, sandbox, [True, False])
+
+    # When both notifications go as one batch
+    notifier.send_notifications.delay([_email_event(bad_nid, bad_user), _email_event(nid, user)])
+    wait_until(lambda: [r for r in get_status(nid) if r["status"] == "sent"], timeout_s=60)
+
+    # Then the send task succeeded, its result counting one sent and one rescheduled, naming both
+    def batch() -> dict:
+        return {i: t for i, t in _send_email_tasks(flower, nid).items() if t["state"] == "SUCCESS"}
+
+    [(batch_id, task)] = wait_until(batch, timeout_s=30, message="Flower shows no successful batch").items()
+    assert "'sent': 1" in task["result"] and "'retry': 1" in task["result"], task["result"]
+    assert bad_nid in task["result"] and nid in task["result"]
+    [sent] = [r for r in get_status(nid) if r["status"] == "sent"]
+    assert sent["task_id"] == batch_id
+
+    # And searching Flower for the second notification (the filter task's arguments name only the
+    # first) finds every stage of the batch: their results name the notifications they handled
+    def stages() -> set[str]:
+        names = {t["name"] for t in flower.api("/api/tasks", search=nid, limit=1000).values()}
+        return names if {"notifier.filter", "notifier.dedup", "notifier.send_email"} <= names else set()
+
+    wait_until(stages, timeout_s=30, message="Flower's search does not find every stage by notification id")
+    found = flower.api("/api/tasks", search=nid, limit=1000)
+    [filter_task] = [t for t in found.values() if t["name"] == "notifier.filter"]
+    assert nid not in filter_task["args"] and nid in filter_task["result"] and bad_nid in filter_task["result"]
+
+
+def test_status_cli_and_api_show_the_task_and_its_flower_link(flower, worker, sandbox, wait_until, unique):
+    # Given a delivery whose SendGrid call failed (a 500), rescheduled or failed by now
+    [(nid, user, _)] = _email_users(unique, sandbox, [True])
+    notifier.send_notification.delay(_email_event(nid, user))
+    [row] = wait_until(lambda: [r for r in get_status(nid) if r["status"] == "failed"], timeout_s=90)
+    task_id = row["task_id"]
+    assert task_id and row["task_url"] is None  # no NOTIFIER_FLOWER_URL here
+    wait_until(lambda: _task_info_when_done(flower, task_id), timeout_s=30)
+    link = f"{flower.url}/task/{task_id}"
+
+    # When staff look it up with NOTIFIER_FLOWER_URL set: through the CLI ...
+    env = child_env() | {"NOTIFIER_FLOWER_URL": flower.url + "/"}
+    shown = subprocess.run([sys.executable, "-m", "entrypoints.cli", "status", nid], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    [cli_row] = json.loads(shown.stdout)
+    # ... and through the HTTP API
+    from notifier.accounts import api_keys
+    from tests.integration.api_fixture import serve
+
+    _, key = api_keys.create_key("tests: status", "status")
+    with serve(env, "api-flower.log") as url:
+        answer = requests.get(f"{url}/v1/notifications/{nid}", headers={"Authorization": f"Bearer {key}"},
+                              timeout=10)
+    assert answer.status_code == 200, answer.text
+    [api_row] = answer.json()["deliveries"]
+
+    # Then both show the task and the link to its page in Flower, which shows it failed
+    for shown_row in (cli_row, api_row):
+        assert (shown_row["task_id"], shown_row["task_url"]) == (task_id, link), shown_row
+    page = requests.get(link, auth=flower.auth, timeout=10)
+    assert page.status_code == 200 and "FAILURE" in page.text and "notifier.send_email" in page.text
