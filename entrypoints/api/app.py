@@ -111,6 +111,7 @@ class Preferences(BaseModel):
     quiet_end: time | None
     timezone: str | None
     opted_out_categories: list[str]
+    locale: str | None = Field(None, description="BCP 47; picks templates' variants (nb-NO, then nb, then default).")
     email_undeliverable_at: datetime | None = Field(description="When the provider reported the address dead.")
     email_undeliverable_reason: str | None
 

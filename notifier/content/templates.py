@@ -168,6 +168,13 @@ class Catalog:
     def check(self, type_: str, channels: Iterable[str], params: Mapping[str, Any]) -> None:
         """Raise TemplateError unless `type_` has a variant for every channel and `params` has all it needs."""
         channels = list(channels)
+        self.check_variants(type_, channels)
+        missing = sorted(self.required_params(type_, channels) - set(params))
+        if missing:
+            raise TemplateError(f"params missing: {', '.join(missing)} (template {type_!r} needs them)")
+
+    def check_variants(self, type_: str, channels: Iterable[str]) -> None:
+        """Raise TemplateError unless `type_` exists, is not broken, and has a variant for every channel."""
         if type_ in self.broken:
             raise TemplateError(f"template {type_!r} is broken on this server: {'; '.join(self.broken[type_])}")
         if not self.channels(type_):
@@ -176,9 +183,6 @@ class Catalog:
         if lacking:
             raise TemplateError(f"template {type_!r} has no variant for channel {', '.join(lacking)} "
                                 f"(it has {', '.join(self.channels(type_))})")
-        missing = sorted(self.required_params(type_, channels) - set(params))
-        if missing:
-            raise TemplateError(f"params missing: {', '.join(missing)} (template {type_!r} needs them)")
 
     def render(self, type_: str, channel: str, params: Mapping[str, Any], locale: str | None = None,
                *, timezone: str | None = None) -> Rendered:
