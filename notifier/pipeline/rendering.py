@@ -41,3 +41,27 @@ def delivery_fields(rendered: templates.Rendered | str, event: NotificationEvent
     if problem:
         fields |= {"status": Status.FAILED.value, "reason": problem, "failed_at": now}
     return fields
+
+
+def preview(template: str, channels: list[str] | None, params: dict[str, Any], locale: str | None = None,
+            timezone: str | None = None) -> list[dict[str, Any]]:
+    """A template rendered for each channel (all it has when None) as a delivery would be, with the
+    limit it would break (push judged as APNs, the stricter); raises TemplateError as intake would refuse."""
+    catalog = templates.catalog()
+    channels = channels or catalog.channels(template)
+    catalog.check(template, channels, params)
+    out = []
+    for channel in channels:
+        rendered = catalog.render(template, channel, params, locale, timezone=timezone)
+        content = rendered.content()
+        provider = {"push": "apns"}.get(channel)
+        entry: dict[str, Any] = {
+            "channel": channel, "locale_used": rendered.locale_used, "fallback_chain": list(rendered.fallback_chain),
+            "fields": dict(rendered.fields),
+            "problem": content_limits.problem(channel, provider, content, None, get_settings().sms_max_segments),
+        }
+        if channel == "sms":
+            size = content_limits.sms_size(content["body"])
+            entry["sms"] = {"encoding": size.encoding, "units": size.units, "segments": size.segments}
+        out.append(entry)
+    return out
