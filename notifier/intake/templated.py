@@ -27,7 +27,8 @@ def content_given(raw: Any) -> Any:
         return raw
     if has & {"params", "locale"}:
         named = sorted(has & {"params", "locale"})
-        raise invalid(f"{' and '.join(named)} {'is' if len(named) == 1 else 'are'} for a template only: give template too")
+        verb = "is" if len(named) == 1 else "are"
+        raise invalid(f"{' and '.join(named)} {verb} for a template only: give template too")
     lacking = [name for name in ("title", "body") if name not in has]
     if lacking:
         raise invalid(f"{' and '.join(lacking)} required: give title and body, or template and params")
@@ -58,8 +59,9 @@ def check_template(template: str | None, data: dict[str, Any]) -> str | None:
 
 def check_params(params: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any] | None:
     """Check `params` hold every value the template needs, and render it once per channel to prove they fit."""
-    template, channels = data.get("template"), _channels(data)
-    if template is None or channels is None:
+    template = data.get("template")
+    channels = _channels(data) if template is not None else None
+    if channels is None:
         return params  # no template, or one refused already (its error names it)
     params = params or {}
     catalog = templates.catalog()
