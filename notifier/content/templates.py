@@ -120,6 +120,7 @@ class Catalog:
     default_locale: str
     variants: dict[tuple[str, str], dict[str, Variant]] = field(default_factory=dict)
     broken: dict[str, list[str]] = field(default_factory=dict)  # type -> problems
+    _required: dict[tuple[str, frozenset[str] | None], frozenset[str]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, directory: Path, default_locale: str = "en") -> Catalog:
@@ -159,11 +160,14 @@ class Catalog:
 
     def required_params(self, type_: str, channels: Iterable[str] | None = None) -> frozenset[str]:
         """The params every variant of `type_` on `channels` (all when None) names."""
-        wanted = set(channels) if channels is not None else None
-        return frozenset().union(*(
-            v.params for (t, c), by_locale in self.variants.items() if t == type_ and (wanted is None or c in wanted)
-            for v in by_locale.values()
-        ))
+        wanted = frozenset(channels) if channels is not None else None
+        key = (type_, wanted)
+        if key not in self._required:  # asked for every templated event: computed once per process
+            self._required[key] = frozenset().union(*(
+                v.params for (t, c), by_locale in self.variants.items()
+                if t == type_ and (wanted is None or c in wanted) for v in by_locale.values()
+            ))
+        return self._required[key]
 
     def check(self, type_: str, channels: Iterable[str], params: Mapping[str, Any]) -> None:
         """Raise TemplateError unless `type_` has a variant for every channel and `params` has all it needs."""
