@@ -45,6 +45,7 @@ HEALTH_TIMEOUT_S = 2.0
 # Path parameters: the same rules as everywhere (notifier/intake/validation.py). A token's platform is in
 # the body, so the path holds it to what any platform's token can be; register_device checks the rest.
 UserId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(validation.single_line)]
+TemplateName = Annotated[str, Path(min_length=1, max_length=64), AfterValidator(validation.single_line)]
 NotificationId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(validation.single_line)]
 TokenPath = Annotated[str, Path(min_length=1, max_length=validation.MAX_FCM_TOKEN_CHARS),
                       AfterValidator(validation.any_token)]
@@ -114,8 +115,34 @@ class Preferences(BaseModel):
     quiet_end: time | None
     timezone: str | None
     opted_out_categories: list[str]
+    locale: str | None = Field(None, description="BCP 47; picks templates' variants (nb-NO, then nb, then default).")
     email_undeliverable_at: datetime | None = Field(description="When the provider reported the address dead.")
     email_undeliverable_reason: str | None
+
+
+class TemplatePreviewRequest(BaseModel):
+    """What to render a template with: the params an event would carry, and whose locale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: validation.JsonData = Field(default_factory=dict)
+    channel: Literal["push", "email", "sms"] | None = Field(None, description="One channel; default: all it has.")
+    locale: validation.LocaleTag | None = None
+    timezone: validation.TimezoneName | None = None
+
+
+class TemplateRendering(BaseModel):
+    channel: str
+    locale_used: str
+    fallback_chain: list[str] = Field(description="The locales tried, in order, ending with the one used.")
+    fields: dict[str, str]
+    problem: str | None = Field(description="The channel limit the result breaks (push judged as APNs), or null.")
+    sms: dict[str, Any] | None = Field(None, description="encoding (GSM-7 or UCS-2), units, segments")
+
+
+class TemplatePreview(BaseModel):
+    template: str
+    renderings: list[TemplateRendering]
 
 
 class Health(BaseModel):
@@ -200,6 +227,25 @@ def create_app() -> FastAPI:
                                     "event (another user or content); use a new id")
         send_notification.delay(event)
         return {"notification_id": event.notification_id}
+
+    @app.post("/v1/templates/{template}/render", response_model=TemplatePreview, tags=["notifications"],
+              dependencies=[Depends(auth.send)],
+              responses={422: {"description": "Unknown template, no variant for the channel, params missing"}})
+    def render_template(template: TemplateName, request: TemplatePreviewRequest) -> dict[str, Any]:
+        """Render a template as a delivery would be rendered, without sending anything."""
+        from notifier.content.templates import TemplateError
+        from notifier.pipeline.rendering import preview
+
+        try:
+            renderings = preview(template, [request.channel] if request.channel else None, request.params,
+                                 request.locale, request.timezone)
+        except TemplateError as exc:
+            # The shape of every other 422 here (FastAPI's), naming the part of the request at fault.
+            where = "params" if str(exc).startswith("params missing") else "template"
+            loc = ["body", "params"] if where == "params" else ["path", "template"]
+            return JSONResponse({"detail": [{"type": "invalid_value", "loc": loc, "msg": str(exc)}]},
+                                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return {"template": template, "renderings": renderings}
 
     @app.get("/v1/notifications/{notification_id}", response_model=NotificationStatus, tags=["notifications"],
              dependencies=[Depends(auth.read_status)],

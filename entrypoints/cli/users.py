@@ -111,4 +111,6 @@ def register(sub: Any) -> None:
     g.add_argument("--quiet-end", help="end of quiet hours, HH:MM (may be past midnight)")
     g.add_argument("--timezone", help="IANA timezone of the quiet hours, e.g. Europe/Oslo")
     g.add_argument("--opted-out-categories", help="comma-separated categories never to send, e.g. marketing,social")
+    g.add_argument("--locale", help="BCP 47 locale picking templates' variants, e.g. nb-NO (falls back to nb, then "
+                   "the default)")
     p.set_defaults(func=_preferences)

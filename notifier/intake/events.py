@@ -5,11 +5,12 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from notifier.intake.validation import (  # noqa: F401  (MAX_EVENT_BYTES: imported from here by the edges)
-    MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_EVENT_BYTES, Body, Id, JsonData, Name, Title, send_at_in_range,
+    MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_EVENT_BYTES, Body, Id, JsonData, LocaleTag, Name, Title, send_at_in_range,
 )
+from notifier.intake import templated
 
 
 
@@ -59,13 +60,33 @@ class NotificationEvent(BaseModel):
     category: Name = Field(description="e.g. transactional, marketing, security.")
     priority: Priority = Priority.NORMAL
     channels: list[Channel] | None = Field(None, description="Channels to use; default from type/category.")
-    title: Title
-    body: Body
+    title: Title | None = Field(None, description="Required unless `template` is given.")
+    body: Body | None = Field(None, description="Required unless `template` is given.")
     data: JsonData | None = Field(
         None, description=f"JSON object for the app: nested at most {MAX_DATA_DEPTH} deep, at most "
         f"{MAX_DATA_BYTES} bytes as JSON; data.collapse_id at most 64 bytes of printable ASCII.")
     send_at: datetime | None = Field(
         None, description="Deliver no earlier than this instant (timezone-aware; from 2000-01-01 to a year ahead).")
+    # Instead of title and body: a template rendered per channel in the user's locale (docs/templates.md).
+    template: Name | None = Field(None, description="A template's name (NOTIFIER_TEMPLATES_DIR/<template>/), instead "
+                                  "of title and body.")
+    locale: LocaleTag | None = Field(None, description="Render in this locale (BCP 47) rather than the user's.")
+    params: JsonData | None = Field(None, validate_default=True, description="The values the template names.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _title_and_body_or_template(cls, raw: Any) -> Any:
+        return templated.content_given(raw)
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_the_channels(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return templated.check_template(v, info.data)
+
+    @field_validator("params")
+    @classmethod
+    def _params_fit_the_template(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        return templated.check_params(v, info.data)
 
     @field_validator("channels")
     @classmethod

@@ -20,6 +20,8 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from notifier.content import locales
+
 def invalid(message: str) -> PydanticCustomError:
     """The error a rule raises: pydantic reports it as it is, naming the field, without "Value error, "."""
     return PydanticCustomError("invalid_value", message)
@@ -290,6 +292,18 @@ TimezoneName = Annotated[str, Field(max_length=64, description="IANA name, e.g. 
 LocalTime = Annotated[time, AfterValidator(_naive_time)]
 
 
+def locale_tag(value: str) -> str:
+    """Check a locale is a BCP 47 tag Babel knows (CLDR); return it normalized, e.g. nb_no -> nb-NO."""
+    try:
+        return locales.normalize(value)
+    except locales.LocaleError as exc:
+        raise invalid(str(exc)) from None
+
+
+LocaleTag = Annotated[str, Field(max_length=locales.MAX_TAG_CHARS, description="BCP 47, e.g. nb-NO"),
+                      AfterValidator(locale_tag)]
+
+
 class PreferencesUpdate(BaseModel):
     """The preferences to change; fields left out stay as they are, null clears an optional one."""
 
@@ -304,6 +318,7 @@ class PreferencesUpdate(BaseModel):
     quiet_end: LocalTime | None = None
     timezone: TimezoneName | None = None
     opted_out_categories: list[Name] = Field(None, max_length=100)
+    locale: LocaleTag | None = None
 
 
 PREFERENCE_FIELDS = frozenset(PreferencesUpdate.model_fields)

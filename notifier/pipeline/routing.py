@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
+from notifier.pipeline import rendering
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent
 from notifier.intake.validation import is_storable
@@ -53,6 +54,8 @@ def fingerprint(event: NotificationEvent) -> str:
         "title": event.title, "body": event.body, "data": event.data or {},
         "send_at": event.send_at.timestamp() if event.send_at else None,
     }
+    if event.template is not None:  # only then: the fingerprints of events without one stay as they were
+        content |= {"template": event.template, "params": event.params or {}, "locale": event.locale}
     raw = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()
 
@@ -100,7 +103,10 @@ def _targets(recipient: Recipient, channel: str) -> list[tuple[str | None, str]]
 
 
 def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None) -> list[dict]:
-    """The log rows for one event: one per target, or one `suppressed` row per channel without targets."""
+    """The log rows for one event: one per target, or one `suppressed` row per channel without targets.
+
+    An event with a template is rendered here, once per channel, in the user's locale: the event's
+    `locale`, else the user's preference, falling back to the default (rendering.render_channel)."""
     now = utcnow()
     base = {
         "notification_id": event.notification_id,
@@ -114,10 +120,14 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
         "created_at": now,
         "updated_at": now,
         "scheduled_at": event.send_at,
+        "failed_at": None,
     }
+    if event.template is not None:  # rendered per channel below
+        base["payload"] = {"data": event.data or {}, "fingerprint": base["payload"]["fingerprint"]}
     rows = []
     for channel in channels_for(event):
         targets = _targets(recipient, channel)
+        rendered = rendering.render_channel(event, channel, recipient) if event.template and targets else None
         if not targets:
             rows.append(
                 base
@@ -131,17 +141,17 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
                 }
             )
         for provider, target in targets:
-            rows.append(
-                base
-                | {
-                    "idempotency_key": idempotency_key(event.notification_id, channel, target),
-                    "channel": channel,
-                    "provider": provider,
-                    "target": target,
-                    "status": Status.QUEUED.value,
-                    "reason": None,
-                }
-            )
+            row = base | {
+                "idempotency_key": idempotency_key(event.notification_id, channel, target),
+                "channel": channel,
+                "provider": provider,
+                "target": target,
+                "status": Status.QUEUED.value,
+                "reason": None,
+            }
+            if rendered is not None:
+                row |= rendering.delivery_fields(rendered, event, channel, provider, base["payload"], now)
+            rows.append(row)
     return rows
 
 

@@ -90,6 +90,7 @@ def to_delivery(row: Row) -> Delivery:
         title=payload.get("title", ""),
         body=payload.get("body", ""),
         data=data,
+        html=payload.get("html"),
         collapse_id=data.get("collapse_id") if isinstance(data.get("collapse_id"), str) else None,
     )
 

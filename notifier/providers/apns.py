@@ -120,13 +120,22 @@ def apns_id(idempotency_key: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _full_payload(title: str, body: str, data: dict) -> tuple[dict, dict, bytes]:
+    custom = {k: v for k, v in data.items() if k != "aps"}
+    aps: dict = {"alert": {"title": title, "body": body}, "sound": "default"}
+    if data.get("background"):
+        aps = {"content-available": 1}
+    return aps, custom, json.dumps({"aps": aps, **custom}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def payload_bytes(title: str, body: str, data: dict) -> int:
+    """The payload's size before any shortening: what a rendered template must fit in MAX_PAYLOAD_BYTES."""
+    return len(_full_payload(title, body, data)[2])
+
+
 def build_payload(d: Delivery) -> bytes:
     """Build the JSON payload, shortening the body so it fits APNs's 4096-byte limit."""
-    custom = {k: v for k, v in d.data.items() if k != "aps"}
-    aps: dict = {"alert": {"title": d.title, "body": d.body}, "sound": "default"}
-    if d.data.get("background"):
-        aps = {"content-available": 1}
-    raw = json.dumps({"aps": aps, **custom}, separators=(",", ":"), ensure_ascii=False).encode()
+    aps, custom, raw = _full_payload(d.title, d.body, d.data)
     excess = len(raw) - MAX_PAYLOAD_BYTES
     if excess <= 0 or "alert" not in aps:
         return raw

@@ -61,6 +61,7 @@ class Delivery:
     data: dict[str, Any] = field(default_factory=dict)
     collapse_id: str | None = None
     expires_at: datetime | None = None
+    html: str | None = None  # email: an HTML alternative to the text body (a template's html)
 
 
 # Called with a delivery's index in the batch and its final outcome; see Provider.send_batch.

@@ -90,6 +90,8 @@ def build_message(d: Delivery, s: Settings) -> EmailMessage:
     msg["X-Notifier-Delivery-Id"] = str(d.id)
     msg["X-Notifier-Notification-Id"] = d.notification_id
     msg.set_content(d.body or d.title)
+    if d.html:
+        msg.add_alternative(d.html, subtype="html")  # multipart/alternative: text first, HTML preferred
     return msg
 
 

@@ -119,6 +119,8 @@ class UserPreferences(Base):
     # Set when the provider reports the address dead (hard bounce); cleared when the address changes.
     email_undeliverable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     email_undeliverable_reason: Mapped[str | None] = mapped_column(Text)
+    # BCP 47 (nb-NO): picks a template's variant, falling back to nb, then the default locale.
+    locale: Mapped[str | None] = mapped_column(String(35))
 
 
 class ApiKeyScope(str, enum.Enum):

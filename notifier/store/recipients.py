@@ -34,13 +34,14 @@ class Recipient:
     timezone: str | None = None
     opted_out_categories: frozenset[str] = frozenset()
     email_undeliverable: str | None = None  # why the address is dead (a bounce), or None
+    locale: str | None = None  # BCP 47; None: the templates' default locale
     devices: list[Device] = field(default_factory=list)
 
     def channel_enabled(self, channel: str) -> bool:
         return {"push": self.push_enabled, "email": self.email_enabled, "sms": self.sms_enabled}.get(channel, False)
 
 
-CACHE_PREFIX = "recipient:v2:"
+CACHE_PREFIX = "recipient:v3:"  # v3: with locale (a v2 reader would refuse the new key)
 CACHE_TTL_S = 300
 
 
@@ -83,6 +84,7 @@ def _encode(rec: Recipient) -> str:
         "timezone": rec.timezone,
         "opted_out_categories": sorted(rec.opted_out_categories),
         "email_undeliverable": rec.email_undeliverable,
+        "locale": rec.locale,
         "devices": [[dv.token, dv.platform] for dv in rec.devices],
     }, separators=(",", ":"))
 
@@ -106,7 +108,7 @@ def _from_database(session: Session, ids: list[str]) -> dict[str, Recipient]:
     for p in session.execute(select(
         prefs.user_id, prefs.push_enabled, prefs.email_enabled, prefs.sms_enabled, prefs.email, prefs.phone,
         prefs.quiet_start, prefs.quiet_end, prefs.timezone, prefs.opted_out_categories,
-        prefs.email_undeliverable_at, prefs.email_undeliverable_reason,
+        prefs.email_undeliverable_at, prefs.email_undeliverable_reason, prefs.locale,
     ).where(prefs.user_id.in_(ids))):
         out[p.user_id] = Recipient(
             p.user_id,
@@ -120,6 +122,7 @@ def _from_database(session: Session, ids: list[str]) -> dict[str, Recipient]:
             timezone=p.timezone,
             opted_out_categories=frozenset(p.opted_out_categories or ()),
             email_undeliverable=(p.email_undeliverable_reason or "bounced") if p.email_undeliverable_at else None,
+            locale=p.locale,
         )
     rows = session.execute(
         select(DeviceToken.user_id, DeviceToken.token, DeviceToken.platform)

@@ -36,6 +36,8 @@ def configure() -> None:
     ADMIN_DB_URL = _private_services()
     for name, value in SHORT_TIMERS.items():
         os.environ.setdefault(name, value)
+    # The shipped example templates, whatever directory a worker, the API or a bridge starts in.
+    os.environ.setdefault("NOTIFIER_TEMPLATES_DIR", str(Path(__file__).resolve().parents[2] / "templates"))
 
 
 def child_env() -> dict[str, str]:

@@ -34,6 +34,7 @@ PURPOSES = {
     "send": "queue one event",
     "status": "every delivery",
     "sweep": "stuck",
+    "templates": "notification templates",
     "worker": "Celery worker",
 }
 NESTED = {
@@ -45,6 +46,9 @@ NESTED = {
     ("devices", "list"): "list a user's devices",
     ("preferences", "get"): "print a user's preferences",
     ("preferences", "set"): "change some",
+    ("templates", "list"): "params it needs",
+    ("templates", "check"): "broken file",
+    ("templates", "render"): "as a delivery would be",
 }
 
 

@@ -51,7 +51,9 @@ def build_request(d: Delivery, s: Settings) -> dict[str, Any]:
         }],
         "from": {"email": s.email_from, "name": s.email_from_name} if s.email_from_name else {"email": s.email_from},
         "subject": d.title or d.body[:78] or "(no subject)",
-        "content": [{"type": "text/plain", "value": d.body or d.title or " "}],
+        # text/plain first: SendGrid requires that order when both are given.
+        "content": [{"type": "text/plain", "value": d.body or d.title or " "}]
+        + ([{"type": "text/html", "value": d.html}] if d.html else []),
     }
 
 
