@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from notifier.intake.validation import (  # noqa: F401  (MAX_EVENT_BYTES: imported from here by the edges)
-    MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_EVENT_BYTES, Body, Id, JsonData, Name, Title, send_at_in_range,
+    MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_EVENT_BYTES, Body, Id, JsonData, Name, RegisteredApp, Title, TtlSeconds,
+    expires_at_ahead, invalid, send_at_in_range,
 )
 
 
@@ -66,6 +67,12 @@ class NotificationEvent(BaseModel):
         f"{MAX_DATA_BYTES} bytes as JSON; data.collapse_id at most 64 bytes of printable ASCII.")
     send_at: datetime | None = Field(
         None, description="Deliver no earlier than this instant (timezone-aware; from 2000-01-01 to a year ahead).")
+    app: RegisteredApp | None = Field(
+        None, description="The app (NOTIFIER_APPS_FILE) this is about: push goes to the user's devices of that app, "
+        "email and SMS from its sender. Omitted: every device, the default sender.")
+    expires_at: datetime | None = Field(
+        None, description="Not delivered after this instant (timezone-aware, within 28 days): ends `expired`.")
+    ttl_s: TtlSeconds | None = Field(None, description="Or: not delivered later than this many seconds after intake.")
 
     @field_validator("channels")
     @classmethod
@@ -78,6 +85,22 @@ class NotificationEvent(BaseModel):
     @classmethod
     def _send_at_in_range(cls, v: datetime | None) -> datetime | None:
         return send_at_in_range(v)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _expires_at_ahead(cls, v: datetime | None) -> datetime | None:
+        return expires_at_ahead(v)
+
+    @model_validator(mode="after")
+    def _one_expiry_after_send_at(self) -> NotificationEvent:
+        if self.expires_at is not None and self.ttl_s is not None:
+            raise invalid("expires_at and ttl_s: give one of them, not both")
+        if self.send_at is not None:
+            ends = self.expires_at or (datetime.now(timezone.utc) + timedelta(seconds=self.ttl_s)
+                                       if self.ttl_s is not None else None)
+            if ends is not None and ends <= self.send_at:
+                raise invalid("expires_at (or ttl_s) ends before send_at: the notification could never be sent")
+        return self
 
     @property
     def lane(self) -> str:

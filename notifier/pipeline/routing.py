@@ -13,6 +13,9 @@ from sqlalchemy import select
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
+from notifier.apps import DEFAULT_APP
+from notifier.pipeline.expiry import expiry_of
+from notifier.settings import get_settings
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent
 from notifier.intake.validation import is_storable
@@ -53,6 +56,11 @@ def fingerprint(event: NotificationEvent) -> str:
         "title": event.title, "body": event.body, "data": event.data or {},
         "send_at": event.send_at.timestamp() if event.send_at else None,
     }
+    # Only when given: an event without them keeps the fingerprint it was accepted with before they existed.
+    for name in ("app", "ttl_s", "expires_at"):
+        value = getattr(event, name)
+        if value is not None:
+            content[name] = value.timestamp() if name == "expires_at" else value
     raw = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()
 
@@ -87,16 +95,16 @@ def channels_for(event: NotificationEvent) -> tuple[str, ...]:
     return DEFAULT_CHANNELS.get(event.category, DEFAULT_CHANNELS["*"])
 
 
-def _targets(recipient: Recipient, channel: str) -> list[tuple[str | None, str]]:
-    """(provider, target) pairs of a user on a channel."""
+def _targets(recipient: Recipient, channel: str, app: str | None = None) -> list[tuple[str | None, str, str | None]]:
+    """(provider, target, app) of a user on a channel; an event naming its app reaches only that app's devices."""
     if channel == "push":
         return [
-            (PUSH_PROVIDER_BY_PLATFORM.get(d.platform), d.token)
+            (PUSH_PROVIDER_BY_PLATFORM.get(d.platform), d.token, d.app)
             for d in recipient.devices
-            if d.platform in PUSH_PROVIDER_BY_PLATFORM
+            if d.platform in PUSH_PROVIDER_BY_PLATFORM and (app is None or (d.app or DEFAULT_APP) == app)
         ]
     address = recipient.email if channel == "email" else recipient.phone
-    return [(DEFAULT_PROVIDER_BY_CHANNEL[channel], address)] if address else []
+    return [(DEFAULT_PROVIDER_BY_CHANNEL[channel], address, app)] if address else []
 
 
 def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None) -> list[dict]:
@@ -114,10 +122,12 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
         "created_at": now,
         "updated_at": now,
         "scheduled_at": event.send_at,
+        "expires_at": expiry_of(event, now, get_settings().category_ttl_s),
+        "app": event.app,
     }
     rows = []
     for channel in channels_for(event):
-        targets = _targets(recipient, channel)
+        targets = _targets(recipient, channel, event.app)
         if not targets:
             rows.append(
                 base
@@ -127,15 +137,18 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
                     "provider": None,
                     "target": NO_TARGET,
                     "status": Status.SUPPRESSED.value,
-                    "reason": f"no {channel} target: user has no {'device token' if channel == 'push' else 'address'}",
+                    "reason": f"no {channel} target: user has no "
+                              f"{'device token' if channel == 'push' else 'address'}"
+                              + (f" for app {event.app}" if event.app and channel == "push" else ""),
                 }
             )
-        for provider, target in targets:
+        for provider, target, app in targets:
             rows.append(
                 base
                 | {
                     "idempotency_key": idempotency_key(event.notification_id, channel, target),
                     "channel": channel,
+                    "app": app,
                     "provider": provider,
                     "target": target,
                     "status": Status.QUEUED.value,

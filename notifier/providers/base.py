@@ -61,6 +61,7 @@ class Delivery:
     data: dict[str, Any] = field(default_factory=dict)
     collapse_id: str | None = None
     expires_at: datetime | None = None
+    app: str | None = None  # None: the default app (notifier/apps.py)
 
 
 # Called with a delivery's index in the batch and its final outcome; see Provider.send_batch.
