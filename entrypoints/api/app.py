@@ -68,7 +68,8 @@ class Delivery(BaseModel):
     channel: str
     provider: str | None
     target: str | None = Field(description="Redacted: enough to tell targets apart, never the whole of one.")
-    status: str
+    status: str = Field(description="queued, scheduled, sending; terminal: sent, delivered, failed, suppressed, "
+                        "rate_limited, duplicate, expired")
     reason: str | None
     attempts: int
     last_error: str | None
@@ -78,6 +79,8 @@ class Delivery(BaseModel):
     sent_at: datetime | None
     delivered_at: datetime | None
     failed_at: datetime | None
+    expires_at: datetime | None = Field(None, description="Not handed to the provider after this: ends expired.")
+    app: str | None = Field(None, description="The app whose credentials send it; null: the default app.")
 
 
 class NotificationStatus(BaseModel):
@@ -94,7 +97,7 @@ class DeviceRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     platform: validation.PlatformName = Field(description="ios (APNs) or android (FCM); web is not delivered yet")
-    app: validation.AppId | None = None
+    app: validation.AppId | None = Field(None, description="An app of NOTIFIER_APPS_FILE; null: the default app")
 
 
 PreferencesUpdate = validation.PreferencesUpdate

@@ -30,7 +30,7 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
                 "reason": r.reason, "attempts": r.attempts, "last_error": r.last_error,
                 "provider_message_id": r.provider_message_id, "created_at": r.created_at,
                 "scheduled_at": r.scheduled_at, "sent_at": r.sent_at, "delivered_at": r.delivered_at,
-                "failed_at": r.failed_at,
+                "failed_at": r.failed_at, "expires_at": r.expires_at, "app": r.app,
             }
             for r in rows
         ]

@@ -151,8 +151,10 @@ def test_device_register_and_unregister(api, unique):
     url = f"{api.url}/v1/users/{user}/devices/{token}"
 
     assert requests.put(url, json={"platform": "pager"}, headers=api.auth(), timeout=10).status_code == 422
-    assert requests.put(url, json={"platform": "android", "app": "shop"}, headers=api.auth(),
+    assert requests.put(url, json={"platform": "android", "app": "courier"}, headers=api.auth(),
                         timeout=10).status_code == 204
+    unknown = requests.put(url, json={"platform": "android", "app": "nope"}, headers=api.auth(), timeout=10)
+    assert unknown.status_code == 422 and "unknown app 'nope'" in unknown.text
     assert requests.delete(url, headers=api.auth(), timeout=10).status_code == 204
     assert requests.delete(url, headers=api.auth(), timeout=10).status_code == 404
 
