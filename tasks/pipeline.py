@@ -225,7 +225,7 @@ def release_due_task() -> int:
     released = 0
     while True:
         with transaction() as session:
-            ready = release_due(session, utcnow(), settings.release_interval_s)
+            ready = release_due(session, utcnow(), settings.release_interval_s, r=get_redis())
         _enqueue(ready)
         released += len(ready)
         if len(ready) < BATCH:

@@ -66,6 +66,9 @@ def waited_in(row: Any) -> str:
 
 
 IN_THE_QUEUE = "in the queue"
+# Where it waited -> the `waited` label of notifier_expired_deliveries_total.
+METRIC_LABEL = {IN_THE_QUEUE: "queue", "while retrying": "retry", "while scheduled (quiet hours)": "quiet_hours",
+                "while scheduled (send_at)": "send_at", "while scheduled": "scheduled"}
 
 
 def expired_reason(expires_at: datetime, where: str) -> str:

@@ -8,6 +8,7 @@ import redis
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
+from notifier.ops import counters
 from notifier.store import delivery_log
 from notifier.intake.events import Priority
 from notifier.pipeline import expiry, rate_limits
@@ -91,4 +92,5 @@ def filter_deliveries(
                           f"for category {limit.category!r}",
             })
     delivery_log.record_each(session, changes, only_from=[Status.QUEUED.value])
+    counters.count_expired(r, ["queue"] * sum(c.get("status") == Status.EXPIRED.value for c in changes))
     return proceed

@@ -41,7 +41,7 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
     A delivery past its expiry (it waited in a backlog) ends `expired` instead."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value],
                              columns=("id", "idempotency_key", "channel", "expires_at"))
-    rows = expire_queued(session, rows, Status.QUEUED, datetime.now(timezone.utc))
+    rows = expire_queued(session, rows, Status.QUEUED, datetime.now(timezone.utc), r)
     states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
     mine = [row for row, state in zip(rows, states) if state in (dedup.CLAIMED, dedup.RECLAIMED)]
     moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
@@ -67,7 +67,8 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
     return result
 
 
-def expire_queued(session: Session, rows: Sequence[Row], status: Status, now: datetime) -> list[Row]:
+def expire_queued(session: Session, rows: Sequence[Row], status: Status, now: datetime,
+                  r: redis.Redis | None = None) -> list[Row]:
     """End the rows past their expiry `expired` ("… in the queue"); return the others."""
     live, changes = [], []
     for row in rows:
@@ -79,6 +80,7 @@ def expire_queued(session: Session, rows: Sequence[Row], status: Status, now: da
     if changes:
         delivery_log.record_each(session, changes, only_from=[status.value])
         log.info("expiry: %d deliveries expired in the queue before they were sent", len(changes))
+        counters.count_expired(r, ["queue"] * len(changes))
     return live
 
 
@@ -140,7 +142,7 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
     with transaction() as session:
         rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
         # The last check before the provider: a delivery that waited past its expiry in the send queue.
-        live = expire_queued(session, rows, Status.SENDING, datetime.now(timezone.utc))
+        live = expire_queued(session, rows, Status.SENDING, datetime.now(timezone.utc), r)
     if len(live) < len(rows):
         alive = {row.id for row in live}
         dedup.release(r, [row.idempotency_key for row in rows if row.id not in alive], claim_id)

@@ -9,7 +9,9 @@ import notifier
 from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
+from notifier.ops import counters
 from notifier.queues import QUEUES
+from notifier.store.redis_conn import get_redis
 from notifier.store import models
 from sandbox import devstack
 from tasks.pipeline import send_notification
@@ -41,7 +43,12 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+def _expired_count(waited: str) -> int:
+    return int(get_redis().hget(counters.EXPIRED, waited) or 0)
+
+
 def test_expires_while_scheduled_in_quiet_hours(worker, sandbox, wait_until, unique):
+    before = _expired_count("quiet_hours")
     # Given a user in quiet hours all day, and an event that is worthless in 2 seconds
     user, token = _ios_user(unique, quiet_start="00:00", quiet_end="23:59:59", timezone="UTC")
     event = _event(unique, user, ttl_s=2)
@@ -57,6 +64,7 @@ def test_expires_while_scheduled_in_quiet_hours(worker, sandbox, wait_until, uni
     assert row["status"] == "expired"
     assert row["reason"] == f"expired at {_utc(row['expires_at']).isoformat()} while scheduled (quiet hours)"
     assert sandbox.messages("apns", token) == []
+    assert _expired_count("quiet_hours") == before + 1  # notifier_expired_deliveries_total{waited="quiet_hours"}
 
 
 def test_expires_while_retrying(worker, sandbox, wait_until, unique):
@@ -78,6 +86,7 @@ def test_expires_while_retrying(worker, sandbox, wait_until, unique):
 
 def test_expires_in_the_queue_behind_a_backlog(sandbox, database, wait_until, unique):
     logs = TEST_VAR / "logs" / "expiry"
+    before = _expired_count("queue")
     with isolated_broker("expiry-backlog") as broker:
         env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
         # Given no worker for the queues yet (a backlog nobody drains), and an event worthless in 2 seconds
@@ -100,6 +109,7 @@ def test_expires_in_the_queue_behind_a_backlog(sandbox, database, wait_until, un
     assert row["status"] == "expired"
     assert row["reason"] == f"expired at {expires_at.isoformat()} in the queue"
     assert sandbox.messages("apns", token) == []
+    assert _expired_count("queue") == before + 1
 
 
 def test_the_expiry_travels_to_the_providers(worker, sandbox, wait_until, unique):
