@@ -5,13 +5,17 @@ import enum
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from notifier.intake.validation import (  # noqa: F401  (MAX_EVENT_BYTES: imported from here by the edges)
     MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_EVENT_BYTES, Body, Id, JsonData, Name, RegisteredApp, Title, TtlSeconds,
     expires_at_ahead, invalid, send_at_in_range,
 )
 
+
+
+# Validation context of an event validated once already, when it was published, that has waited since.
+PUBLISHED_EARLIER = "published_earlier"
 
 
 class Priority(str, enum.Enum):
@@ -88,8 +92,8 @@ class NotificationEvent(BaseModel):
 
     @field_validator("expires_at")
     @classmethod
-    def _expires_at_ahead(cls, v: datetime | None) -> datetime | None:
-        return expires_at_ahead(v)
+    def _expires_at_ahead(cls, v: datetime | None, info: ValidationInfo) -> datetime | None:
+        return expires_at_ahead(v, past_ok=bool(info.context and info.context.get(PUBLISHED_EARLIER)))
 
     @model_validator(mode="after")
     def _one_expiry_after_send_at(self) -> NotificationEvent:
@@ -115,8 +119,11 @@ def describe_errors(exc: ValidationError) -> str:
     )
 
 
-def parse_event(raw: dict[str, Any] | NotificationEvent) -> NotificationEvent:
-    """Validate one event; raises pydantic.ValidationError naming the bad field."""
+def parse_event(raw: dict[str, Any] | NotificationEvent, *, published_earlier: bool = False) -> NotificationEvent:
+    """Validate one event; raises pydantic.ValidationError naming the bad field.
+
+    published_earlier: it was validated when published (Kafka, a queued task) and may have
+    expired while it waited; it is accepted, and its deliveries end `expired`."""
     if isinstance(raw, NotificationEvent):
         return raw
-    return NotificationEvent.model_validate(raw)
+    return NotificationEvent.model_validate(raw, context={PUBLISHED_EARLIER: published_earlier})

@@ -194,8 +194,11 @@ MAX_TTL_S = 28 * 86400
 TtlSeconds = Annotated[int, Field(ge=1, le=MAX_TTL_S, description=f"Lifetime in seconds, 1 to {MAX_TTL_S}.")]
 
 
-def expires_at_ahead(value: datetime | None) -> datetime | None:
-    """Refuse a naive expires_at, one already past, or one more than 28 days ahead; return it in UTC."""
+def expires_at_ahead(value: datetime | None, *, past_ok: bool = False) -> datetime | None:
+    """Refuse a naive expires_at, one already past (unless `past_ok`), or one more than 28 days ahead; in UTC.
+
+    past_ok: the event was validated when it was published and has waited since (in Kafka, in the
+    broker); it is accepted and its deliveries end `expired` rather than lost as a dead letter."""
     if value is None:
         return None
     if value.tzinfo is None or value.utcoffset() is None:
@@ -204,7 +207,7 @@ def expires_at_ahead(value: datetime | None) -> datetime | None:
         raise invalid("expires_at must be in the next 28 days")
     value = value.astimezone(timezone.utc)
     now = datetime.now(timezone.utc)
-    if value <= now:
+    if value <= now and not past_ok:
         raise invalid(f"expires_at {value.isoformat()} is in the past: the notification is worthless already")
     if value > now + timedelta(seconds=MAX_TTL_S):
         raise invalid("expires_at must be in the next 28 days")

@@ -66,9 +66,11 @@ def waited_in(row: Any) -> str:
 
 
 IN_THE_QUEUE = "in the queue"
+BEFORE_INTAKE = "before intake (waiting to be consumed)"
 # Where it waited -> the `waited` label of notifier_expired_deliveries_total.
 METRIC_LABEL = {IN_THE_QUEUE: "queue", "while retrying": "retry", "while scheduled (quiet hours)": "quiet_hours",
-                "while scheduled (send_at)": "send_at", "while scheduled": "scheduled"}
+                "while scheduled (send_at)": "send_at", "while scheduled": "scheduled",
+                BEFORE_INTAKE: "intake"}
 
 
 def expired_reason(expires_at: datetime, where: str) -> str:

@@ -14,7 +14,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from notifier.apps import DEFAULT_APP
-from notifier.pipeline.expiry import expiry_of
+from notifier.pipeline.expiry import BEFORE_INTAKE, expired_reason, expiry_of
 from notifier.settings import get_settings
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent
@@ -143,6 +143,10 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
                 }
             )
         for provider, target, app in targets:
+            status, reason = Status.QUEUED.value, None
+            if base["expires_at"] is not None and base["expires_at"] <= now:
+                # Published in time, expired while it waited to be consumed (Kafka, the broker): never queued.
+                status, reason = Status.EXPIRED.value, expired_reason(base["expires_at"], BEFORE_INTAKE)
             rows.append(
                 base
                 | {
@@ -151,8 +155,8 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
                     "app": app,
                     "provider": provider,
                     "target": target,
-                    "status": Status.QUEUED.value,
-                    "reason": None,
+                    "status": status,
+                    "reason": reason,
                 }
             )
     return rows

@@ -142,3 +142,36 @@ def test_the_expiry_goes_into_apns_and_fcm_headers():
     assert message["apns"]["headers"] == {"apns-expiration": apns_expiration(d)}
     assert message["webpush"]["headers"] == {"TTL": "91"}
     assert "apns" not in build_message(_delivery(None), NOW)
+
+
+def test_an_event_that_expired_waiting_in_kafka_is_accepted_and_its_deliveries_end_expired():
+    import json
+
+    from notifier.intake.bridge.messages import decode_event
+    from notifier.pipeline.routing import plan
+    from notifier.store.recipients import Device as Known, Recipient
+
+    # Given an event published in time whose expiry passed while it waited to be consumed
+    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+    with pytest.raises(ValidationError, match="in the past"):
+        parse_event(GOOD | {"expires_at": past})  # a producer handing it over late is told at once
+    event = decode_event(json.dumps(GOOD | {"expires_at": past, "channels": ["push"]}).encode(), "high")
+
+    # Then its deliveries are stored `expired`, never queued
+    recipient = Recipient("u-1", devices=[Known("a" * 64, "ios"), Known("b" * 64, "ios", "courier")])
+    rows = plan(event, recipient)
+    assert [row["status"] for row in rows] == ["expired", "expired"]
+    assert rows[0]["reason"].endswith("before intake (waiting to be consumed)")
+
+
+def test_an_event_naming_its_app_plans_only_that_apps_devices():
+    from notifier.pipeline.routing import plan
+    from notifier.store.recipients import Device as Known, Recipient
+
+    recipient = Recipient("u-1", devices=[Known("a" * 64, "ios"), Known("b" * 64, "ios", "courier")])
+    event = parse_event(GOOD | {"channels": ["push"]})
+    assert sorted(str(row["app"]) for row in plan(event, recipient)) == ["None", "courier"]
+    courier_only = event.model_copy(update={"app": "courier"})  # registered apps need NOTIFIER_APPS_FILE
+    assert [(row["target"], row["app"]) for row in plan(courier_only, recipient)] == [("b" * 64, "courier")]
+    default_only = event.model_copy(update={"app": "default"})
+    assert [row["target"] for row in plan(default_only, recipient)] == ["a" * 64]
