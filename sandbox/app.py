@@ -214,7 +214,9 @@ async def start_sendgrid(config: SandboxConfig, state: SandboxState, tls: TlsIde
 async def start_twilio(config: SandboxConfig, state: SandboxState, tls: TlsIdentity) -> tuple[ProviderServer, str]:
     """Serve Twilio's Messages API over HTTP/1.1 (plain, loopback)."""
     twilio = TwilioSandbox(state, account_sid=config.twilio_account_sid, auth_token=config.twilio_auth_token,
-                           from_number=config.twilio_from, messaging_service_sid=config.twilio_messaging_service_sid)
+                           from_number=config.twilio_from, messaging_service_sid=config.twilio_messaging_service_sid,
+                           app_senders=tuple(sender for sms in _app_sections(config, "sms").values()
+                                             for sender in sms.values() if sender))
     server = Http1Server(twilio.handle, max_body=1024 * 1024)
     port = await server.start(config.host, config.twilio_port)
     return server, f"http://{_url_host(config.host)}:{port}"

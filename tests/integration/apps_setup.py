@@ -11,7 +11,8 @@ from pathlib import Path
 from sandbox.keys import ensure_ec_key, ensure_fcm_service_account
 
 COURIER = {"app": "courier", "key_id": "COURIERKY1", "team_id": "COURIERTM1", "topic": "com.example.courier",
-           "project_id": "courier-project", "email_from": "dispatch@courier.example.com"}
+           "project_id": "courier-project", "email_from": "dispatch@courier.example.com",
+           "sms_from": "+15005550123"}
 BROKEN = {"app": "broken", "key_id": "BROKENKEY1", "team_id": "BROKENTM01", "topic": "com.example.broken",
           "project_id": "broken-project"}
 
@@ -30,6 +31,7 @@ apns = {{ key_id = "{COURIER['key_id']}", team_id = "{COURIER['team_id']}", key_
 topic = "{COURIER['topic']}", environment = "sandbox" }}
 fcm = {{ project_id = "{COURIER['project_id']}", credentials_file = "courier-fcm.json" }}
 email = {{ from = "{COURIER['email_from']}", from_name = "Courier" }}
+sms = {{ from = "{COURIER['sms_from']}" }}
 
 # Its key files were never made: its deliveries fail `misconfigured: broken …`, nobody else's.
 [apps.broken]

@@ -80,23 +80,24 @@ def test_two_apps_in_one_batch_go_out_with_their_own_credentials(worker, sandbox
     assert courier_fcm["credentials"]["client_email"].endswith(f"@{COURIER['project_id']}.iam.gserviceaccount.com")
 
 
-def test_an_event_naming_its_app_reaches_that_apps_devices_from_its_sender(worker, sandbox, wait_until, unique):
+def test_an_event_naming_its_app_reaches_that_apps_devices_from_its_senders(worker, sandbox, wait_until, unique):
     # Given a user with a device in each app and an email address
     user = unique("user")
-    address = f"{uuid.uuid4().hex[:12]}@example.com"
-    set_preferences(user, email=address)
+    address, phone = f"{uuid.uuid4().hex[:12]}@example.com", f"+4790{secrets.randbelow(10**6):06d}"
+    set_preferences(user, email=address, phone=phone)
     ios_default, ios_courier = secrets.token_hex(32), secrets.token_hex(32)
     register_device(user, ios_default, "ios")
     register_device(user, ios_courier, "ios", app="courier")
 
     # When an event names the courier app
-    event = _event(unique, user, app="courier", channels=["push", "email"])
+    event = _event(unique, user, app="courier", channels=["push", "email", "sms"])
     notifier.send_notification.delay(event)
-    rows = wait_until(lambda: _settled(event["notification_id"], 2))
+    rows = wait_until(lambda: _settled(event["notification_id"], 3))
 
-    # Then only the courier app's device gets the push, and the email comes from the courier's sender
+    # Then only the courier app's device gets the push, and the email and SMS come from the courier's senders
     assert sorted((r["channel"], r["status"], r["app"]) for r in rows) == [
-        ("email", "sent", "courier"), ("push", "sent", "courier")]
+        ("email", "sent", "courier"), ("push", "sent", "courier"), ("sms", "sent", "courier")]
+    assert _only(sandbox.messages("twilio", phone))["payload"]["From"] == COURIER["sms_from"]
     assert sandbox.messages("apns", ios_default) == []
     assert _only(sandbox.messages("apns", ios_courier))["credentials"]["app"] == "courier"
     mail = _only(sandbox.messages("sendgrid", address))

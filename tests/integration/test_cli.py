@@ -90,6 +90,8 @@ def test_devices_register_list_unregister(database, unique):
 
     registered = _notifier("devices", "register", user, token, "--platform", "ios", "--app", "courier")
     assert registered.returncode == 0, registered.stderr
+    unknown = _notifier("devices", "register", user, token, "--platform", "ios", "--app", "nope")
+    assert unknown.returncode == 2 and "unknown app 'nope'" in unknown.stderr, unknown.stderr
     assert token not in registered.stdout and token[-4:] in registered.stdout
 
     listed = _notifier("devices", "list", user)
