@@ -41,9 +41,15 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
     A delivery past its expiry (it waited in a backlog) ends `expired` instead."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value],
                              columns=("id", "idempotency_key", "channel", "expires_at"))
-    rows = expire_queued(session, rows, Status.QUEUED, datetime.now(timezone.utc), r)
     states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
-    mine = [row for row, state in zip(rows, states) if state in (dedup.CLAIMED, dedup.RECLAIMED)]
+    now = datetime.now(timezone.utc)
+    # Only what we hold can expire here: a key marked sent was accepted in time (recorded below).
+    expired = [row for row, state in zip(rows, states)
+               if state in (dedup.CLAIMED, dedup.RECLAIMED) and expiry.is_expired(row.expires_at, now)]
+    expire(session, r, expired, Status.QUEUED, claim_id)
+    gone = {row.id for row in expired}
+    mine = [row for row, state in zip(rows, states)
+            if state in (dedup.CLAIMED, dedup.RECLAIMED) and row.id not in gone]
     moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
     # The request of an earlier attempt may be at the provider already (its worker died before the
     # answer was read): it is sent again — a delivery is never given up on a guess — and the row
@@ -61,27 +67,23 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
         session, recovered, Status.SENT.value, only_from=["queued"], sent_at=datetime.now(timezone.utc),
         reason="provider accepted it before a worker crash; recorded on recovery",
     )
-    held = len(rows) - len(mine) - len(recovered)
+    held = len(rows) - len(mine) - len(recovered) - len(expired)
     if held:
         log.info("dedup: %d of %d deliveries already claimed elsewhere", held, len(rows))
     return result
 
 
-def expire_queued(session: Session, rows: Sequence[Row], status: Status, now: datetime,
-                  r: redis.Redis | None = None) -> list[Row]:
-    """End the rows past their expiry `expired` ("… in the queue"); return the others."""
-    live, changes = [], []
-    for row in rows:
-        if expiry.is_expired(row.expires_at, now):
-            changes.append({"_id": row.id, "status": Status.EXPIRED.value,
-                            "reason": expiry.expired_reason(row.expires_at, expiry.IN_THE_QUEUE)})
-        else:
-            live.append(row)
-    if changes:
-        delivery_log.record_each(session, changes, only_from=[status.value])
-        log.info("expiry: %d deliveries expired in the queue before they were sent", len(changes))
-        counters.count_expired(r, ["queue"] * len(changes))
-    return live
+def expire(session: Session, r: redis.Redis, rows: Sequence[Row], status: Status, claim_id: str) -> None:
+    """End rows we hold leases for and that waited in a queue past their expiry `expired`; free their leases."""
+    if not rows:
+        return
+    delivery_log.record_each(session, [
+        {"_id": row.id, "status": Status.EXPIRED.value,
+         "reason": expiry.expired_reason(row.expires_at, expiry.IN_THE_QUEUE)} for row in rows
+    ], only_from=[status.value])
+    dedup.release(r, [row.idempotency_key for row in rows], claim_id)
+    log.info("expiry: %d deliveries expired in the queue before they were sent", len(rows))
+    counters.count_expired(r, ["queue"] * len(rows))
 
 
 @dataclass(slots=True)
@@ -141,14 +143,19 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
     """
     with transaction() as session:
         rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
-        # The last check before the provider: a delivery that waited past its expiry in the send queue.
-        live = expire_queued(session, rows, Status.SENDING, datetime.now(timezone.utc), r)
-    if len(live) < len(rows):
-        alive = {row.id for row in live}
-        dedup.release(r, [row.idempotency_key for row in rows if row.id not in alive], claim_id)
-        rows = live
     leases = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s,
                          settings.sent_marker_ttl_s)
+    # The last check before the provider: what waited past its expiry in the send queue is not sent
+    # (a key already marked sent was accepted in time: recovered below, never expired).
+    now = datetime.now(timezone.utc)
+    expired = [row for row, lease in zip(rows, leases)
+               if lease == dedup.CLAIMED and expiry.is_expired(row.expires_at, now)]
+    if expired:
+        with transaction() as session:
+            expire(session, r, expired, Status.SENDING, claim_id)
+        gone = {row.id for row in expired}
+        kept = [(row, lease) for row, lease in zip(rows, leases) if row.id not in gone]
+        rows, leases = [row for row, _ in kept], [lease for _, lease in kept]
     report = SendReport()
     # One group per provider and app: each app's deliveries go out with that app's credentials.
     by_provider: dict[tuple[str, str | None], list[Row]] = defaultdict(list)
