@@ -14,6 +14,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from notifier.apps import DEFAULT_APP
+from notifier.ops import counters
 from notifier.pipeline.expiry import BEFORE_INTAKE, expired_reason, expiry_of
 from notifier.settings import get_settings
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
@@ -222,13 +223,16 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
             for row in planned:
                 row["status"], row["reason"] = Status.SUPPRESSED.value, "cancelled by producer"
         keys_of_event.append((event, [r["idempotency_key"] for r in planned]))
-        for r in planned:
-            lane_of_key[r["idempotency_key"]] = event.lane
+        for row in planned:
+            lane_of_key[row["idempotency_key"]] = event.lane
         rows.extend(planned)
     # In key order: two batches inserting the same keys (rows accepted before fingerprints were
     # kept) then take the unique index's locks in the same order and wait instead of deadlocking.
     rows = sorted({r["idempotency_key"]: r for r in rows}.values(), key=lambda r: r["idempotency_key"])
     inserted = dict((key, id_) for id_, key in insert_ignoring_duplicates(session, rows))
+    late = sum(row["status"] == Status.EXPIRED.value for row in rows if row["idempotency_key"] in inserted)
+    if late:
+        counters.count_expired(r, ["intake"] * late)
     result = RouteResult()
     queued_keys = {r["idempotency_key"] for r in rows if r["status"] == Status.QUEUED.value}
     for key, id_ in inserted.items():
