@@ -16,6 +16,7 @@ import notifier
 from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
+from notifier.providers import close_all, get_provider
 from notifier.providers.apns import ApnsProvider
 from notifier.providers.base import Delivery, OutcomeKind
 from notifier.providers.fcm import FcmProvider
@@ -171,3 +172,15 @@ def test_the_sandbox_refuses_a_request_signed_for_another_app(sandbox):
     # Then FCM (the sandbox) refuses it: that service account may not send for this project
     assert outcome.kind is OutcomeKind.MISCONFIGURED and outcome.reason.startswith("fcm 403 PERMISSION_DENIED")
     assert BROKEN["app"] not in {r.get("credentials", {}).get("app") for r in sandbox.messages(None)}
+
+
+def test_one_adapter_per_provider_and_app_in_a_process(sandbox):
+    # Each (provider, app) has its own adapter (connection, JWT or OAuth token), built once and reused
+    try:
+        courier, default = get_provider("apns", "courier"), get_provider("apns")
+        assert courier is get_provider("apns", "courier") and default is get_provider("apns", "default")
+        assert courier is not default
+        assert courier._topic == COURIER["topic"] and courier._token._key_id == COURIER["key_id"]
+        assert get_provider("fcm", "courier")._url.endswith(f"/v1/projects/{COURIER['project_id']}/messages:send")
+    finally:
+        close_all()
