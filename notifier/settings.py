@@ -47,6 +47,18 @@ class Settings(BaseSettings):
         "access tokens. Unset = <var_dir>/sandbox/fcm-service-account.json, the sandbox's, made at run time.",
     )
 
+    # Apps (docs/apps.md): more than one set of credentials; the settings above are the app `default`.
+    apps_file: str = Field(
+        "", description="TOML file naming each app's APNs/FCM credentials (by file path) and email/SMS sender; "
+        "empty = only the default app.")
+    apns_development_url: str = Field(
+        "", description="APNs origin of apps whose apns.environment is sandbox (api.sandbox.push.apple.com); "
+        "empty = APNS_URL.")
+    # Expiry (docs/expiry.md).
+    category_ttl_s: str = Field(
+        "", description="Default lifetime per category of events that name no expires_at/ttl_s, "
+        "e.g. security=600,social=3600; empty = none expires.")
+
     sandbox_host: str = Field("127.0.0.1", description="Where `notifier sandbox` listens.")
     sandbox_control_port: int = Field(8790, description="Sandbox control API port (/_sandbox/...).")
     sandbox_apns_port: int = Field(8791, description="Sandbox APNs (HTTP/2, TLS) port.")

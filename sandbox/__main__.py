@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
     option("--fcm-credentials-path", help=f"service-account key JSON, made if absent, its token_uri set to the "
            f"sandbox's (default {d.fcm_credentials_path})")
     option("--fcm-token-ttl-s", type=int, help=f"access token lifetime, expires_in (default {d.fcm_token_ttl_s})")
+    option("--apps-file", help="the notifier's apps file (NOTIFIER_APPS_FILE): each app's APNs key and FCM "
+           "service account are trusted too, and its requests checked against its own topic and project")
     option("--log-level", default="INFO", help="logging level (default INFO)")
     args = vars(parser.parse_args(argv))
     redaction.basic_config(args.pop("log_level"))

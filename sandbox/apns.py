@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,24 @@ def load_public_key(key_path: str | Path) -> ec.EllipticCurvePublicKey:
     return key.public_key()
 
 
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A provider's signing key the sandbox trusts: whose it is, and the topics (bundle ids) it may push to."""
+
+    app: str
+    key_id: str
+    team_id: str
+    public_key: ec.EllipticCurvePublicKey
+    topics: tuple[str, ...]
+
+
 class ApnsSandbox:
-    """The APNs provider API: validate like Apple, record what it accepts, inject faults."""
+    """The APNs provider API: validate like Apple, record what it accepts, inject faults.
+
+    Every request is checked against the app it claims: its topic must be one of the topics of
+    the key that signed its JWT (kid), so a delivery sent with another app's credentials is
+    refused (TopicDisallowed), and each accepted request is recorded with the app and key id
+    that signed it."""
 
     provider = PROVIDER
 
@@ -129,6 +146,7 @@ class ApnsSandbox:
         team_id: str,
         bundle_id: str,
         clock: Callable[[], float] = time.time,
+        more_keys: tuple[SigningKey, ...] = (),
     ) -> None:
         self.state = state
         self.public_key = public_key
@@ -136,9 +154,12 @@ class ApnsSandbox:
         self.team_id = team_id
         self.bundle_id = bundle_id
         self.clock = clock
-        # JWT string → (reason it is invalid or None, iat). Verifying ES256 costs far
+        self.keys: dict[str, SigningKey] = {key_id: SigningKey("default", key_id, team_id, public_key, (bundle_id,))}
+        for key in more_keys:
+            self.keys[key.key_id] = key
+        # JWT string → (reason it is invalid or None, iat, kid). Verifying ES256 costs far
         # more than a request; the same token is reused for up to an hour.
-        self._jwt_cache: dict[str, tuple[str | None, int]] = {}
+        self._jwt_cache: dict[str, tuple[str | None, int, str]] = {}
 
     def handle(self, request: Request) -> Reply:
         """Answer one request to the provider API."""
@@ -177,15 +198,15 @@ class ApnsSandbox:
         if not token:
             return self._error(400, "MissingDeviceToken", request)
         headers = request.headers
-        auth_error = self._check_authorization(headers.get("authorization"))
+        auth_error, key = self._authorize(headers.get("authorization"))
         if auth_error is not None:
             return self._error(403, auth_error, request)
-        reply = self._notification(request, token)
+        reply = self._notification(request, token, key)
         if not request.connection.streams_unlocked:
             reply.unlock_streams = True
         return reply
 
-    def _notification(self, request: Request, token: str) -> Reply:
+    def _notification(self, request: Request, token: str, key: SigningKey) -> Reply:
         headers = request.headers
         if request.duplicate_headers:
             return self._error(400, "DuplicateHeaders", request)
@@ -203,10 +224,10 @@ class ApnsSandbox:
         suffix = PUSH_TYPE_TOPIC_SUFFIX.get(push_type)
         if suffix is None:
             return self._error(400, "InvalidPushType", request)
-        if topic != self.bundle_id + suffix:
-            # Our app's topic, but the wrong one for this push type: the token belongs
-            # to another topic of the app. Anything else is not ours to push to.
-            reason = "DeviceTokenNotForTopic" if topic.startswith(self.bundle_id) else "TopicDisallowed"
+        if topic not in {bundle_id + suffix for bundle_id in key.topics}:
+            # The signing key's app's topic, but the wrong one for this push type: the token belongs
+            # to another topic of the app. Anything else (another app's topic) is not this key's to push to.
+            reason = "DeviceTokenNotForTopic" if topic.startswith(key.topics) else "TopicDisallowed"
             return self._error(400, reason, request)
         priority = headers.get("apns-priority")
         if priority is not None and priority not in PRIORITIES:
@@ -235,6 +256,7 @@ class ApnsSandbox:
             apns_id,
             {k: v for k, v in headers.items() if k not in _SECRET_HEADERS},
             payload,
+            {"app": key.app, "key_id": key.key_id, "team_id": key.team_id},
         )
         return Reply(200, [("apns-id", apns_id)])
 
@@ -254,42 +276,48 @@ class ApnsSandbox:
 
     def _check_authorization(self, authorization: str | None) -> str | None:
         """Return why the provider token is refused, or None when it is good."""
+        return self._authorize(authorization)[0]
+
+    def _authorize(self, authorization: str | None) -> tuple[str | None, SigningKey]:
+        """Return why the provider token is refused (None when it is good), and the key that signed it."""
+        default = self.keys[self.key_id]
         if not authorization:
-            return "MissingProviderToken"
+            return "MissingProviderToken", default
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return "MissingProviderToken"
+            return "MissingProviderToken", default
         cached = self._jwt_cache.get(token)
         if cached is None:
             cached = self._verify_jwt(token)
             if len(self._jwt_cache) >= _JWT_CACHE_SIZE:
                 self._jwt_cache.clear()
             self._jwt_cache[token] = cached
-        reason, iat = cached
+        reason, iat, kid = cached
         if reason is not None:
-            return reason
+            return reason, default
         now = self.clock()
         if now - iat > TOKEN_MAX_AGE_S:
-            return "ExpiredProviderToken"
+            return "ExpiredProviderToken", default
         if iat > now + 60:
-            return "InvalidProviderToken"
-        return None
+            return "InvalidProviderToken", default
+        return None, self.keys[kid]
 
-    def _verify_jwt(self, token: str) -> tuple[str | None, int]:
+    def _verify_jwt(self, token: str) -> tuple[str | None, int, str]:
         """Check signature, kid and iss once per token string; the age is checked per request."""
         try:
             header = jwt.get_unverified_header(token)
-            if header.get("alg") != "ES256" or header.get("kid") != self.key_id:
-                return "InvalidProviderToken", 0
+            key = self.keys.get(header.get("kid"))
+            if header.get("alg") != "ES256" or key is None:
+                return "InvalidProviderToken", 0, ""
             claims = jwt.decode(
                 token,
-                self.public_key,
+                key.public_key,
                 algorithms=["ES256"],
                 options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": False},
             )
-        except jwt.PyJWTError:
-            return "InvalidProviderToken", 0
+        except (jwt.PyJWTError, TypeError):
+            return "InvalidProviderToken", 0, ""
         iat = claims.get("iat")
-        if claims.get("iss") != self.team_id or isinstance(iat, bool) or not isinstance(iat, int):
-            return "InvalidProviderToken", 0
-        return None, iat
+        if claims.get("iss") != key.team_id or isinstance(iat, bool) or not isinstance(iat, int):
+            return "InvalidProviderToken", 0, ""
+        return None, iat, key.key_id

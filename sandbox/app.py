@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox.apns import STREAMS_BEFORE_AUTH, ApnsSandbox, load_public_key
+from notifier.apps import AppsFileError, read_apps_file
+from sandbox.apns import STREAMS_BEFORE_AUTH, ApnsSandbox, SigningKey, load_public_key
 from sandbox.control import ControlServer
 from sandbox.fcm import TOKEN_PROVIDER, FcmSandbox, FcmServers, OAuthTokenEndpoint, load_service_account
 from sandbox.h2server import H2Server
@@ -58,6 +59,7 @@ class SandboxConfig:
     fcm_project_id: str = "sandbox-project"
     fcm_credentials_path: Path = Path("var/sandbox/fcm-service-account.json")
     fcm_token_ttl_s: int = 3599
+    apps_file: str = ""  # the notifier's NOTIFIER_APPS_FILE: its apps' keys are trusted too (docs/apps.md)
     sendgrid_port: int = 8794
     sendgrid_api_key: str = "SG.sandbox"
     sendgrid_webhook_key_path: Path = Path("var/sandbox/sendgrid_webhook_key.pem")
@@ -123,6 +125,31 @@ class ProviderServer(Protocol):
 ProviderStarter = Callable[[SandboxConfig, SandboxState, TlsIdentity], Awaitable[tuple[ProviderServer, str]]]
 
 
+def _app_sections(config: SandboxConfig, section: str) -> dict[str, dict[str, Any]]:
+    """Each app of the notifier's apps file that has `section` (apns, fcm): its settings overrides."""
+    if not config.apps_file:
+        return {}
+    try:
+        apps = read_apps_file(config.apps_file)
+    except AppsFileError as exc:
+        log.warning("apps file not read, only the default app is trusted: %s", exc)
+        return {}
+    return {name: app.sections[section] for name, app in apps.items() if section in app.sections}
+
+
+def _app_signing_keys(config: SandboxConfig) -> tuple[SigningKey, ...]:
+    """The APNs keys of the apps file's apps; an app whose key cannot be read is not trusted (its sends fail)."""
+    keys = []
+    for name, apns in _app_sections(config, "apns").items():
+        try:
+            public_key = load_public_key(apns["apns_key_path"])
+        except (OSError, ValueError) as exc:
+            log.warning("app %s: APNs key not trusted: %s", name, exc)
+            continue
+        keys.append(SigningKey(name, apns["apns_key_id"], apns["apns_team_id"], public_key, (apns["apns_topic"],)))
+    return tuple(keys)
+
+
 async def start_apns(config: SandboxConfig, state: SandboxState, tls: TlsIdentity) -> tuple[ProviderServer, str]:
     """Serve the APNs provider API over HTTP/2."""
     key_path = ensure_ec_key(config.apns_key_path)
@@ -132,6 +159,7 @@ async def start_apns(config: SandboxConfig, state: SandboxState, tls: TlsIdentit
         key_id=config.apns_key_id,
         team_id=config.apns_team_id,
         bundle_id=config.apns_topic,
+        more_keys=_app_signing_keys(config),
     )
     server = H2Server(
         apns.handle,
@@ -155,7 +183,16 @@ async def start_fcm(config: SandboxConfig, state: SandboxState, tls: TlsIdentity
     # Written (or re-pointed at this token URL) before the API listens: a sender that
     # finds the API up finds the key file ready.
     key_path = ensure_fcm_service_account(config.fcm_credentials_path, token_url, project_id=config.fcm_project_id)
-    tokens.trust(load_service_account(key_path))
+    tokens.trust(load_service_account(key_path), config.fcm_project_id)
+    for name, fcm in _app_sections(config, "fcm").items():
+        # Only a key file that exists: one the app is missing stays missing (its sends fail, misconfigured).
+        path = Path(fcm["fcm_credentials_path"])
+        try:
+            if path.exists():
+                ensure_fcm_service_account(path, token_url, project_id=fcm["fcm_project_id"])
+            tokens.trust(load_service_account(path), fcm["fcm_project_id"], name)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("app %s: FCM service account not trusted: %s", name, exc)
     state.register(TOKEN_PROVIDER, token_server, token_url)
     fcm = FcmSandbox(state, tokens=tokens, project_id=config.fcm_project_id)
     server = H2Server(fcm.handle, ssl_context=tls.server_context(("h2",)))
@@ -177,7 +214,9 @@ async def start_sendgrid(config: SandboxConfig, state: SandboxState, tls: TlsIde
 async def start_twilio(config: SandboxConfig, state: SandboxState, tls: TlsIdentity) -> tuple[ProviderServer, str]:
     """Serve Twilio's Messages API over HTTP/1.1 (plain, loopback)."""
     twilio = TwilioSandbox(state, account_sid=config.twilio_account_sid, auth_token=config.twilio_auth_token,
-                           from_number=config.twilio_from, messaging_service_sid=config.twilio_messaging_service_sid)
+                           from_number=config.twilio_from, messaging_service_sid=config.twilio_messaging_service_sid,
+                           app_senders=tuple(sender for sms in _app_sections(config, "sms").values()
+                                             for sender in sms.values() if sender))
     server = Http1Server(twilio.handle, max_body=1024 * 1024)
     port = await server.start(config.host, config.twilio_port)
     return server, f"http://{_url_host(config.host)}:{port}"

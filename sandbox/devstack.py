@@ -153,6 +153,7 @@ def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         "NOTIFIER_SANDBOX_APNS_TOPIC": settings.apns_topic,
         "NOTIFIER_SANDBOX_FCM_PROJECT_ID": settings.fcm_project_id,
         "NOTIFIER_SANDBOX_FCM_CREDENTIALS_PATH": str(settings.fcm_credentials_path),
+        "NOTIFIER_SANDBOX_APPS_FILE": settings.apps_file,
         "NOTIFIER_SANDBOX_SENDGRID_API_KEY": settings.sendgrid_api_key,
         "NOTIFIER_SANDBOX_SENDGRID_WEBHOOK_KEY_PATH": str(settings.var_dir / "sandbox" / "sendgrid_webhook_key.pem"),
         "NOTIFIER_SANDBOX_SENDGRID_WEBHOOK_PUBLIC_KEY_PATH": str(

@@ -85,6 +85,7 @@ ERROR_INFO_REASONS: dict[str, tuple[int, str, str]] = {
     "RATE_LIMIT_EXCEEDED": (429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Send requests' and limit "
                                                        "'Send requests per minute' of service 'fcm.googleapis.com'."),
 }  # fmt: skip
+_PERMISSION_DENIED = (403, "PERMISSION_DENIED", "The caller does not have permission")
 # A bare google.rpc status (no details) → (HTTP status, message).
 RPC_STATUSES: dict[str, tuple[int, str]] = {
     "UNAUTHENTICATED": (401, _INVALID_CREDENTIALS),
@@ -147,10 +148,22 @@ def load_service_account(path: str | Path) -> ServiceAccount:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """An access token the sandbox issued."""
+    """An access token the sandbox issued, and the service account (and so the project and app) it was for."""
 
     expires_at: float
     scopes: frozenset[str]
+    client_email: str = ""
+    project_id: str = ""
+    app: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Trusted:
+    """A service account the token endpoint serves: the project it may send for, and its app."""
+
+    account: ServiceAccount
+    project_id: str
+    app: str
 
 
 class OAuthTokenEndpoint:
@@ -164,11 +177,15 @@ class OAuthTokenEndpoint:
         self.state = state
         self.ttl_s = ttl_s
         self.clock = clock
-        self.account: ServiceAccount | None = None
+        self.account: ServiceAccount | None = None  # the default app's
+        self.accounts: dict[str, Trusted] = {}  # client_email -> every service account served
         self.grants: dict[str, Grant] = {}
 
-    def trust(self, account: ServiceAccount) -> None:
-        self.account = account
+    def trust(self, account: ServiceAccount, project_id: str = "", app: str = "default") -> None:
+        """Serve tokens to this service account, for sending to `project_id` as `app`."""
+        if app == "default":
+            self.account = account
+        self.accounts[account.client_email] = Trusted(account, project_id, app)
 
     def grant_of(self, access_token: str) -> Grant | None:
         return self.grants.get(access_token)
@@ -205,23 +222,25 @@ class OAuthTokenEndpoint:
         assertion = form.get("assertion")
         if not assertion:
             return 400, {"error": "invalid_request", "error_description": "Missing required parameter: assertion"}
-        refusal, scopes = self._check_assertion(assertion)
+        refusal, scopes, trusted = self._check_assertion(assertion)
         if refusal is not None:
             return 400, refusal
         access_token = "ya29.sandbox-" + secrets.token_urlsafe(48)
         now = self.clock()
         if len(self.grants) > 10_000:
             self.grants = {t: g for t, g in self.grants.items() if g.expires_at > now}
-        self.grants[access_token] = Grant(now + self.ttl_s, scopes)
+        self.grants[access_token] = Grant(now + self.ttl_s, scopes, trusted.account.client_email,  # type: ignore
+                                          trusted.project_id, trusted.app)  # type: ignore[union-attr]
         return 200, {"access_token": access_token, "expires_in": self.ttl_s, "token_type": "Bearer"}
 
-    def _check_assertion(self, assertion: str) -> tuple[dict[str, str] | None, frozenset[str]]:
-        def invalid_grant(description: str) -> tuple[dict[str, str], frozenset[str]]:
-            return {"error": "invalid_grant", "error_description": description}, frozenset()
+    def _check_assertion(self, assertion: str) -> tuple[dict[str, str] | None, frozenset[str], Trusted | None]:
+        def invalid_grant(description: str) -> tuple[dict[str, str], frozenset[str], None]:
+            return {"error": "invalid_grant", "error_description": description}, frozenset(), None
 
-        account = self.account
-        if account is None:
+        trusted = self.accounts.get(_unverified_issuer(assertion))
+        if trusted is None:
             return invalid_grant("Invalid grant: account not found")
+        account = trusted.account
         try:
             header = jwt.get_unverified_header(assertion)
             if header.get("alg") != "RS256":
@@ -255,8 +274,8 @@ class OAuthTokenEndpoint:
         scope = claims.get("scope")
         if not isinstance(scope, str) or not scope.split():
             description = "Invalid OAuth scope or ID token audience provided."
-            return {"error": "invalid_scope", "error_description": description}, frozenset()
-        return None, frozenset(scope.split())
+            return {"error": "invalid_scope", "error_description": description}, frozenset(), None
+        return None, frozenset(scope.split()), trusted
 
 
 def _oauth_reply(status: int, payload: dict[str, Any]) -> http1.Reply:
@@ -290,6 +309,11 @@ class FcmSandbox:
         self.project_id = project_id
         self.clock = clock
 
+    @property
+    def projects(self) -> set[str]:
+        """Every project this sandbox serves: the default one and each trusted app's."""
+        return {self.project_id} | {t.project_id for t in self.tokens.accounts.values() if t.project_id}
+
     def handle(self, request: Request) -> Reply:
         """Answer one request to the send API."""
         self.state.count_request(PROVIDER)
@@ -316,12 +340,15 @@ class FcmSandbox:
         match = _SEND_PATH(request.path)
         if match is None or request.method != "POST":
             return error_reply(404, "NOT_FOUND", _NOT_FOUND)
-        refusal = self._check_authorization(request.headers.get("authorization"))
+        grant, refusal = self._authorize(request.headers.get("authorization"))
         if refusal is not None:
             return refusal
         project = match.group(1)
-        if project != self.project_id:
+        if project not in self.projects:
             return error_reply(404, "NOT_FOUND", _NOT_FOUND)
+        if grant.project_id and grant.project_id != project:  # type: ignore[union-attr]
+            # A token of another project's service account: Google's answer to a caller without the permission.
+            return error_reply(*_PERMISSION_DENIED)
         try:
             body = json.loads(request.body)
         except ValueError:
@@ -348,23 +375,29 @@ class FcmSandbox:
             name,
             {k: v for k, v in request.headers.items() if k not in _SECRET_HEADERS},
             body,
+            {"app": grant.app, "project_id": project, "client_email": grant.client_email},  # type: ignore[union-attr]
         )
         return Reply(200, [_JSON], json.dumps({"name": name}).encode())
 
     def _check_authorization(self, authorization: str | None) -> Reply | None:
         """Refuse a request without a live access token from our token endpoint, as Google's front end does."""
+        return self._authorize(authorization)[1]
+
+    def _authorize(self, authorization: str | None) -> tuple[Grant | None, Reply | None]:
+        """The grant of the request's access token, or the refusal Google's front end answers."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return error_reply(401, "UNAUTHENTICATED", _MISSING_CREDENTIALS, _error_info("CREDENTIALS_MISSING"))
+            return None, error_reply(401, "UNAUTHENTICATED", _MISSING_CREDENTIALS, _error_info("CREDENTIALS_MISSING"))
         grant = self.tokens.grant_of(token.strip())
         if grant is None:
-            return error_reply(401, "UNAUTHENTICATED", _INVALID_CREDENTIALS)
+            return None, error_reply(401, "UNAUTHENTICATED", _INVALID_CREDENTIALS)
         if grant.expires_at <= self.clock():
-            return error_reply(401, "UNAUTHENTICATED", _INVALID_CREDENTIALS, _error_info("ACCESS_TOKEN_EXPIRED"))
+            return None, error_reply(401, "UNAUTHENTICATED", _INVALID_CREDENTIALS,
+                                     _error_info("ACCESS_TOKEN_EXPIRED"))
         if not grant.scopes & FCM_SCOPES:
             status, rpc, text = ERROR_INFO_REASONS["ACCESS_TOKEN_SCOPE_INSUFFICIENT"]
-            return error_reply(status, rpc, text, _error_info("ACCESS_TOKEN_SCOPE_INSUFFICIENT"))
-        return None
+            return None, error_reply(status, rpc, text, _error_info("ACCESS_TOKEN_SCOPE_INSUFFICIENT"))
+        return grant, None
 
 
 def check_message(message: dict[str, Any]) -> Reply | None:
@@ -410,6 +443,10 @@ def check_message(message: dict[str, Any]) -> Reply | None:
         refusal = _check_android(android)
         if refusal is not None:
             return refusal
+    for name in ("apns", "webpush"):
+        refusal = _check_relay_headers(message.get(name), f"message.{name}")
+        if refusal is not None:
+            return refusal
     if size > MAX_PAYLOAD:
         # What Google answers, details and all (none): pushiko's recorded FCM responses.
         return error_reply(400, "INVALID_ARGUMENT", _INVALID_ARGUMENT)
@@ -438,6 +475,23 @@ def _check_android(android: Any) -> Reply | None:
     data = android.get("data")
     if data is not None and not (isinstance(data, dict) and all(isinstance(v, str) for v in data.values())):
         return _invalid_value("message.android.data", "Map", data)
+    return None
+
+
+def _check_relay_headers(config: Any, where: str) -> Reply | None:
+    """ApnsConfig / WebpushConfig: headers is a map of strings; the expiry headers are whole seconds."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        return _invalid_value(where, "Message", config)
+    headers = config.get("headers")
+    if headers is None:
+        return None
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        return _invalid_value(f"{where}.headers", "Map", headers)
+    for name in ("apns-expiration", "TTL"):
+        if name in headers and not headers[name].isdigit():
+            return _invalid(f"{where}.headers", f"Invalid value for header {name}: {headers[name]!r}")
     return None
 
 

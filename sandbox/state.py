@@ -189,7 +189,9 @@ class SandboxState:
     def add_fault(self, fault: Fault) -> None:
         self.faults.setdefault(fault.provider, []).append(fault)
 
-    def record(self, provider: str, target: str, message_id: str, headers: dict[str, str], payload: Any) -> None:
+    def record(self, provider: str, target: str, message_id: str, headers: dict[str, str], payload: Any,
+               credentials: dict[str, str] | None = None) -> None:
+        """Keep an accepted request; `credentials` names what signed it (app, key id, service account)."""
         self.records.append(
             {
                 "provider": provider,
@@ -198,6 +200,7 @@ class SandboxState:
                 "headers": headers,
                 "payload": payload,
                 "received_at": time.time(),
+                **({"credentials": credentials} if credentials else {}),
             }
         )
 

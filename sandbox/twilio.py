@@ -79,12 +79,14 @@ class TwilioSandbox:
     provider = PROVIDER
 
     def __init__(self, state: SandboxState, *, account_sid: str, auth_token: str, from_number: str,
-                 messaging_service_sid: str = "") -> None:
+                 messaging_service_sid: str = "", app_senders: tuple[str, ...] = ()) -> None:
         self.state = state
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.from_number = from_number
         self.messaging_service_sid = messaging_service_sid
+        # The account's other numbers and services: the senders of the notifier's apps (docs/apps.md).
+        self.app_senders = frozenset(app_senders)
 
     def handle(self, request: Request) -> Reply:
         """Answer one request."""
@@ -146,12 +148,12 @@ class TwilioSandbox:
             return error(code, message=f"{ERRORS[code][1]}: {to}" if code == 21211 else None)
         if not sender and not service:
             return error(21603)
-        if service and service != self.messaging_service_sid:
+        if service and service != self.messaging_service_sid and service not in self.app_senders:
             return error(20404, message=f"The requested resource /Services/{service} was not found")
         if sender and not service:
             if sender in MAGIC_FROM:
                 return error(MAGIC_FROM[sender])
-            if sender != self.from_number:
+            if sender != self.from_number and sender not in self.app_senders:
                 return error(21606 if _E164(sender) else 21212)
         if not body and not form.get("MediaUrl"):
             return error(21602)

@@ -111,7 +111,7 @@ def _route_and_continue(raw_events: Iterable[dict]) -> None:
     events, invalid = [], []
     for raw in raw_events:
         try:
-            events.append(parse_event(raw))
+            events.append(parse_event(raw, published_earlier=True))  # it may have expired while queued
         except ValidationError as exc:
             # Queued without the producer's validation (e.g. a raw send_task): record why, don't drop it.
             invalid.append((raw, describe_errors(exc)))
@@ -230,7 +230,7 @@ def release_due_task() -> int:
     released = 0
     while True:
         with transaction() as session:
-            ready = release_due(session, utcnow(), settings.release_interval_s)
+            ready = release_due(session, utcnow(), settings.release_interval_s, r=get_redis())
         _enqueue(ready)
         released += len(ready)
         if len(ready) < BATCH:

@@ -70,7 +70,8 @@ class Delivery(BaseModel):
     channel: str
     provider: str | None
     target: str | None = Field(description="Redacted: enough to tell targets apart, never the whole of one.")
-    status: str
+    status: str = Field(description="queued, scheduled, sending; terminal: sent, delivered, failed, suppressed, "
+                        "rate_limited, duplicate, expired")
     reason: str | None
     attempts: int
     last_error: str | None
@@ -82,6 +83,8 @@ class Delivery(BaseModel):
     failed_at: datetime | None
     task_id: str | None = Field(None, description="The Celery task that last handled the delivery.")
     task_url: str | None = Field(None, description="That task's page in Flower (when NOTIFIER_FLOWER_URL is set).")
+    expires_at: datetime | None = Field(None, description="Not handed to the provider after this: ends expired.")
+    app: str | None = Field(None, description="The app whose credentials send it; null: the default app.")
 
 
 class NotificationStatus(BaseModel):
@@ -98,7 +101,7 @@ class DeviceRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     platform: validation.PlatformName = Field(description="ios (APNs) or android (FCM); web is not delivered yet")
-    app: validation.AppId | None = None
+    app: validation.AppId | None = Field(None, description="An app of NOTIFIER_APPS_FILE; null: the default app")
 
 
 PreferencesUpdate = validation.PreferencesUpdate

@@ -32,6 +32,7 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
                 "provider_message_id": r.provider_message_id, "created_at": r.created_at,
                 "scheduled_at": r.scheduled_at, "sent_at": r.sent_at, "delivered_at": r.delivered_at,
                 "failed_at": r.failed_at, "task_id": r.task_id, "task_url": task_url(r.task_id),
+                "expires_at": r.expires_at, "app": r.app,
             }
             for r in rows
         ]

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from notifier.intake.validation import (  # noqa: F401  (MAX_EVENT_BYTES: imported from here by the edges)
-    MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_EVENT_BYTES, Body, Id, JsonData, LocaleTag, Name, Title, send_at_in_range,
+    MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_EVENT_BYTES, Body, Id, JsonData, LocaleTag, Name, RegisteredApp, Title,
+    TtlSeconds, expires_at_ahead, invalid, send_at_in_range,
 )
 from notifier.intake import templated
 
+
+
+# Validation context of an event validated once already, when it was published, that has waited since.
+PUBLISHED_EARLIER = "published_earlier"
 
 
 class Priority(str, enum.Enum):
@@ -67,6 +72,12 @@ class NotificationEvent(BaseModel):
         f"{MAX_DATA_BYTES} bytes as JSON; data.collapse_id at most 64 bytes of printable ASCII.")
     send_at: datetime | None = Field(
         None, description="Deliver no earlier than this instant (timezone-aware; from 2000-01-01 to a year ahead).")
+    app: RegisteredApp | None = Field(
+        None, description="The app (NOTIFIER_APPS_FILE) this is about: push goes to the user's devices of that app, "
+        "email and SMS from its sender. Omitted: every device, the default sender.")
+    expires_at: datetime | None = Field(
+        None, description="Not delivered after this instant (timezone-aware, within 28 days): ends `expired`.")
+    ttl_s: TtlSeconds | None = Field(None, description="Or: not delivered later than this many seconds after intake.")
     # Instead of title and body: a template rendered per channel in the user's locale (docs/templates.md).
     template: Name | None = Field(None, description="A template's name (NOTIFIER_TEMPLATES_DIR/<template>/), instead "
                                   "of title and body.")
@@ -100,6 +111,22 @@ class NotificationEvent(BaseModel):
     def _send_at_in_range(cls, v: datetime | None) -> datetime | None:
         return send_at_in_range(v)
 
+    @field_validator("expires_at")
+    @classmethod
+    def _expires_at_ahead(cls, v: datetime | None, info: ValidationInfo) -> datetime | None:
+        return expires_at_ahead(v, past_ok=bool(info.context and info.context.get(PUBLISHED_EARLIER)))
+
+    @model_validator(mode="after")
+    def _one_expiry_after_send_at(self) -> NotificationEvent:
+        if self.expires_at is not None and self.ttl_s is not None:
+            raise invalid("expires_at and ttl_s: give one of them, not both")
+        if self.send_at is not None:
+            ends = self.expires_at or (datetime.now(timezone.utc) + timedelta(seconds=self.ttl_s)
+                                       if self.ttl_s is not None else None)
+            if ends is not None and ends <= self.send_at:
+                raise invalid("expires_at (or ttl_s) ends before send_at: the notification could never be sent")
+        return self
+
     @property
     def lane(self) -> str:
         return self.priority.lane
@@ -113,8 +140,11 @@ def describe_errors(exc: ValidationError) -> str:
     )
 
 
-def parse_event(raw: dict[str, Any] | NotificationEvent) -> NotificationEvent:
-    """Validate one event; raises pydantic.ValidationError naming the bad field."""
+def parse_event(raw: dict[str, Any] | NotificationEvent, *, published_earlier: bool = False) -> NotificationEvent:
+    """Validate one event; raises pydantic.ValidationError naming the bad field.
+
+    published_earlier: it was validated when published (Kafka, a queued task) and may have
+    expired while it waited; it is accepted, and its deliveries end `expired`."""
     if isinstance(raw, NotificationEvent):
         return raw
-    return NotificationEvent.model_validate(raw)
+    return NotificationEvent.model_validate(raw, context={PUBLISHED_EARLIER: published_earlier})

@@ -20,7 +20,9 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from notifier.apps import known_app
 from notifier.content import locales
+from notifier.settings import get_settings
 
 def invalid(message: str) -> PydanticCustomError:
     """The error a rule raises: pydantic reports it as it is, naming the field, without "Value error, "."""
@@ -79,6 +81,17 @@ Name = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(single_
 Title = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(single_line)]
 Body = Annotated[str, Field(min_length=1, max_length=16_384), AfterValidator(body_text)]
 AppId = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(single_line)]
+
+
+def registered_app(value: str) -> str:
+    """Refuse an app the app registry (notifier/apps.py, NOTIFIER_APPS_FILE) does not name."""
+    try:
+        return known_app(value, get_settings())
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
+RegisteredApp = Annotated[AppId, AfterValidator(registered_app)]
 
 # ---- data: what JSON can hold, bounded.
 # Depth: 16 containers (the data object itself is one) is far more than any app payload needs and
@@ -176,6 +189,32 @@ def send_at_in_range(value: datetime | None) -> datetime | None:
     return value
 
 
+# ---- Expiry (docs/expiry.md).
+# A lifetime is at most 28 days: FCM's longest ttl, and far beyond any notification worth sending late.
+MAX_TTL_S = 28 * 86400
+TtlSeconds = Annotated[int, Field(ge=1, le=MAX_TTL_S, description=f"Lifetime in seconds, 1 to {MAX_TTL_S}.")]
+
+
+def expires_at_ahead(value: datetime | None, *, past_ok: bool = False) -> datetime | None:
+    """Refuse a naive expires_at, one already past (unless `past_ok`), or one more than 28 days ahead; in UTC.
+
+    past_ok: the event was validated when it was published and has waited since (in Kafka, in the
+    broker); it is accepted and its deliveries end `expired` rather than lost as a dead letter."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise invalid("expires_at must carry a timezone offset, e.g. 2026-01-01T09:00:00Z")
+    if not 2000 <= value.year <= 9998:
+        raise invalid("expires_at must be in the next 28 days")
+    value = value.astimezone(timezone.utc)
+    now = datetime.now(timezone.utc)
+    if value <= now and not past_ok:
+        raise invalid(f"expires_at {value.isoformat()} is in the past: the notification is worthless already")
+    if value > now + timedelta(seconds=MAX_TTL_S):
+        raise invalid("expires_at must be in the next 28 days")
+    return value
+
+
 # ---- Devices.
 # APNs: a device token is bytes, sent as hex in the request path (/3/device/<token>), so it must
 # be hex and whole bytes. Today's tokens are 32 bytes (64 hex digits); Apple says they may grow,
@@ -231,7 +270,7 @@ class Device(BaseModel):
     user_id: Id
     platform: PlatformName
     token: str
-    app: AppId | None = None
+    app: RegisteredApp | None = None
 
     @field_validator("token")
     @classmethod

@@ -23,6 +23,7 @@ DELIVERIES = PREFIX + "deliveries"  # field channel|provider|status -> count (se
 RETRIES = PREFIX + "retries"  # field channel|provider -> count
 BATCH = PREFIX + "provider_batch"  # field provider|<bucket index> -> count, provider|sum -> seconds
 STUCK = PREFIX + "sweeper_redriven"  # count
+EXPIRED = PREFIX + "expired"  # field <where it waited: queue, retry, quiet_hours, send_at, scheduled> -> count
 BRIDGE_LAG = PREFIX + "bridge_lag"  # field group|topic|partition -> "<lag> <unix time>"
 SEP = "\x1f"  # between label values in a hash field; never in a channel, provider, queue or topic name
 # Upper bounds (seconds) of the provider call histogram; the last bucket is +Inf.
@@ -59,6 +60,17 @@ def record_sends(r: redis.Redis, sends: Iterable[tuple[str, str, str]],
         pipe.hincrbyfloat(BATCH, _field(provider, "sum"), seconds)
     if len(pipe):
         _run(pipe, "send results")
+
+
+def count_expired(r: redis.Redis | None, waited: Iterable[str]) -> None:
+    """Count deliveries that ended `expired`, by where they waited (notifier/pipeline/expiry.py)."""
+    counts = Counter(waited)
+    if r is None or not counts:
+        return
+    pipe = r.pipeline(transaction=False)
+    for where, n in counts.items():
+        pipe.hincrby(EXPIRED, where, n)
+    _run(pipe, "expired count")
 
 
 def count_stuck(r: redis.Redis, n: int) -> None:

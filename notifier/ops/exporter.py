@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from notifier.ops.counters import BATCH, BRIDGE_LAG, BUCKETS, DELIVERIES, RETRIES, SEP, STUCK
+from notifier.ops.counters import BATCH, BRIDGE_LAG, BUCKETS, DELIVERIES, EXPIRED, RETRIES, SEP, STUCK
 from notifier.queues import QUEUES
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,10 @@ def queue_depths(broker: redis.Redis, queues: Sequence[str], key_prefix: str = "
 
 def _redis_counters(r: redis.Redis) -> Iterator[Any]:
     pipe = r.pipeline(transaction=False)
-    for key in (DELIVERIES, RETRIES, BATCH, BRIDGE_LAG):
+    for key in (DELIVERIES, RETRIES, BATCH, BRIDGE_LAG, EXPIRED):
         pipe.hgetall(key)
     pipe.get(STUCK)
-    deliveries, retries, batch, lag, stuck = pipe.execute()
+    deliveries, retries, batch, lag, expired, stuck = pipe.execute()
 
     family = CounterMetricFamily("notifier_deliveries", "Deliveries a provider call ended, by channel, provider "
                                  "and status (sent or failed; retries are counted apart).",
@@ -79,6 +79,13 @@ def _redis_counters(r: redis.Redis) -> Iterator[Any]:
             cumulative += int(slots.get(str(i), 0))
             buckets.append((floatToGoString(bound), cumulative))
         family.add_metric([provider], buckets, slots.get("sum", 0.0))
+    yield family
+
+    family = CounterMetricFamily("notifier_expired_deliveries", "Deliveries that ended expired, not handed to "
+                                 "their provider before their expiry, by where they waited (queue, retry, "
+                                 "quiet_hours, send_at, scheduled).", labels=["waited"])
+    for field, value in sorted(expired.items()):
+        family.add_metric([field.decode() if isinstance(field, bytes) else field], int(value))
     yield family
 
     yield CounterMetricFamily("notifier_sweeper_redriven", "Deliveries found stuck in queued or sending (a worker "

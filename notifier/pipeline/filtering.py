@@ -8,9 +8,10 @@ import redis
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
+from notifier.ops import counters
 from notifier.store import delivery_log
 from notifier.intake.events import Priority
-from notifier.pipeline import rate_limits
+from notifier.pipeline import expiry, rate_limits
 from notifier.store.models import Status
 from notifier.pipeline.quiet_hours import quiet_hours_release
 from notifier.store.recipients import Recipient, load_recipients
@@ -20,7 +21,8 @@ EARLY_TOLERANCE = timedelta(seconds=1)
 
 
 # notification_id: the filter task's result names the notifications it handled (store.task_context).
-FILTER_COLUMNS = ("id", "notification_id", "user_id", "channel", "category", "priority", "scheduled_at")
+FILTER_COLUMNS = ("id", "notification_id", "user_id", "channel", "category", "priority", "scheduled_at",
+                  "expires_at")
 
 
 def suppression_reason(row: Row, recipient: Recipient) -> str | None:
@@ -59,6 +61,10 @@ def filter_deliveries(
     proceed: list[int] = []
     changes, candidates = [], []
     for row in rows:
+        if expiry.is_expired(row.expires_at, now):  # it waited in the queue (a backlog) past its expiry
+            changes.append({"_id": row.id, "status": Status.EXPIRED.value,
+                            "reason": expiry.expired_reason(row.expires_at, expiry.IN_THE_QUEUE)})
+            continue
         recipient = recipients[row.user_id]
         reason = suppression_reason(row, recipient)
         if reason:
@@ -66,7 +72,9 @@ def filter_deliveries(
             continue
         due, note = deferral(row, recipient, now)
         if due is not None:
-            changes.append({"_id": row.id, "status": Status.SCHEDULED.value, "scheduled_at": due, "reason": note})
+            # Due no later than the expiry: the release ends it `expired` then, saying where it waited.
+            changes.append({"_id": row.id, "status": Status.SCHEDULED.value,
+                            "scheduled_at": expiry.cap(due, row.expires_at), "reason": note})
             continue
         candidates.append((row, note))
     allowed = rate_limits.check(
@@ -86,4 +94,5 @@ def filter_deliveries(
                           f"for category {limit.category!r}",
             })
     delivery_log.record_each(session, changes, only_from=[Status.QUEUED.value])
+    counters.count_expired(r, ["queue"] * sum(c.get("status") == Status.EXPIRED.value for c in changes))
     return proceed

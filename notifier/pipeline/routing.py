@@ -13,7 +13,11 @@ from sqlalchemy import select
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
+from notifier.apps import DEFAULT_APP
+from notifier.ops import counters
 from notifier.pipeline import rendering
+from notifier.pipeline.expiry import BEFORE_INTAKE, expired_reason, expiry_of
+from notifier.settings import get_settings
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent
 from notifier.intake.validation import is_storable
@@ -56,6 +60,11 @@ def fingerprint(event: NotificationEvent) -> str:
     }
     if event.template is not None:  # only then: the fingerprints of events without one stay as they were
         content |= {"template": event.template, "params": event.params or {}, "locale": event.locale}
+    # Only when given: an event without them keeps the fingerprint it was accepted with before they existed.
+    for name in ("app", "ttl_s", "expires_at"):
+        value = getattr(event, name)
+        if value is not None:
+            content[name] = value.timestamp() if name == "expires_at" else value
     raw = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()
 
@@ -90,16 +99,16 @@ def channels_for(event: NotificationEvent) -> tuple[str, ...]:
     return DEFAULT_CHANNELS.get(event.category, DEFAULT_CHANNELS["*"])
 
 
-def _targets(recipient: Recipient, channel: str) -> list[tuple[str | None, str]]:
-    """(provider, target) pairs of a user on a channel."""
+def _targets(recipient: Recipient, channel: str, app: str | None = None) -> list[tuple[str | None, str, str | None]]:
+    """(provider, target, app) of a user on a channel; an event naming its app reaches only that app's devices."""
     if channel == "push":
         return [
-            (PUSH_PROVIDER_BY_PLATFORM.get(d.platform), d.token)
+            (PUSH_PROVIDER_BY_PLATFORM.get(d.platform), d.token, d.app)
             for d in recipient.devices
-            if d.platform in PUSH_PROVIDER_BY_PLATFORM
+            if d.platform in PUSH_PROVIDER_BY_PLATFORM and (app is None or (d.app or DEFAULT_APP) == app)
         ]
     address = recipient.email if channel == "email" else recipient.phone
-    return [(DEFAULT_PROVIDER_BY_CHANNEL[channel], address)] if address else []
+    return [(DEFAULT_PROVIDER_BY_CHANNEL[channel], address, app)] if address else []
 
 
 def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None) -> list[dict]:
@@ -121,12 +130,14 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
         "updated_at": now,
         "scheduled_at": event.send_at,
         "failed_at": None,
+        "expires_at": expiry_of(event, now, get_settings().category_ttl_s),
+        "app": event.app,
     }
     if event.template is not None:  # rendered per channel below
         base["payload"] = {"data": event.data or {}, "fingerprint": base["payload"]["fingerprint"]}
     rows = []
     for channel in channels_for(event):
-        targets = _targets(recipient, channel)
+        targets = _targets(recipient, channel, event.app)
         rendered = rendering.render_channel(event, channel, recipient) if event.template and targets else None
         if not targets:
             rows.append(
@@ -137,17 +148,24 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
                     "provider": None,
                     "target": NO_TARGET,
                     "status": Status.SUPPRESSED.value,
-                    "reason": f"no {channel} target: user has no {'device token' if channel == 'push' else 'address'}",
+                    "reason": f"no {channel} target: user has no "
+                              f"{'device token' if channel == 'push' else 'address'}"
+                              + (f" for app {event.app}" if event.app and channel == "push" else ""),
                 }
             )
-        for provider, target in targets:
+        for provider, target, app in targets:
+            status, reason = Status.QUEUED.value, None
+            if base["expires_at"] is not None and base["expires_at"] <= now:
+                # Published in time, expired while it waited to be consumed (Kafka, the broker): never queued.
+                status, reason = Status.EXPIRED.value, expired_reason(base["expires_at"], BEFORE_INTAKE)
             row = base | {
                 "idempotency_key": idempotency_key(event.notification_id, channel, target),
                 "channel": channel,
+                "app": app,
                 "provider": provider,
                 "target": target,
-                "status": Status.QUEUED.value,
-                "reason": None,
+                "status": status,
+                "reason": reason,
             }
             if rendered is not None:
                 row |= rendering.delivery_fields(rendered, event, channel, provider, base["payload"], now)
@@ -215,13 +233,16 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
             for row in planned:
                 row["status"], row["reason"] = Status.SUPPRESSED.value, "cancelled by producer"
         keys_of_event.append((event, [r["idempotency_key"] for r in planned]))
-        for r in planned:
-            lane_of_key[r["idempotency_key"]] = event.lane
+        for row in planned:
+            lane_of_key[row["idempotency_key"]] = event.lane
         rows.extend(planned)
     # In key order: two batches inserting the same keys (rows accepted before fingerprints were
     # kept) then take the unique index's locks in the same order and wait instead of deadlocking.
     rows = sorted({r["idempotency_key"]: r for r in rows}.values(), key=lambda r: r["idempotency_key"])
     inserted = dict((key, id_) for id_, key in insert_ignoring_duplicates(session, rows))
+    late = sum(row["status"] == Status.EXPIRED.value for row in rows if row["idempotency_key"] in inserted)
+    if late:
+        counters.count_expired(r, ["intake"] * late)
     result = RouteResult()
     queued_keys = {r["idempotency_key"] for r in rows if r["status"] == Status.QUEUED.value}
     for key, id_ in inserted.items():

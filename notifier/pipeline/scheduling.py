@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Collection
 
+import redis
 from sqlalchemy import String, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from notifier.store.delivery_log import LOG, as_utc
+from notifier.ops import counters
+from notifier.pipeline import expiry
+from notifier.store.delivery_log import LOG, as_utc, record_each
 from notifier.intake.events import Channel, Priority
 from notifier.store.models import Status
 from notifier.queues import LANES
@@ -37,8 +40,13 @@ def _lane(priority: str) -> str:
 BATCH = 1000
 
 
-def release_due(session: Session, now: datetime, horizon_s: float, limit: int = BATCH) -> list[Ready]:
-    """Claim scheduled deliveries due within `horizon_s` and move them to `queued`."""
+def release_due(session: Session, now: datetime, horizon_s: float, limit: int = BATCH,
+                r: redis.Redis | None = None) -> list[Ready]:
+    """Claim scheduled deliveries due within `horizon_s` and move them to `queued`; end the expired `expired`.
+
+    A deferral is due no later than its delivery's expiry (notifier/pipeline/expiry.py), so a
+    delivery that waited in quiet hours, for send_at or in a retry's backoff until it expired is
+    found here at its expiry and ends with where it waited."""
     due = (
         select(LOG.c.id)
         .where(LOG.c.status == Status.SCHEDULED.value, LOG.c.scheduled_at <= now + timedelta(seconds=horizon_s))
@@ -50,12 +58,21 @@ def release_due(session: Session, now: datetime, horizon_s: float, limit: int = 
         update(LOG)
         .where(LOG.c.id.in_(due.scalar_subquery()), LOG.c.status == Status.SCHEDULED.value)
         .values(status=Status.QUEUED.value, updated_at=now)
-        .returning(LOG.c.id, LOG.c.priority, LOG.c.scheduled_at, LOG.c.attempts)
+        .returning(LOG.c.id, LOG.c.priority, LOG.c.scheduled_at, LOG.c.attempts, LOG.c.expires_at, LOG.c.reason)
     )
-    out = []
-    for id_, priority, scheduled_at, attempts in session.execute(stmt):
-        at = as_utc(scheduled_at)
-        out.append(Ready(id_, _lane(priority), "dedup" if attempts else "filter", at if at and at > now else None))
+    out, expired, waited = [], [], []
+    for row in session.execute(stmt):
+        at, ends = as_utc(row.scheduled_at), as_utc(row.expires_at)
+        # Past its expiry, or due only when it expires (a wait is capped there): it can no longer go out.
+        if ends is not None and (ends <= now or (at is not None and at >= ends)):
+            waited.append(expiry.waited_in(row))
+            expired.append({"_id": row.id, "status": Status.EXPIRED.value,
+                            "reason": expiry.expired_reason(ends, waited[-1])})
+            continue
+        out.append(Ready(row.id, _lane(row.priority), "dedup" if row.attempts else "filter",
+                         at if at and at > now else None))
+    record_each(session, expired, only_from=[Status.QUEUED.value])
+    counters.count_expired(r, (expiry.METRIC_LABEL[where] for where in waited))
     return out
 
 

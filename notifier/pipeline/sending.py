@@ -13,7 +13,8 @@ import redis
 from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
-from notifier.pipeline import dedup, summary
+from notifier.apps import DEFAULT_APP
+from notifier.pipeline import dedup, expiry, summary
 from notifier.store import delivery_log
 from notifier.ops import counters
 from notifier.store.db import transaction
@@ -36,11 +37,20 @@ class Claimed:
 
 
 def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, ttl_s: int) -> Claimed:
-    """Take the dedup lease of each queued delivery; move those we hold to `sending`."""
+    """Take the dedup lease of each queued delivery; move those we hold to `sending`.
+
+    A delivery past its expiry (it waited in a backlog) ends `expired` instead."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value],
-                             columns=("id", "idempotency_key", "channel", "notification_id"))
+                             columns=("id", "idempotency_key", "channel", "notification_id", "expires_at"))
     states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
-    mine = [row for row, state in zip(rows, states) if state in (dedup.CLAIMED, dedup.RECLAIMED)]
+    now = datetime.now(timezone.utc)
+    # Only what we hold can expire here: a key marked sent was accepted in time (recorded below).
+    expired = [row for row, state in zip(rows, states)
+               if state in (dedup.CLAIMED, dedup.RECLAIMED) and expiry.is_expired(row.expires_at, now)]
+    expire(session, r, expired, Status.QUEUED, claim_id)
+    gone = {row.id for row in expired}
+    mine = [row for row, state in zip(rows, states)
+            if state in (dedup.CLAIMED, dedup.RECLAIMED) and row.id not in gone]
     moved = set(delivery_log.set_status(session, [row.id for row in mine], Status.SENDING.value, only_from=["queued"]))
     # The request of an earlier attempt may be at the provider already (its worker died before the
     # answer was read): it is sent again — a delivery is never given up on a guess — and the row
@@ -59,10 +69,23 @@ def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim
         session, recovered, Status.SENT.value, only_from=["queued"], sent_at=datetime.now(timezone.utc),
         reason="provider accepted it before a worker crash; recorded on recovery",
     )
-    held = len(rows) - len(mine) - len(recovered)
+    held = len(rows) - len(mine) - len(recovered) - len(expired)
     if held:
         log.info("dedup: %d of %d deliveries already claimed elsewhere", held, len(rows))
     return result
+
+
+def expire(session: Session, r: redis.Redis, rows: Sequence[Row], status: Status, claim_id: str) -> None:
+    """End rows we hold leases for and that waited in a queue past their expiry `expired`; free their leases."""
+    if not rows:
+        return
+    delivery_log.record_each(session, [
+        {"_id": row.id, "status": Status.EXPIRED.value,
+         "reason": expiry.expired_reason(row.expires_at, expiry.IN_THE_QUEUE)} for row in rows
+    ], only_from=[status.value])
+    dedup.release(r, [row.idempotency_key for row in rows], claim_id)
+    log.info("expiry: %d deliveries expired in the queue before they were sent", len(rows))
+    counters.count_expired(r, ["queue"] * len(rows))
 
 
 @dataclass(slots=True)
@@ -92,6 +115,8 @@ def to_delivery(row: Row) -> Delivery:
         data=data,
         html=payload.get("html"),
         collapse_id=data.get("collapse_id") if isinstance(data.get("collapse_id"), str) else None,
+        expires_at=delivery_log.as_utc(row.expires_at),
+        app=row.app,
     )
 
 
@@ -125,12 +150,24 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
         rows = delivery_log.load(session, ids, statuses=[Status.SENDING.value])
     leases = dedup.renew(r, [row.idempotency_key for row in rows], claim_id, settings.lease_ttl_s,
                          settings.sent_marker_ttl_s)
+    # The last check before the provider: what waited past its expiry in the send queue is not sent
+    # (a key already marked sent was accepted in time: recovered below, never expired).
+    now = datetime.now(timezone.utc)
+    expired = [row for row, lease in zip(rows, leases)
+               if lease == dedup.CLAIMED and expiry.is_expired(row.expires_at, now)]
+    if expired:
+        with transaction() as session:
+            expire(session, r, expired, Status.SENDING, claim_id)
+        gone = {row.id for row in expired}
+        kept = [(row, lease) for row, lease in zip(rows, leases) if row.id not in gone]
+        rows, leases = [row for row, _ in kept], [lease for _, lease in kept]
     report = SendReport()
-    by_provider: dict[str, list[Row]] = defaultdict(list)
+    # One group per provider and app: each app's deliveries go out with that app's credentials.
+    by_provider: dict[tuple[str, str | None], list[Row]] = defaultdict(list)
     recovered: list[Row] = []
     for row, lease in zip(rows, leases):
         if lease == dedup.CLAIMED:
-            by_provider[row.provider or ""].append(row)
+            by_provider[(row.provider or "", row.app)].append(row)
         elif lease == dedup.ALREADY_SENT:
             recovered.append(row)  # accepted by an earlier run of this task whose record did not commit
             report.outcomes.append((row.notification_id, summary.SENT))
@@ -150,11 +187,11 @@ def send_deliveries(r: redis.Redis, ids: Sequence[int], claim_id: str, settings:
     return report
 
 
-def _send_groups(by_provider: dict[str, list[Row]], results: list[tuple[Row, Outcome, str]],
+def _send_groups(by_provider: dict[tuple[str, str | None], list[Row]], results: list[tuple[Row, Outcome, str]],
                  calls: list[tuple[str, float]], marks: dedup.SentMarks, fallbacks: dict[str, str]) -> None:
-    """Send each provider's group, failing over what the primary could not take; append to `results`."""
-    for name, group in by_provider.items():
-        outcomes = _send_with(name, group, calls, marks)
+    """Send each (provider, app) group, failing over what the primary could not take; append to `results`."""
+    for (name, app), group in by_provider.items():
+        outcomes = _send_with(name, group, calls, marks, app)
         used = [name] * len(group)
         # Provider failover: what the primary could not take now goes to the fallback at once.
         fallback = fallbacks.get(name)
@@ -162,7 +199,7 @@ def _send_groups(by_provider: dict[str, list[Row]], results: list[tuple[Row, Out
         if fallback and transient:
             log.warning("%s failing (%s); %d deliveries fail over to %s",
                         name, outcomes[transient[0]].reason, len(transient), fallback)
-            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls, marks)):
+            for i, o in zip(transient, _send_with(fallback, [group[i] for i in transient], calls, marks, app)):
                 outcomes[i], used[i] = o, fallback
         results.extend(zip(group, outcomes, used))
 
@@ -174,13 +211,19 @@ def _record_recovered(session: Session, rows: Sequence[Row]) -> None:
     )
 
 
-def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]], marks: dedup.SentMarks) -> list[Outcome]:
+def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]], marks: dedup.SentMarks,
+               app: str | None = None) -> list[Outcome]:
     deliveries = [to_delivery(row) for row in rows]
     try:
-        provider = get_provider(name)
-    except Exception as exc:  # noqa: BLE001 - unknown provider, unreadable key file, bad settings
-        log.error("provider %s cannot be used: %s", name, exc)
-        return [Outcome(OutcomeKind.MISCONFIGURED, reason=f"provider {name}: {exc}")] * len(rows)
+        provider = get_provider(name, app)
+    except Exception as exc:  # noqa: BLE001 - unknown provider or app, unreadable key file, bad settings
+        if app and app != DEFAULT_APP:
+            # Only this app's deliveries: the other apps' groups of the batch go out as usual.
+            reason = f"misconfigured: {app}: {name}: {_describe(exc)}"
+        else:
+            reason = f"provider {name}: {exc}"
+        log.error("provider %s cannot be used: %s", name, reason)
+        return [Outcome(OutcomeKind.MISCONFIGURED, reason=reason)] * len(rows)
     started = time.perf_counter()
 
     def on_outcome(index: int, outcome: Outcome) -> None:
@@ -190,7 +233,18 @@ def _send_with(name: str, rows: list[Row], calls: list[tuple[str, float]], marks
 
     outcomes = provider.send_batch(deliveries, on_outcome=on_outcome)
     calls.append((name, time.perf_counter() - started))
+    if app and app != DEFAULT_APP:
+        # Our own setup refused for this app (a key the provider rejects, credentials that do not load).
+        outcomes = [Outcome(o.kind, reason=f"misconfigured: {app}: {o.reason}", retry_after_s=o.retry_after_s)
+                    if o.kind is OutcomeKind.MISCONFIGURED else o for o in outcomes]
     return outcomes
+
+
+def _describe(exc: Exception) -> str:
+    """An exception as a reason: a missing key file names its path, never its content."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return str(exc) or type(exc).__name__
 
 
 def _record(
@@ -222,13 +276,16 @@ def _record(
             # The wait lives in the database (durable); the release beat puts it back on a queue.
             change |= {
                 "status": Status.SCHEDULED.value, "last_error": o.reason,
-                "scheduled_at": now + timedelta(seconds=delay),
+                # Never past the expiry: the release then ends it `expired` "while retrying".
+                "scheduled_at": expiry.cap(now + timedelta(seconds=delay), row.expires_at),
                 "reason": f"retry {attempts + 1} of {settings.max_attempts} after: {o.reason}",
             }
         else:
             reason = o.reason or o.kind.value
             if o.kind in (OutcomeKind.RETRY, OutcomeKind.MISCONFIGURED):
-                reason = f"gave up after {attempts} attempts: {reason}"
+                # An app's own misconfiguration leads its reason, so it reads as the app's, not the provider's.
+                reason = (f"{reason} (gave up after {attempts} attempts)" if reason.startswith("misconfigured: ")
+                          else f"gave up after {attempts} attempts: {reason}")
             elif o.kind is OutcomeKind.TOKEN_INVALID:
                 if _delete_token(session, row.target, o.invalid_since):
                     reason = f"device token invalid, token deleted: {reason}"

@@ -4,9 +4,11 @@ from __future__ import annotations
 import importlib
 import os
 
+from notifier.apps import DEFAULT_APP, get_app
 from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, Provider
+from notifier.settings import get_settings
 
-# name -> "module:Class"; a provider is built lazily, once per worker process.
+# name -> "module:Class"; a provider is built lazily, once per app per worker process.
 REGISTRY: dict[str, str] = {
     "apns": "notifier.providers.apns:ApnsProvider",
     "fcm": "notifier.providers.fcm:FcmProvider",
@@ -15,23 +17,35 @@ REGISTRY: dict[str, str] = {
     "twilio": "notifier.providers.twilio.adapter:TwilioProvider",
 }
 
-_instances: dict[str, Provider] = {}
+# (provider, app) -> adapter. Each app's adapter holds its own credentials: its own HTTP/2
+# connection, its own APNs JWT or FCM access token, so apps never sign for each other.
+_instances: dict[tuple[str, str], Provider] = {}
 _pid = os.getpid()
 
 
-def get_provider(name: str) -> Provider:
-    """Return this process's adapter for provider `name`."""
+def get_provider(name: str, app: str | None = None) -> Provider:
+    """Return this process's adapter for provider `name` with `app`'s credentials (None: the default app).
+
+    Raises notifier.apps.Misconfigured when the app cannot send through it (unknown app, no
+    credentials for it, a bad section), and whatever the adapter raises when its key cannot be read."""
     global _pid
     if _pid != os.getpid():  # forked: the parent's connections are not ours
         _instances.clear()
         _pid = os.getpid()
-    provider = _instances.get(name)
+    key = (name, app or DEFAULT_APP)
+    provider = _instances.get(key)
     if provider is None:
         try:
             module, cls = REGISTRY[name].split(":")
         except KeyError:
             raise LookupError(f"unknown provider {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
-        provider = _instances[name] = getattr(importlib.import_module(module), cls)()
+        adapter = getattr(importlib.import_module(module), cls)
+        if key[1] == DEFAULT_APP:
+            provider = adapter()
+        else:
+            settings = get_settings()
+            provider = adapter(get_app(key[1], settings).settings_for(name, settings))
+        _instances[key] = provider
     return provider
 
 

@@ -24,6 +24,7 @@ from notifier.providers.base import (
     Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
 )
 from notifier.settings import Settings, get_settings
+from notifier.providers.expiry import apns_expiration
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 
 RESPONSES_DOC = "https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns"
@@ -240,7 +241,7 @@ class ApnsProvider:
                 # Background pushes must go at priority 5; low-lane alerts save the device's battery.
                 "apns-priority": "5" if background or Priority.of(d.priority).lane == "low" else "10",
                 "apns-id": apns_id(d.idempotency_key),
-                "apns-expiration": str(int(d.expires_at.timestamp())) if d.expires_at else "0",
+                "apns-expiration": apns_expiration(d),
             }
             if d.collapse_id:
                 # A header value: CR/LF would add headers of the producer's choosing.

@@ -62,6 +62,7 @@ class Delivery:
     collapse_id: str | None = None
     expires_at: datetime | None = None
     html: str | None = None  # email: an HTML alternative to the text body (a template's html)
+    app: str | None = None  # None: the default app (notifier/apps.py)
 
 
 # Called with a delivery's index in the batch and its final outcome; see Provider.send_batch.

@@ -15,7 +15,6 @@ the same dict as ``build_message``.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ from notifier.providers.base import (
     Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
 )
 from notifier.settings import Settings, get_settings
+from notifier.providers.expiry import apns_expiration, remaining_ttl_s
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 
 ERRORS_DOC = "https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode"
@@ -237,12 +237,16 @@ def build_message(d: Delivery, now: datetime | None = None) -> dict[str, Any]:
     except ValueError:
         high = False
     android: dict[str, Any] = {"priority": "HIGH" if high else "NORMAL"}
-    if d.expires_at is not None:
-        left_s = (d.expires_at - (now or datetime.now(timezone.utc))).total_seconds()
-        android["ttl"] = f"{min(MAX_TTL_S, max(0, math.ceil(left_s)))}s"
+    ttl = remaining_ttl_s(d, now, MAX_TTL_S)
+    if ttl is not None:
+        android["ttl"] = f"{ttl}s"
     if d.collapse_id:
         android["collapse_key"] = d.collapse_id
     message: dict[str, Any] = {"token": d.target, "android": android}
+    if ttl is not None:
+        # The same expiry for the platforms FCM relays to: APNs (iOS apps on FCM) and Web Push.
+        message["apns"] = {"headers": {"apns-expiration": apns_expiration(d)}}
+        message["webpush"] = {"headers": {"TTL": str(ttl)}}
     if data:
         message["data"] = data
     if not d.data.get("background"):  # a background push is data only: the app handles it silently

@@ -27,7 +27,7 @@ class Base(DeclarativeBase):
 
 
 class Status(str, enum.Enum):
-    """Where a delivery stands. The last six are terminal."""
+    """Where a delivery stands. The last seven are terminal."""
 
     QUEUED = "queued"
     SCHEDULED = "scheduled"
@@ -38,10 +38,12 @@ class Status(str, enum.Enum):
     SUPPRESSED = "suppressed"
     RATE_LIMITED = "rate_limited"
     DUPLICATE = "duplicate"
+    EXPIRED = "expired"  # not handed to its provider before the event's expires_at (notifier/pipeline/expiry.py)
 
 
 TERMINAL = frozenset(
-    {Status.SENT, Status.DELIVERED, Status.FAILED, Status.SUPPRESSED, Status.RATE_LIMITED, Status.DUPLICATE}
+    {Status.SENT, Status.DELIVERED, Status.FAILED, Status.SUPPRESSED, Status.RATE_LIMITED, Status.DUPLICATE,
+     Status.EXPIRED}
 )
 
 
@@ -78,6 +80,10 @@ class NotificationLog(Base):
     # The Celery task that last wrote the row (Flower's /task/<id>); set in the stages' own UPDATEs
     # (notifier.store.task_context). 155: as in Celery's own database result backend (a UUID, or a caller's id).
     task_id: Mapped[str | None] = mapped_column(String(155))
+    # Not handed to the provider after this instant: the delivery ends `expired` (None: never expires).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The app (notifier/apps.py) whose credentials send it; None is the default app.
+    app: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         Index("ix_notification_log_notification_id", "notification_id"),

@@ -17,6 +17,7 @@ from notifier.store.models import DeviceToken, UserPreferences
 class Device:
     token: str
     platform: str
+    app: str | None = None  # None: the default app
 
 
 @dataclass(slots=True)
@@ -41,7 +42,7 @@ class Recipient:
         return {"push": self.push_enabled, "email": self.email_enabled, "sms": self.sms_enabled}.get(channel, False)
 
 
-CACHE_PREFIX = "recipient:v3:"  # v3: with locale (a v2 reader would refuse the new key)
+CACHE_PREFIX = "recipient:v4:"  # v3: with locale, v4: each device's app (an older reader would refuse the new key)
 CACHE_TTL_S = 300
 
 
@@ -85,7 +86,7 @@ def _encode(rec: Recipient) -> str:
         "opted_out_categories": sorted(rec.opted_out_categories),
         "email_undeliverable": rec.email_undeliverable,
         "locale": rec.locale,
-        "devices": [[dv.token, dv.platform] for dv in rec.devices],
+        "devices": [[dv.token, dv.platform, dv.app] for dv in rec.devices],
     }, separators=(",", ":"))
 
 
@@ -94,7 +95,7 @@ def _decode(raw: bytes) -> Recipient:
     d["quiet_start"] = time.fromisoformat(d["quiet_start"]) if d["quiet_start"] else None
     d["quiet_end"] = time.fromisoformat(d["quiet_end"]) if d["quiet_end"] else None
     d["opted_out_categories"] = frozenset(d["opted_out_categories"])
-    d["devices"] = [Device(t, p) for t, p in d["devices"]]
+    d["devices"] = [Device(*device) for device in d["devices"]]  # [token, platform(, app)]
     return Recipient(**d)
 
 
@@ -125,10 +126,10 @@ def _from_database(session: Session, ids: list[str]) -> dict[str, Recipient]:
             locale=p.locale,
         )
     rows = session.execute(
-        select(DeviceToken.user_id, DeviceToken.token, DeviceToken.platform)
+        select(DeviceToken.user_id, DeviceToken.token, DeviceToken.platform, DeviceToken.app)
         .where(DeviceToken.user_id.in_(ids))
         .order_by(DeviceToken.id)
     )
-    for user_id, token, platform in rows:
-        out[user_id].devices.append(Device(token, platform))
+    for user_id, token, platform, app in rows:
+        out[user_id].devices.append(Device(token, platform, app))
     return out

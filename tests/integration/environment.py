@@ -34,6 +34,11 @@ def configure() -> None:
     os.environ["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"] = (
         f"http://127.0.0.1:{devstack.free_port()}/v1/webhooks/sendgrid")
     ADMIN_DB_URL = _private_services()
+    # Two more apps beside the default one (tests/integration/test_apps.py); tests naming none are unaffected.
+    from tests.integration.apps_setup import write_apps_file
+
+    os.environ.setdefault("NOTIFIER_APPS_FILE", str(write_apps_file(
+        TEST_VAR, os.environ["NOTIFIER_SANDBOX_FCM_TOKEN_PORT"])))
     for name, value in SHORT_TIMERS.items():
         os.environ.setdefault(name, value)
     # The shipped example templates, whatever directory a worker, the API or a bridge starts in.

@@ -88,6 +88,14 @@ def test_bad_event_is_422_naming_the_field_and_queues_nothing(api, change, field
     assert {q: broker.llen(q) for q in before} == before
 
 
+def test_an_event_already_expired_is_422_naming_expires_at(api):
+    response = requests.post(f"{api.url}/v1/notifications", json=_event("n-late", "u1") | {
+        "expires_at": "2020-01-01T00:00:00Z"}, headers=api.auth(), timeout=10)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"][:2] == ["body", "expires_at"] and "in the past" in error["msg"]
+
+
 def test_body_that_is_not_json_is_422_and_an_oversized_event_is_413(api):
     bad = requests.post(f"{api.url}/v1/notifications", data=b"{not json", timeout=10,
                         headers=api.auth() | {"Content-Type": "application/json"})
@@ -151,8 +159,10 @@ def test_device_register_and_unregister(api, unique):
     url = f"{api.url}/v1/users/{user}/devices/{token}"
 
     assert requests.put(url, json={"platform": "pager"}, headers=api.auth(), timeout=10).status_code == 422
-    assert requests.put(url, json={"platform": "android", "app": "shop"}, headers=api.auth(),
+    assert requests.put(url, json={"platform": "android", "app": "courier"}, headers=api.auth(),
                         timeout=10).status_code == 204
+    unknown = requests.put(url, json={"platform": "android", "app": "nope"}, headers=api.auth(), timeout=10)
+    assert unknown.status_code == 422 and "unknown app 'nope'" in unknown.text
     assert requests.delete(url, headers=api.auth(), timeout=10).status_code == 204
     assert requests.delete(url, headers=api.auth(), timeout=10).status_code == 404
 

@@ -92,14 +92,16 @@ def _notifier(*argv: str) -> subprocess.CompletedProcess:
 def test_devices_register_list_unregister(database, unique):
     user, token = unique("user"), secrets.token_hex(32)
 
-    registered = _notifier("devices", "register", user, token, "--platform", "ios", "--app", "com.example.shop")
+    registered = _notifier("devices", "register", user, token, "--platform", "ios", "--app", "courier")
     assert registered.returncode == 0, registered.stderr
+    unknown = _notifier("devices", "register", user, token, "--platform", "ios", "--app", "nope")
+    assert unknown.returncode == 2 and "unknown app 'nope'" in unknown.stderr, unknown.stderr
     assert token not in registered.stdout and token[-4:] in registered.stdout
 
     listed = _notifier("devices", "list", user)
     assert listed.returncode == 0, listed.stderr
     [line] = listed.stdout.splitlines()
-    assert token not in line and f"…{token[-4:]}" in line and "ios" in line and "com.example.shop" in line
+    assert token not in line and f"…{token[-4:]}" in line and "ios" in line and "courier" in line
     assert token in _notifier("devices", "list", user, "--show-tokens").stdout
 
     assert _notifier("devices", "unregister", user, token).returncode == 0

@@ -84,7 +84,7 @@ def test_register_device_accepts_real_token_shapes(database, unique):
     user = unique("user")
     fcm = f"{secrets.token_urlsafe(16)}:APA91b{secrets.token_urlsafe(100)}"
     register_device(user, APNS, "ios")
-    register_device(user, APNS.upper() + "00" * 4, "ios", app="com.example.shop")
+    register_device(user, APNS.upper() + "00" * 4, "ios", app="courier")
     register_device(user, fcm, "android")
     assert sorted(devices_of(user)) == sorted([APNS, APNS.upper() + "00" * 4, fcm])
 

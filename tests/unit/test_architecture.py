@@ -18,17 +18,21 @@ TOP_LEVEL = ("notifier", "tasks", "entrypoints", "sandbox", "chaos", "celeryconf
 PRODUCT_BASE = {"notifier.settings"}
 ALLOWED: dict[str, set[str]] = {
     "notifier.settings": set(),
+    # The app registry: which credentials each app sends with; read by every layer that names an app.
+    "notifier.apps": PRODUCT_BASE,
     "notifier.queues": set(),
     "notifier.outages": set(),
     "notifier.store": PRODUCT_BASE,
     "notifier.content": PRODUCT_BASE,
     "notifier.ops": PRODUCT_BASE | {"notifier.store", "notifier.queues"},
-    "notifier.providers": PRODUCT_BASE | {"notifier.store", "notifier.ops", "notifier.intake", "notifier.accounts"},
-    "notifier.pipeline": PRODUCT_BASE | {"notifier.store", "notifier.ops", "notifier.intake", "notifier.providers",
-                                         "notifier.queues", "notifier.content"},
-    "notifier.intake": PRODUCT_BASE | {"notifier.store", "notifier.ops", "notifier.pipeline", "notifier.outages",
-                                       "notifier.content"},
-    "notifier.accounts": PRODUCT_BASE | {"notifier.store", "notifier.ops", "notifier.intake", "notifier.pipeline"},
+    "notifier.providers": PRODUCT_BASE | {"notifier.apps", "notifier.store", "notifier.ops", "notifier.intake",
+                                          "notifier.accounts"},
+    "notifier.pipeline": PRODUCT_BASE | {"notifier.apps", "notifier.store", "notifier.ops", "notifier.intake",
+                                         "notifier.providers", "notifier.queues", "notifier.content"},
+    "notifier.intake": PRODUCT_BASE | {"notifier.apps", "notifier.store", "notifier.ops", "notifier.pipeline",
+                                       "notifier.outages", "notifier.content"},
+    "notifier.accounts": PRODUCT_BASE | {"notifier.apps", "notifier.store", "notifier.ops", "notifier.intake",
+                                         "notifier.pipeline"},
     # The producer facade: names re-exported lazily (its table is checked below), nothing imported.
     "notifier": set(),
     "celeryconfig": PRODUCT_BASE | {"notifier.store", "notifier.queues"},
