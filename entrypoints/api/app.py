@@ -26,7 +26,7 @@ from sqlalchemy import text
 from notifier.pipeline import routing
 from notifier.accounts import devices
 from notifier.intake import validation
-from entrypoints.api import auth, webhooks
+from entrypoints.api import admin, auth, webhooks
 from notifier.accounts.api_keys import KeyInfo
 from notifier.store.db import get_engine, transaction
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
@@ -184,20 +184,22 @@ def create_app() -> FastAPI:
     app.add_exception_handler(redis.TimeoutError, _unavailable("redis"))
     app.add_exception_handler(BrokerError, _unavailable("broker"))
     app.include_router(webhooks.router, max_body_size=WEBHOOK_MAX_BYTES)
+    app.include_router(admin.router)
 
     @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationAccepted,
-              tags=["notifications"], dependencies=[Depends(auth.send)], max_body_size=MAX_EVENT_BYTES,
+              tags=["notifications"], max_body_size=MAX_EVENT_BYTES,
               responses={409: {"description": "notification_id already accepted for a different event"},
                          413: {"description": f"Event over {MAX_EVENT_BYTES} bytes"}})
-    def send(event: NotificationRequest) -> dict[str, str]:
+    def send(event: NotificationRequest, key: KeyInfo = Depends(auth.send)) -> dict[str, str]:
         """Queue one notification event; repeating a notification_id delivers it once."""
-        from tasks.pipeline import send_notification
+        from tasks.pipeline import accept
 
         with transaction() as session:
             if routing.conflicts(session, event):
                 raise HTTPException(status.HTTP_409_CONFLICT, "notification_id: already accepted for a different "
                                     "event (another user or content); use a new id")
-        send_notification.delay(event)
+        # Its deliveries' callbacks go to this key's endpoint (PUT /v1/callbacks), if it has one.
+        accept([event], producer=f"key:{key.id}")
         return {"notification_id": event.notification_id}
 
     @app.get("/v1/notifications/{notification_id}", response_model=NotificationStatus, tags=["notifications"],

@@ -66,6 +66,7 @@ class NotificationEvent(BaseModel):
         f"{MAX_DATA_BYTES} bytes as JSON; data.collapse_id at most 64 bytes of printable ASCII.")
     send_at: datetime | None = Field(
         None, description="Deliver no earlier than this instant (timezone-aware; from 2000-01-01 to a year ahead).")
+    app: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="The producing app's name.")
 
     @field_validator("channels")
     @classmethod

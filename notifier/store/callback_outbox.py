@@ -1,0 +1,66 @@
+"""The callback outbox: a terminal status and its callback event commit together, or not at all.
+
+Every status change goes through notifier.store.delivery_log, which notes the ids it moved to a
+terminal status on the session (`note`). Just before that transaction commits, one
+INSERT … SELECT copies those rows that belong to a producer with a registered callback into
+`callback_outbox`; a separate task on the `callbacks` queue POSTs them (notifier.callbacks).
+
+Why a table written in the same transaction, not a Redis stream written after the commit: the
+cost on the hot path is one statement per transaction (not per delivery), executed inside a
+transaction that commits anyway, and nothing is lost between the commit and a second store
+(a worker killed after its commit would lose a Redis XADD, and the producer would never hear of
+the delivery). A delivery of a producer without a callback costs only the join that finds none.
+The unique (delivery_id, status, replays) index makes a status written twice one event.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from sqlalchemy import event, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from notifier.store.models import TERMINAL, CallbackEndpoint, CallbackOutbox, NotificationLog
+
+_PENDING = "callback_outbox.terminal_ids"
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+_COLUMNS = ("producer", "delivery_id", "notification_id", "user_id", "channel", "status", "reason", "replays")
+
+
+def note(session: Session, ids: Iterable[int]) -> None:
+    """Remember deliveries this transaction moved to a terminal status; their events are written at commit."""
+    ids = list(ids)
+    if ids:
+        session.info.setdefault(_PENDING, set()).update(ids)
+
+
+def write(session: Session, ids: Iterable[int]) -> None:
+    """Copy the terminal rows among `ids` whose producer has a callback into the outbox (one statement)."""
+    ids = sorted(ids)
+    if not ids:
+        return
+    log = NotificationLog
+    rows = (
+        select(log.producer, log.id, log.notification_id, log.user_id, log.channel, log.status, log.reason,
+               log.replays)
+        .join(CallbackEndpoint, CallbackEndpoint.producer == log.producer)
+        .where(log.id.in_(ids), log.status.in_(sorted(TERMINAL_VALUES)))
+    )
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(CallbackOutbox).from_select(list(_COLUMNS), rows).on_conflict_do_nothing()
+    session.execute(stmt)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_noted(session: Session) -> None:
+    ids = session.info.pop(_PENDING, None)
+    if ids:
+        write(session, ids)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_noted(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+__all__ = ["note", "write", "TERMINAL_VALUES"]
