@@ -26,7 +26,7 @@ from sqlalchemy import text
 from notifier.pipeline import routing
 from notifier.accounts import devices
 from notifier.intake import validation
-from entrypoints.api import admin, auth, webhooks
+from entrypoints.api import admin, auth, callbacks, webhooks
 from notifier.accounts.api_keys import KeyInfo
 from notifier.store.db import get_engine, transaction
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
@@ -185,6 +185,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(BrokerError, _unavailable("broker"))
     app.include_router(webhooks.router, max_body_size=WEBHOOK_MAX_BYTES)
     app.include_router(admin.router)
+    app.include_router(callbacks.router)
 
     @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationAccepted,
               tags=["notifications"], max_body_size=MAX_EVENT_BYTES,

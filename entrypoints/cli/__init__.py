@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from entrypoints.cli import admin, development, notifications, processes, replay, users
+from entrypoints.cli import admin, callbacks, development, notifications, processes, replay, users
 
-GROUPS = (admin, development, processes, notifications, users, replay)
+GROUPS = (admin, development, processes, notifications, users, replay, callbacks)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ from notifier.store.models import TERMINAL, CallbackEndpoint, CallbackOutbox, No
 
 _PENDING = "callback_outbox.terminal_ids"
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
-_COLUMNS = ("producer", "delivery_id", "notification_id", "user_id", "channel", "status", "reason", "replays")
+_COLUMNS = ("producer", "delivery_id", "notification_id", "user_id", "channel", "status", "reason", "replays",
+            "occurred_at")
 
 
 def note(session: Session, ids: Iterable[int]) -> None:
@@ -42,7 +43,7 @@ def write(session: Session, ids: Iterable[int]) -> None:
     log = NotificationLog
     rows = (
         select(log.producer, log.id, log.notification_id, log.user_id, log.channel, log.status, log.reason,
-               log.replays)
+               log.replays, log.updated_at)
         .join(CallbackEndpoint, CallbackEndpoint.producer == log.producer)
         .where(log.id.in_(ids), log.status.in_(sorted(TERMINAL_VALUES)))
     )

@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
                                          "notifier.queues"},
     "notifier.intake": PRODUCT_BASE | {"notifier.store", "notifier.ops", "notifier.pipeline", "notifier.outages"},
     "notifier.accounts": PRODUCT_BASE | {"notifier.store", "notifier.ops", "notifier.intake", "notifier.pipeline"},
+    "notifier.callbacks": PRODUCT_BASE | {"notifier.store", "notifier.ops"},
     # The producer facade: names re-exported lazily (its table is checked below), nothing imported.
     "notifier": set(),
     "celeryconfig": PRODUCT_BASE | {"notifier.store", "notifier.queues"},
