@@ -78,6 +78,10 @@ class Delivery(BaseModel):
     sent_at: datetime | None
     delivered_at: datetime | None
     failed_at: datetime | None
+    replays: int = Field(0, description="Times an operator replayed it after it failed (`notifier replay`).")
+    replayed_at: datetime | None = None
+    replayed_by: str | None = None
+    replay_reason: str | None = None
 
 
 class NotificationStatus(BaseModel):

@@ -31,6 +31,8 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
                 "provider_message_id": r.provider_message_id, "created_at": r.created_at,
                 "scheduled_at": r.scheduled_at, "sent_at": r.sent_at, "delivered_at": r.delivered_at,
                 "failed_at": r.failed_at,
+                "replays": r.replays, "replayed_at": r.replayed_at, "replayed_by": r.replayed_by,
+                "replay_reason": r.replay_reason,
             }
             for r in rows
         ]

@@ -35,6 +35,11 @@ def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return mapped or ip
 
 
+def is_loopback(value: str) -> bool:
+    ip = _ip(value)
+    return ip is not None and ip.is_loopback
+
+
 def address_allowed(value: str, allow_loopback: bool) -> bool:
     """Whether a callback may connect to this IP address."""
     ip = _ip(value)

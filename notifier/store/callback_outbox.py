@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from sqlalchemy import event, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from notifier.store.models import TERMINAL, CallbackEndpoint, CallbackOutbox, NotificationLog
@@ -35,10 +35,28 @@ def note(session: Session, ids: Iterable[int]) -> None:
         session.info.setdefault(_PENDING, set()).update(ids)
 
 
+_PG_SQL = (
+    f"INSERT INTO callback_outbox ({', '.join(_COLUMNS)}) "
+    "SELECT l.producer, l.id, l.notification_id, l.user_id, l.channel, l.status, l.reason, l.replays, l.updated_at "
+    "FROM notification_log AS l JOIN callback_endpoints AS e ON e.producer = l.producer "
+    "WHERE l.id = ANY(%s) AND l.status IN (" + ", ".join(f"'{s}'" for s in sorted(TERMINAL_VALUES)) + ") "
+    "ON CONFLICT DO NOTHING"
+)
+
+
 def write(session: Session, ids: Iterable[int]) -> None:
     """Copy the terminal rows among `ids` whose producer has a callback into the outbox (one statement)."""
     ids = sorted(ids)
     if not ids:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        # On the DBAPI cursor with one array parameter: this runs in every transaction that ends a
+        # delivery, and SQLAlchemy's compilation of an IN list cost more CPU than the statement.
+        cursor = session.connection().connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(_PG_SQL, (ids,))
+        finally:
+            cursor.close()
         return
     log = NotificationLog
     rows = (
@@ -47,8 +65,7 @@ def write(session: Session, ids: Iterable[int]) -> None:
         .join(CallbackEndpoint, CallbackEndpoint.producer == log.producer)
         .where(log.id.in_(ids), log.status.in_(sorted(TERMINAL_VALUES)))
     )
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(CallbackOutbox).from_select(list(_COLUMNS), rows).on_conflict_do_nothing()
+    stmt = sqlite.insert(CallbackOutbox).from_select(list(_COLUMNS), rows).on_conflict_do_nothing()
     session.execute(stmt)
 
 
