@@ -12,7 +12,6 @@ from entrypoints.cli.common import command, refused
 def _replay(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from notifier.intake.events import describe_errors
     from notifier.pipeline.replay import Selection
     from tasks.replay import replay_failed
 
@@ -23,7 +22,9 @@ def _replay(args: argparse.Namespace) -> int:
         selection = Selection.model_validate({k: v for k, v in fields.items() if v is not None})
         result = replay_failed(selection, by=f"cli:{args.by}")
     except ValidationError as exc:
-        return refused("replay", describe_errors(exc))
+        return refused("replay", "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'selection'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)))
     except ValueError as exc:
         return refused("replay", str(exc))
     if args.json:
