@@ -82,6 +82,8 @@ def post(url: str, secret: str, body: bytes, settings: Settings) -> str | None:
     https = parts.scheme == "https"
     port = parts.port or (443 if https else 80)
     try:
+        # A URL refused since it was registered (the rules changed) is refused here too.
+        urls.check_url(url, settings.callback_allow_loopback)
         address = urls.resolve(parts.hostname or "", port, settings.callback_allow_loopback)
         if not https and not urls.is_loopback(address):
             raise urls.Refused("http only to a loopback address (tests)")
@@ -109,6 +111,9 @@ def post(url: str, secret: str, body: bytes, settings: Settings) -> str | None:
             return f"HTTP {response.status} (redirects are not followed)"
         return f"HTTP {response.status}"
     except urllib3.exceptions.HTTPError as exc:
+        return f"{type(exc).__name__}: {redact_text(str(exc))}"[:300]
+    except Exception as exc:  # noqa: BLE001 - one endpoint's oddity must not stop the drain for every producer
+        log.exception("callback POST failed unexpectedly")
         return f"{type(exc).__name__}: {redact_text(str(exc))}"[:300]
     finally:
         pool.close()

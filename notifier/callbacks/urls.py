@@ -54,6 +54,8 @@ def check_url(url: str, allow_loopback: bool) -> str:
     """The URL if it may be registered; Refused (its message names `url`) if not."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS or not url.isprintable() or " " in url:
         raise Refused(f"url: an absolute https URL of at most {MAX_URL_CHARS} printable characters")
+    if not url.isascii():
+        raise Refused("url: ASCII only (an international host name in its xn-- form, a path percent-encoded)")
     parts = urlsplit(url)
     try:
         parts.port
@@ -81,8 +83,8 @@ def resolve(host: str, port: int, allow_loopback: bool) -> str:
     """The address to connect to for `host`: Refused unless every address it resolves to is allowed."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise Refused(f"{host} does not resolve ({exc.strerror})") from None
+    except (socket.gaierror, UnicodeError) as exc:
+        raise Refused(f"{host} does not resolve ({getattr(exc, 'strerror', None) or exc})") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     refused = [a for a in addresses if not address_allowed(a, allow_loopback)]
     if not addresses or refused:

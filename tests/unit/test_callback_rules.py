@@ -35,6 +35,8 @@ from notifier.callbacks import signing, urls
     ("https://", False, False),
     ("https://hooks.example.com/" + "a" * 2100, False, False),
     ("https://hooks.example.com/a b", False, False),
+    ("https://bücher.example/hook", False, False),  # IDN: its xn-- form, please
+    ("https://xn--bcher-kva.example/hook", False, True),
 ])
 def test_which_urls_may_be_registered(url, allow_loopback, ok):
     if ok:
