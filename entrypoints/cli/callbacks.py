@@ -13,7 +13,7 @@ def _producer(args: argparse.Namespace) -> str:
 
     if args.app:
         return endpoints.for_app(args.app)
-    return args.producer
+    return endpoints.parse(args.producer)
 
 
 def _callbacks(args: argparse.Namespace) -> int:

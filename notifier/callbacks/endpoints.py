@@ -33,6 +33,16 @@ def for_app(app: str) -> str:
     return f"app:{app}"
 
 
+def parse(producer: str) -> str:
+    """A producer name as stored ("key:<id>" or "app:<name>"); ValueError naming `producer` otherwise."""
+    kind, _, rest = producer.partition(":")
+    if kind == "key" and rest.isascii() and rest.isdigit():
+        return producer
+    if kind == "app" and APP_NAME.fullmatch(rest):
+        return producer
+    raise ValueError('producer: "key:<api key id>" or "app:<name>"')
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A registration as shown to its producer: never the secret, except right after registering."""

@@ -82,3 +82,17 @@ def test_a_signature_that_does_not_verify_says_why(change, why):
     args = {"secret": secret, "body": body, "value": signing.header(secret, body, timestamp=1_764_580_000),
             "now": 1_764_580_000} | change
     assert signing.verify(args["secret"], args["body"], args["value"], now=args["now"]) == why
+
+
+@pytest.mark.parametrize(("producer", "ok"), [
+    ("key:12", True), ("app:shop", True), ("app:shop_2-eu", True),
+    ("key:", False), ("key:12a", False), ("app:Shop", False), ("app:", False), ("shop", False), ("user:1", False),
+])
+def test_producer_names(producer, ok):
+    from notifier.callbacks import endpoints
+
+    if ok:
+        assert endpoints.parse(producer) == producer
+    else:
+        with pytest.raises(ValueError, match="^producer: "):
+            endpoints.parse(producer)
