@@ -1,7 +1,8 @@
 """The callback outbox: a terminal status and its callback event commit together, or not at all.
 
-Every status change goes through notifier.store.delivery_log, which notes the ids it moved to a
-terminal status on the session (`note`). Just before that transaction commits, one
+Status changes go through notifier.store.delivery_log, which notes the ids it moved to a
+terminal status on the session (`note`); a write of a terminal status anywhere else must call
+`note` too (the sweeper's give-up does). Just before that transaction commits, one
 INSERT … SELECT copies those rows that belong to a producer with a registered callback into
 `callback_outbox`; a separate task on the `callbacks` queue POSTs them (notifier.callbacks).
 
