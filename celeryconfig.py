@@ -68,7 +68,14 @@ beat_schedule = {
         "schedule": _settings().sweep_interval_s,
         "options": {"queue": "scheduler", "expires": _settings().sweep_interval_s},
     },
+    "callbacks-drain": {
+        "task": "notifier.callbacks.drain",
+        "schedule": _settings().callback_drain_interval_s,
+        "options": {"queue": "callbacks", "expires": 10 * _settings().callback_drain_interval_s},
+    },
 }
+# Task modules beside tasks.pipeline (which tasks.app autodiscovers).
+imports = ("tasks.callbacks",)
 
 worker_send_task_events = True
 task_send_sent_event = True

@@ -9,7 +9,9 @@ LANES = ("high", "low")
 # Stages route/filter/dedup share one pipeline queue per lane; each channel has its own
 # send queue per lane, so a low-lane backlog never sits in front of high-lane work.
 WORKLOADS = ("pipeline", "push", "email", "sms")
-QUEUES = tuple(f"{w}.{lane}" for w in WORKLOADS for lane in LANES) + ("scheduler",)
+# callbacks: POSTs to producers' endpoints, apart from delivery, so a slow endpoint never holds up a send.
+QUEUES = tuple(f"{w}.{lane}" for w in WORKLOADS for lane in LANES) + ("scheduler", "callbacks")
+CALLBACKS_QUEUE = "callbacks"
 
 
 def queue_for(workload: str, lane: str) -> str:

@@ -147,6 +147,22 @@ class Settings(BaseSettings):
         8, description="Requests in flight at once per worker process to SendGrid or Twilio (one per delivery)."
     )
 
+    # Replay of failed deliveries (`notifier replay`, POST /v1/admin/replay).
+    replay_limit_default: int = Field(100, ge=1, description="Deliveries one replay re-sends when no limit is given.")
+    replay_limit_max: int = Field(1000, ge=1, description="Most deliveries one replay may re-send.")
+
+    # Callbacks to producers (PUT /v1/callbacks, `notifier callbacks`).
+    callback_allow_loopback: bool = Field(
+        False, description="Allow callback URLs on loopback addresses, over http too: tests and local development "
+        "only (production callbacks must be https to public addresses).")
+    callback_drain_interval_s: float = Field(1.0, description="How often beat drains the callback outbox.")
+    callback_batch_size: int = Field(100, ge=1, le=1000, description="Most events in one callback POST.")
+    callback_timeout_s: float = Field(5.0, description="Timeout of one callback POST (connect and read each).")
+    callback_retry_base_s: float = Field(5.0, description="First callback retry backoff; doubles each attempt.")
+    callback_retry_max_s: float = Field(600.0, description="Longest wait between two callback attempts.")
+    callback_retry_window_s: float = Field(
+        86400.0, description="A callback event not accepted within this long after its status is given up.")
+
     @model_validator(mode="after")
     def _sandbox_files_in_var_dir(self) -> Settings:
         # Every file the sandbox makes follows var_dir, so one NOTIFIER_VAR_DIR moves a whole setup.

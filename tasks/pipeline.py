@@ -80,13 +80,14 @@ class ManyEventsTask(EventTask):
         return _EVENT_LIST.validate_python(args[0] if args else kwargs["events"])
 
 
-def accept(events: list[NotificationEvent], **options: Any):
+def accept(events: list[NotificationEvent], producer: str | None = None, **options: Any):
     """Store validated events' deliveries durably, then queue their filter stage (after the commit).
 
     Returns the AsyncResult of the last filter task queued, or None when nothing is left to send
     (a repeat, or every delivery suppressed). A broker that refuses the filter task does not undo
-    the acceptance: the rows are stored, and the sweeper re-drives them."""
-    result = intake.store(events)
+    the acceptance: the rows are stored, and the sweeper re-drives them. `producer`: who sent them
+    (the HTTP API's key, "key:<id>"), for callbacks; else each event's app."""
+    result = intake.store(events, producer=producer)
     return _queue_filter(result.queued, events, **options)
 
 

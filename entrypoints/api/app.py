@@ -26,7 +26,7 @@ from sqlalchemy import text
 from notifier.pipeline import routing
 from notifier.accounts import devices
 from notifier.intake import validation
-from entrypoints.api import auth, docs, webhooks
+from entrypoints.api import admin, auth, callbacks, docs, webhooks
 from entrypoints.api.docs import AUTH, errors, example
 from notifier.accounts.api_keys import KeyInfo
 from notifier.store.db import get_engine, transaction
@@ -85,6 +85,10 @@ class Delivery(BaseModel):
     task_url: str | None = Field(None, description="That task's page in Flower (when NOTIFIER_FLOWER_URL is set).")
     expires_at: datetime | None = Field(None, description="Not handed to the provider after this: ends expired.")
     app: str | None = Field(None, description="The app whose credentials send it; null: the default app.")
+    replays: int = Field(0, description="Times an operator replayed it after it failed (`notifier replay`).")
+    replayed_at: datetime | None = None
+    replayed_by: str | None = None
+    replay_reason: str | None = None
 
 
 class NotificationStatus(BaseModel):
@@ -216,19 +220,23 @@ def create_app() -> FastAPI:
     app.add_exception_handler(redis.TimeoutError, _unavailable("redis"))
     app.add_exception_handler(BrokerError, _unavailable("broker"))
     app.include_router(webhooks.router, max_body_size=WEBHOOK_MAX_BYTES)
+    app.include_router(admin.router)
+    app.include_router(callbacks.router)
 
     @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationAccepted,
-              tags=["notifications"], dependencies=[Depends(auth.send)], max_body_size=MAX_EVENT_BYTES,
+              tags=["notifications"], max_body_size=MAX_EVENT_BYTES,
               responses=errors(*AUTH, 409, 413, 422, max_bytes=MAX_EVENT_BYTES))
-    def send(event: Annotated[NotificationRequest, Body(openapi_examples=docs.SEND_EXAMPLES)]) -> dict[str, str]:
+    def send(event: Annotated[NotificationRequest, Body(openapi_examples=docs.SEND_EXAMPLES)],
+             key: KeyInfo = Depends(auth.send)) -> dict[str, str]:
         """Queue one notification event; repeating a notification_id delivers it once."""
-        from tasks.pipeline import send_notification
+        from tasks.pipeline import accept
 
         with transaction() as session:
             if routing.conflicts(session, event):
                 raise HTTPException(status.HTTP_409_CONFLICT, "notification_id: already accepted for a different "
                                     "event (another user or content); use a new id")
-        send_notification.delay(event)
+        # Its deliveries' callbacks go to this key's endpoint (PUT /v1/callbacks), if it has one.
+        accept([event], producer=f"key:{key.id}")
         return {"notification_id": event.notification_id}
 
     @app.post("/v1/templates/{template}/render", response_model=TemplatePreview, tags=["notifications"],

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from entrypoints.cli import admin, development, notifications, processes, templates, users
+from entrypoints.cli import admin, callbacks, development, notifications, processes, replay, templates, users
 
-GROUPS = (admin, development, processes, notifications, templates, users)
+GROUPS = (admin, development, processes, notifications, templates, users, replay, callbacks)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,8 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
                 "scheduled_at": r.scheduled_at, "sent_at": r.sent_at, "delivered_at": r.delivered_at,
                 "failed_at": r.failed_at, "task_id": r.task_id, "task_url": task_url(r.task_id),
                 "expires_at": r.expires_at, "app": r.app,
+                "replays": r.replays, "replayed_at": r.replayed_at, "replayed_by": r.replayed_by,
+                "replay_reason": r.replay_reason,
             }
             for r in rows
         ]

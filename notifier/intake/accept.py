@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 DEADLOCK_ATTEMPTS = 3
 
 
-def store(events: Sequence[NotificationEvent]) -> RouteResult:
-    """Route `events` and commit their delivery rows durably; return what is queued, per lane."""
+def store(events: Sequence[NotificationEvent], producer: str | None = None) -> RouteResult:
+    """Route `events` and commit their delivery rows durably; return what is queued, per lane.
+
+    `producer` names who sent them ("key:<id>" for the HTTP API), for callbacks; else each event's app."""
     if not events:
         return RouteResult()
     with stage_cpu.measure("route"):
@@ -43,7 +45,7 @@ def _store(events: Sequence[NotificationEvent]) -> RouteResult:
     while True:
         try:
             with transaction(durable=True) as session:
-                return route(session, events, r)
+                return route(session, events, r, producer=producer)
         except (psycopg2.extensions.TransactionRollbackError, sa_exc.DBAPIError) as exc:
             if not _is_deadlock(exc):
                 raise

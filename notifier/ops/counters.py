@@ -25,6 +25,7 @@ BATCH = PREFIX + "provider_batch"  # field provider|<bucket index> -> count, pro
 STUCK = PREFIX + "sweeper_redriven"  # count
 EXPIRED = PREFIX + "expired"  # field <where it waited: queue, retry, quiet_hours, send_at, scheduled> -> count
 BRIDGE_LAG = PREFIX + "bridge_lag"  # field group|topic|partition -> "<lag> <unix time>"
+CALLBACKS = PREFIX + "callbacks"  # field outcome (sent, failed, given_up) -> callback events
 SEP = "\x1f"  # between label values in a hash field; never in a channel, provider, queue or topic name
 # Upper bounds (seconds) of the provider call histogram; the last bucket is +Inf.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -71,6 +72,16 @@ def count_expired(r: redis.Redis | None, waited: Iterable[str]) -> None:
     for where, n in counts.items():
         pipe.hincrby(EXPIRED, where, n)
     _run(pipe, "expired count")
+
+
+def record_callbacks(r: redis.Redis, sent: int, failed: int, given_up: int) -> None:
+    """Count callback events accepted by producers, failed attempts, and events given up."""
+    pipe = r.pipeline(transaction=False)
+    for outcome, n in (("sent", sent), ("failed", failed), ("given_up", given_up)):
+        if n:
+            pipe.hincrby(CALLBACKS, outcome, n)
+    if len(pipe):
+        _run(pipe, "callback counts")
 
 
 def count_stuck(r: redis.Redis, n: int) -> None:

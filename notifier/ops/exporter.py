@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from notifier.ops.counters import BATCH, BRIDGE_LAG, BUCKETS, DELIVERIES, EXPIRED, RETRIES, SEP, STUCK
+from notifier.ops.counters import BATCH, BRIDGE_LAG, BUCKETS, CALLBACKS, DELIVERIES, EXPIRED, RETRIES, SEP, STUCK
 from notifier.queues import QUEUES
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,17 @@ def _redis_counters(r: redis.Redis) -> Iterator[Any]:
         at_family.add_metric(labels, float(at))
     yield lag_family
     yield at_family
+    yield from _callback_counters(r)
+
+
+def _callback_counters(r: redis.Redis) -> Iterator[Any]:
+    family = CounterMetricFamily("notifier_callback_events", "Callback events to producers: sent (accepted by the "
+                                 "endpoint), failed (an attempt failed; retried) and given_up (not accepted within "
+                                 "the retry window).", labels=["outcome"])
+    counts = r.hgetall(CALLBACKS)
+    for outcome in ("sent", "failed", "given_up"):
+        family.add_metric([outcome], int(counts.get(outcome.encode(), 0)))
+    yield family
 
 
 def _broker_gauges(broker: redis.Redis, queues: Sequence[str], key_prefix: str,
@@ -137,6 +148,24 @@ def _scheduled_gauges(now: float) -> Iterator[Any]:
                             "send_at, retry backoff).", value=backlog)
     yield GaugeMetricFamily("notifier_scheduled_due_deliveries", "Scheduled deliveries already due and not yet "
                             "released; grows when beat or the scheduler worker is down.", value=due)
+    yield from _callback_outbox_gauge()
+
+
+def _callback_outbox_gauge() -> Iterator[Any]:
+    from sqlalchemy import func, select
+
+    from notifier.store.db import get_engine
+    from notifier.store.models import CallbackOutbox
+
+    stmt = select(func.count().filter(CallbackOutbox.given_up_at.is_(None)),
+                  func.count().filter(CallbackOutbox.given_up_at.is_not(None)))
+    with get_engine().connect() as conn:
+        pending, given_up = conn.execute(stmt).one()
+    family = GaugeMetricFamily("notifier_callback_outbox_events", "Callback events in the outbox: pending (not "
+                               "accepted yet) and given_up (kept for inspection).", labels=["state"])
+    family.add_metric(["pending"], pending)
+    family.add_metric(["given_up"], given_up)
+    yield family
 
 
 class NotifierCollector(Collector):

@@ -166,3 +166,10 @@ class SentMarks:
 def release(r: redis.Redis, keys: Sequence[str], claim_id: str) -> None:
     """Give back our leases (after a retryable failure) so a retry can claim them, as a new attempt."""
     _run(r, _RELEASE, keys, claim_id, attempts=True)
+
+
+def marked_sent(r: redis.Redis, keys: Sequence[str]) -> list[bool]:
+    """Whether a provider accepted each key already (its lease says `sent`): such a key is never sent again."""
+    if not keys:
+        return []
+    return [value == SENT for value in r.mget([PREFIX + k for k in keys])]

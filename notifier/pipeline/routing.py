@@ -202,7 +202,16 @@ def _lock_notification_ids(session: Session, notification_ids: Sequence[str]) ->
     )
 
 
-def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis | None = None) -> RouteResult:
+def producer_of(event: NotificationEvent, producer: str | None = None) -> str | None:
+    """Who a delivery's callbacks go to: the API key that sent the event, else the event's app, else nobody."""
+    if producer:
+        return producer
+    app = getattr(event, "app", None)
+    return f"app:{app}" if app else None
+
+
+def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis | None = None,
+          producer: str | None = None) -> RouteResult:
     """Insert the deliveries of `events` in one statement; an accepted notification_id inserts nothing.
 
     A repeat of an accepted event, or a different event under its id, is recorded as one
@@ -235,6 +244,7 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
         keys_of_event.append((event, [r["idempotency_key"] for r in planned]))
         for row in planned:
             lane_of_key[row["idempotency_key"]] = event.lane
+            row["producer"] = producer_of(event, producer)
         rows.extend(planned)
     # In key order: two batches inserting the same keys (rows accepted before fingerprints were
     # kept) then take the unique index's locks in the same order and wait instead of deadlocking.
@@ -254,7 +264,7 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
     for event, reason in repeats:
         # Every event we accept ends with a row: a repeat is recorded as `duplicate`.
         result.duplicates.append(event.notification_id)
-        duplicate_rows.append(event_row(event, Status.DUPLICATE, reason))
+        duplicate_rows.append(event_row(event, Status.DUPLICATE, reason) | {"producer": producer_of(event, producer)})
     insert_ignoring_duplicates(session, duplicate_rows)
     if result.duplicates:
         conflicting = sum(reason == CONFLICT_REASON for _, reason in repeats)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from notifier.ops import counters
 from notifier.pipeline import expiry
+from notifier.store import callback_outbox
 from notifier.store.delivery_log import LOG, as_utc, record_each
 from notifier.intake.events import Channel, Priority
 from notifier.store.models import Status
@@ -121,8 +122,11 @@ def sweep_stuck(
             .values(status=Status.FAILED.value, failed_at=now, updated_at=now,
                     reason=literal(f"re-driven {max_redrives} times without finishing; last error: ", String)
                     + func.coalesce(LOG.c.last_error, f"none recorded (left {status})"))
+            .returning(LOG.c.id)
         )
-        out.failed += session.execute(given_up).rowcount or 0
+        failed = session.scalars(given_up).all()
+        callback_outbox.note(session, failed)
+        out.failed += len(failed)
         stmt = (
             update(LOG)
             .where(LOG.c.id.in_(ids), LOG.c.status == status)

@@ -9,7 +9,7 @@ from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from notifier.store import task_context
+from notifier.store import callback_outbox, task_context
 from notifier.store.models import NotificationLog, Status
 
 LOG = NotificationLog.__table__
@@ -40,8 +40,13 @@ def insert_ignoring_duplicates(session: Session, rows: Sequence[dict[str, Any]])
         record.note(row["notification_id"] for row in rows)
         rows = [{**row, "task_id": record.task_id} for row in rows]
     if session.get_bind().dialect.name == "postgresql":
-        return _insert_values(session, rows)
-    return [(r[0], r[1]) for r in session.execute(_INSERT["sqlite"], list(rows))]
+        inserted = _insert_values(session, rows)
+    else:
+        inserted = [(r[0], r[1]) for r in session.execute(_INSERT["sqlite"], list(rows))]
+    terminal = {r["idempotency_key"] for r in rows if r.get("status") in callback_outbox.TERMINAL_VALUES}
+    if terminal:
+        callback_outbox.note(session, (id_ for id_, key in inserted if key in terminal))
+    return inserted
 
 
 _INSERT_COLUMNS = tuple(c.name for c in LOG.c if c.name != "id")
@@ -59,7 +64,7 @@ def _insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> list[tup
     from psycopg2.extras import execute_values
 
     now = utcnow()
-    defaults = {"created_at": now, "updated_at": now, "attempts": 0, "redrives": 0}
+    defaults = {"created_at": now, "updated_at": now, "attempts": 0, "redrives": 0, "replays": 0}
     args = []
     for row in rows:
         values = []
@@ -93,7 +98,10 @@ def set_status(
     stmt = update(LOG).where(LOG.c.id.in_(ids)).values(status=status, updated_at=utcnow(), **values)
     if only_from is not None:
         stmt = stmt.where(LOG.c.status.in_(list(only_from)))
-    return [r[0] for r in session.execute(stmt.returning(LOG.c.id))]
+    moved = [r[0] for r in session.execute(stmt.returning(LOG.c.id))]
+    if status in callback_outbox.TERMINAL_VALUES:
+        callback_outbox.note(session, moved)
+    return moved
 
 
 def record_each(
@@ -105,6 +113,8 @@ def record_each(
     record = task_context.current()
     if record is not None:
         changes = [{**change, "task_id": record.task_id} for change in changes]
+    # Rows a guard left alone are noted too: the outbox reads each row's status at commit.
+    callback_outbox.note(session, (c["_id"] for c in changes if c.get("status") in callback_outbox.TERMINAL_VALUES))
     by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
         by_shape.setdefault(tuple(sorted(change)), []).append(change)

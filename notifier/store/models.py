@@ -84,6 +84,13 @@ class NotificationLog(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The app (notifier/apps.py) whose credentials send it; None is the default app.
     app: Mapped[str | None] = mapped_column(String(255))
+    # Who sent the event, for callbacks: "key:<api key id>" (HTTP API) or "app:<name>" (the event's app).
+    producer: Mapped[str | None] = mapped_column(String(80))
+    # The last operator replay of this failed delivery (notifier.pipeline.replay): when, by whom, why; how many.
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replayed_by: Mapped[str | None] = mapped_column(String(128))
+    replay_reason: Mapped[str | None] = mapped_column(Text)
+    replays: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_notification_log_notification_id", "notification_id"),
@@ -152,3 +159,48 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CallbackEndpoint(Base):
+    """Where a producer (an API key or an app) wants its deliveries' outcomes POSTed, and the signing secret."""
+
+    __tablename__ = "callback_endpoints"
+
+    producer: Mapped[str] = mapped_column(String(80), primary_key=True)  # "key:<id>" or "app:<name>"
+    url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    # Kept as is: signing needs the secret itself (as Stripe keeps its endpoints' secrets); shown once.
+    secret: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class CallbackOutbox(Base):
+    """One callback event to POST: a delivery of a registered producer reached a terminal status.
+
+    Written in the transaction that set the status (notifier.store.callback_outbox), removed once
+    the producer's endpoint accepted it; given up (kept, given_up_at set) after the retry window."""
+
+    __tablename__ = "callback_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    producer: Mapped[str] = mapped_column(String(80), nullable=False)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    notification_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    channel: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    replays: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                                      server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    given_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # One event per delivery, status and replay: a status written twice (a task run again, a
+        # webhook repeated) is announced once.
+        Index("ux_callback_outbox_event", "delivery_id", "status", "replays", unique=True),
+        Index("ix_callback_outbox_due", "given_up_at", "next_attempt_at"),
+    )

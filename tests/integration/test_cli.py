@@ -21,6 +21,7 @@ PURPOSES = {
     "api": "HTTP API",
     "beat": "beat",
     "bridge": "Kafka",
+    "callbacks": "callback URLs",
     "cancel": "cancel",
     "demo": "notifications",
     "devices": "device tokens",
@@ -30,6 +31,7 @@ PURPOSES = {
     "migrate": "migrations",
     "preferences": "preferences",
     "publish": "publish them to Kafka",
+    "replay": "failed deliveries again",
     "sandbox": "wire protocols",
     "send": "queue one event",
     "status": "every delivery",
@@ -49,6 +51,9 @@ NESTED = {
     ("templates", "list"): "params it needs",
     ("templates", "check"): "broken file",
     ("templates", "render"): "as a delivery would be",
+    ("callbacks", "set"): "signing secret",
+    ("callbacks", "list"): "pending and given-up",
+    ("callbacks", "remove"): "stop",
 }
 
 

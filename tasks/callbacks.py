@@ -1,0 +1,15 @@
+"""The callback drain: POSTs the outbox to producers, on its own queue, never in the delivery path."""
+from __future__ import annotations
+
+from notifier.callbacks.delivery import drain
+from notifier.settings import get_settings
+from notifier.store.redis_conn import get_redis
+from tasks.app import app
+from tasks.base import NotifierTask
+
+
+@app.task(base=NotifierTask, name="notifier.callbacks.drain")
+def drain_callbacks() -> dict[str, int]:
+    """POST due callback events (beat runs it every callback_drain_interval_s); return the counts."""
+    done = drain(get_redis(), get_settings())
+    return {"sent": done.sent, "failed": done.failed, "given_up": done.given_up}
