@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "sendgrid": "notifier.providers.sendgrid.adapter:SendgridProvider",
     "smtp": "notifier.providers.smtp:SmtpProvider",
     "twilio": "notifier.providers.twilio.adapter:TwilioProvider",
+    "webpush": "notifier.providers.webpush:WebPushProvider",
 }
 
 _instances: dict[str, Provider] = {}
