@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
     option("--fcm-credentials-path", help=f"service-account key JSON, made if absent, its token_uri set to the "
            f"sandbox's (default {d.fcm_credentials_path})")
     option("--fcm-token-ttl-s", type=int, help=f"access token lifetime, expires_in (default {d.fcm_token_ttl_s})")
+    option("--webpush-port", type=int, help=f"Web Push service (HTTP/2, TLS) port (default {d.webpush_port}; "
+           "0 = any free port)")
+    option("--vapid-key-path", help=f"VAPID key (EC P-256 PEM) minted subscriptions are bound to, made if absent "
+           f"(default {d.vapid_key_path})")
     option("--log-level", default="INFO", help="logging level (default INFO)")
     args = vars(parser.parse_args(argv))
     redaction.basic_config(args.pop("log_level"))

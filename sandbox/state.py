@@ -189,7 +189,8 @@ class SandboxState:
     def add_fault(self, fault: Fault) -> None:
         self.faults.setdefault(fault.provider, []).append(fault)
 
-    def record(self, provider: str, target: str, message_id: str, headers: dict[str, str], payload: Any) -> None:
+    def record(self, provider: str, target: str, message_id: str, headers: dict[str, str], payload: Any,
+               extra: dict[str, Any] | None = None) -> None:
         self.records.append(
             {
                 "provider": provider,
@@ -198,6 +199,7 @@ class SandboxState:
                 "headers": headers,
                 "payload": payload,
                 "received_at": time.time(),
+                **(extra or {}),
             }
         )
 

@@ -189,12 +189,12 @@ def _detail(resp: HttpResponse) -> str:
         body = json.loads(resp.body or b"{}")
     except ValueError:
         text = resp.body[:100].decode("utf-8", "replace") if resp.body else ""
-        return f": {text}" if text and printable_ascii(text) else ""
+        return f": {text}" if text and text.isprintable() else ""
     if not isinstance(body, dict):
         return ""
     for name in ("message", "reason", "error"):
         value = body.get(name)
-        if isinstance(value, str) and value and printable_ascii(value):
+        if isinstance(value, str) and value and value.isprintable():  # one line; stored, never a header
             return f": {value[:100]}"
     return ""
 
