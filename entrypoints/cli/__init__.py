@@ -1,15 +1,15 @@
 """The `notifier` command: one subcommand per role.
 
-One module per group of commands (admin, development, processes, notifications, users), each
+One module per group of commands (admin, development, processes, notifications, users, vapid), each
 with its handlers and a register() that adds its subcommands.
 """
 from __future__ import annotations
 
 import argparse
 
-from entrypoints.cli import admin, development, notifications, processes, users
+from entrypoints.cli import admin, development, notifications, processes, users, vapid
 
-GROUPS = (admin, development, processes, notifications, users)
+GROUPS = (admin, development, processes, notifications, users, vapid)
 
 
 def build_parser() -> argparse.ArgumentParser:
