@@ -76,6 +76,8 @@ class SandboxConfig:
     smtp_username: str = "sandbox"
     smtp_password: str = "sandbox-password"
     webpush_port: int = 8797
+    # The origin minted endpoints name, as senders reach it ("" = https://<host>:<port>; compose: https://sandbox:8797).
+    webpush_origin: str = ""
     # The VAPID key minted subscriptions are bound to (made if absent): the local notifier's default.
     vapid_key_path: Path = Path("var/sandbox/vapid_private_key.pem")
 
@@ -204,7 +206,7 @@ async def start_webpush(config: SandboxConfig, state: SandboxState, tls: TlsIden
     webpush = WebPushSandbox(state, application_server_key=public_key_b64(key))
     server = H2Server(webpush.handle, ssl_context=tls.server_context(("h2",)))
     port = await server.start(config.host, config.webpush_port)
-    webpush.origin = f"https://{_url_host(config.host)}:{port}"
+    webpush.origin = config.webpush_origin.rstrip("/") or f"https://{_url_host(config.host)}:{port}"
     server.control_routes = {WEBPUSH_CONTROL_PATH: webpush.control}  # type: ignore[attr-defined]
     return server, webpush.origin
 

@@ -14,7 +14,8 @@ from sqlalchemy import select
 import notifier
 from notifier.accounts.status import get_status
 from notifier.providers import OutcomeKind
-from notifier.providers.webpush import classify
+from notifier.providers.base import Delivery
+from notifier.providers.webpush import WebPushProvider, classify
 from notifier.settings import get_settings
 from notifier.store.db import session_factory
 from notifier.store.models import DeviceToken
@@ -159,6 +160,27 @@ def test_the_push_service_refuses_a_jwt_signed_by_another_key_than_k_with_401(sa
 
     assert (ok.status, bad.status) == (201, 401), (ok.body, bad.body)
     assert classify(bad).kind is OutcomeKind.MISCONFIGURED
+
+
+def test_a_batch_to_many_browsers_of_one_push_service_shares_one_http2_connection(sandbox, unique):
+    subscriptions = [sandbox.web_push_subscription() for _ in range(20)]
+    by_endpoint = {s["endpoint"]: s["keys"] for s in subscriptions}
+    provider = WebPushProvider(get_settings(), subscriptions=lambda endpoints: by_endpoint)
+    deliveries = [Delivery(id=i, idempotency_key=unique("k"), channel="push", provider="webpush",
+                           target=s["endpoint"], priority="normal", category="social", type="t", title="Hi",
+                           body=f"message {i}") for i, s in enumerate(subscriptions)]
+    before = sandbox.connections("webpush")["accepted"]
+    try:
+        first = provider.send_batch(deliveries)
+        second = provider.send_batch(deliveries)
+    finally:
+        provider.close()
+
+    assert {o.kind for o in first + second} == {OutcomeKind.OK}
+    assert sandbox.connections("webpush")["accepted"] - before == 1
+    for i, s in enumerate(subscriptions):
+        assert [m["payload"]["body"] for m in sandbox.messages(provider="webpush", target=s["endpoint"])] == [
+            f"message {i}"] * 2
 
 
 # ---- registration -------------------------------------------------------------------------------------

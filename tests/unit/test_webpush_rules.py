@@ -162,3 +162,11 @@ def test_a_web_device_needs_keys_and_only_a_web_device_has_them():
     with pytest.raises(ValidationError) as ios:
         validation.Device(user_id="u", platform="ios", token="ab" * 32, keys=keys)
     assert [e["loc"] for e in web.value.errors()] == [("keys",)] == [e["loc"] for e in ios.value.errors()]
+
+
+def test_an_endpoint_is_shown_as_its_push_service_and_the_last_four_characters_only():
+    from notifier.ops.redaction import redact_target, redact_text
+
+    endpoint = "https://fcm.googleapis.com/fcm/send/dXk3Yz0:APA91bH8s1x2c3v4b5n6m7"
+    assert redact_target("push", endpoint) == "https://fcm.googleapis.com/…n6m7"
+    assert endpoint not in redact_text(f"webpush to {endpoint} failed", endpoint)
