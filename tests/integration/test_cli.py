@@ -34,6 +34,7 @@ PURPOSES = {
     "send": "queue one event",
     "status": "every delivery",
     "sweep": "stuck",
+    "vapid": "VAPID key of Web Push",
     "worker": "Celery worker",
 }
 NESTED = {
@@ -43,6 +44,8 @@ NESTED = {
     ("devices", "register"): "register",
     ("devices", "unregister"): "forget",
     ("devices", "list"): "list a user's devices",
+    ("vapid", "generate"): "make a new P-256 key pair",
+    ("vapid", "show"): "print the public key",
     ("preferences", "get"): "print a user's preferences",
     ("preferences", "set"): "change some",
 }
