@@ -237,9 +237,14 @@ class WebPushProvider:
     def __init__(self, settings: Settings | None = None, transport: Http2Transport | None = None,
                  subscriptions: SubscriptionLookup | None = None) -> None:
         s = settings or get_settings()
-        if not SUBJECT.fullmatch(s.vapid_subject or ""):
-            raise ValueError("vapid_subject: expected mailto:<address> or https://<url> (RFC 8292 §2.1)")
         self._tokens = VapidTokens(load_vapid_key(Path(s.vapid_private_key_file)), s.vapid_subject)
+        try:  # py_vapid's own check of `sub` (a mailto: with a domain, or https:), once, here: not per push
+            valid_subject = bool(SUBJECT.fullmatch(s.vapid_subject or "")) and bool(
+                self._tokens.authorization("https://push.example.com"))
+        except Exception:  # noqa: BLE001 - py_vapid raises VapidException for a subject it refuses
+            valid_subject = False
+        if not valid_subject:
+            raise ValueError("vapid_subject: expected mailto:<address> or https://<url> (RFC 8292 §2.1)")
         self._default_ttl_s = s.webpush_default_ttl_s
         self._subscriptions = subscriptions or registered_subscriptions
         self._transport = transport or Http2Transport(ca_file=s.apns_ca_file or None, timeout_s=s.send_timeout_s)

@@ -170,3 +170,27 @@ def test_an_endpoint_is_shown_as_its_push_service_and_the_last_four_characters_o
     endpoint = "https://fcm.googleapis.com/fcm/send/dXk3Yz0:APA91bH8s1x2c3v4b5n6m7"
     assert redact_target("push", endpoint) == "https://fcm.googleapis.com/…n6m7"
     assert endpoint not in redact_text(f"webpush to {endpoint} failed", endpoint)
+
+
+@pytest.mark.parametrize("subject", ["ops@example.com", "mailto:", "mailto:ops", "http://example.com", ""])
+def test_a_subject_py_vapid_refuses_fails_the_provider_at_start_not_each_push(tmp_path, subject):
+    from notifier.providers.webpush import WebPushProvider
+    from notifier.settings import Settings
+    from sandbox.keys import ensure_ec_key
+
+    key = ensure_ec_key(tmp_path / "vapid.pem")
+    with pytest.raises(ValueError, match="vapid_subject"):
+        WebPushProvider(Settings(vapid_private_key_file=key, vapid_subject=subject, apns_ca_file=""))
+    WebPushProvider(Settings(vapid_private_key_file=key, vapid_subject="mailto:ops@example.com",
+                             apns_ca_file="")).close()
+
+
+def test_a_missing_or_foreign_key_file_is_refused_and_never_generated(tmp_path):
+    from notifier.providers.webpush import load_vapid_key
+
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_vapid_key(tmp_path / "absent.pem")
+    assert not (tmp_path / "absent.pem").exists()
+    (tmp_path / "garbage.pem").write_text("not a key")
+    with pytest.raises(ValueError, match="not a PEM private key"):
+        load_vapid_key(tmp_path / "garbage.pem")
