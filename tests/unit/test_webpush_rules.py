@@ -194,3 +194,23 @@ def test_a_missing_or_foreign_key_file_is_refused_and_never_generated(tmp_path):
     (tmp_path / "garbage.pem").write_text("not a key")
     with pytest.raises(ValueError, match="not a PEM private key"):
         load_vapid_key(tmp_path / "garbage.pem")
+
+
+def test_data_too_large_for_a_push_fails_that_delivery_unsent_and_a_gone_subscription_is_token_invalid(tmp_path):
+    from notifier.providers.webpush import NOT_REGISTERED, WebPushProvider
+    from notifier.settings import Settings
+    from sandbox.keys import ensure_ec_key
+
+    keys = {"p256dh": _point(), "auth": _b64(b"0123456789abcdef")}
+    provider = WebPushProvider(Settings(vapid_private_key_file=ensure_ec_key(tmp_path / "v.pem"), apns_ca_file=""),
+                               subscriptions=lambda endpoints: {ENDPOINT: keys})
+    reported = []
+    try:
+        big, gone = provider.send_batch(
+            [delivery(data={"blob": "x" * 5000}), delivery(target="https://push.example.com/unsubscribed")],
+            on_outcome=lambda i, o: reported.append(i))
+    finally:
+        provider.close()
+    assert big.kind is K.FAILED and f"at most {MAX_PAYLOAD_BYTES} fit" in big.reason
+    assert (gone.kind, gone.reason) == (K.TOKEN_INVALID, NOT_REGISTERED)
+    assert sorted(reported) == [0, 1]
