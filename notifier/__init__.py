@@ -11,6 +11,7 @@ _LAZY = {
     "send_notifications": "tasks.pipeline",
     "register_device": "notifier.accounts.devices",
     "unregister_device": "notifier.accounts.devices",
+    "register_web_push": "notifier.accounts.devices",
     "set_preferences": "notifier.accounts.preferences",
     "get_status": "notifier.accounts.status",
     "cancel_notification": "notifier.accounts.status",

@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     category_ttl_s: str = Field(
         "", description="Default lifetime per category of events that name no expires_at/ttl_s, "
         "e.g. security=600,social=3600; empty = none expires.")
+    # Web Push (RFC 8030/8291/8292): VAPID identifies us to every browser's push service.
+    vapid_private_key_file: Path | None = Field(
+        None, description="VAPID private key (EC P-256, PEM; `notifier vapid generate` makes one). Unset = "
+        "<var_dir>/sandbox/vapid_private_key.pem, the sandbox's, made at run time.")
+    vapid_subject: str = Field(
+        "mailto:notifier@example.com",
+        description="VAPID `sub`: how a push service reaches the operator, mailto: or https: (RFC 8292 §2.1); "
+        "checked when the webpush provider starts, so a bad one fails web pushes only.")
+    webpush_default_ttl_s: int = Field(
+        86400, ge=0, le=2419200, description="Web Push TTL header when the delivery has no expiry of its own: how "
+        "long the push service keeps a message for an offline browser (RFC 8030 §5.2).")
+    sandbox_webpush_port: int = Field(8797, description="Sandbox Web Push service (HTTP/2, TLS) port.")
 
     sandbox_host: str = Field("127.0.0.1", description="Where `notifier sandbox` listens.")
     sandbox_control_port: int = Field(8790, description="Sandbox control API port (/_sandbox/...).")
@@ -170,6 +182,8 @@ class Settings(BaseSettings):
             self.apns_key_path = self.var_dir / "sandbox" / "apns_key.p8"
         if self.apns_ca_file is None:
             self.apns_ca_file = str(self.var_dir / "sandbox" / "tls-cert.pem")
+        if self.vapid_private_key_file in (None, Path()):
+            self.vapid_private_key_file = self.var_dir / "sandbox" / "vapid_private_key.pem"
         return self
 
     @model_validator(mode="after")

@@ -58,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
     option("--fcm-token-ttl-s", type=int, help=f"access token lifetime, expires_in (default {d.fcm_token_ttl_s})")
     option("--apps-file", help="the notifier's apps file (NOTIFIER_APPS_FILE): each app's APNs key and FCM "
            "service account are trusted too, and its requests checked against its own topic and project")
+    option("--webpush-port", type=int, help=f"Web Push service (HTTP/2, TLS) port (default {d.webpush_port}; "
+           "0 = any free port)")
+    option("--webpush-origin", help="the origin minted endpoints name, as senders reach the sandbox "
+           "(default https://<host>:<port>)")
+    option("--vapid-key-path", help=f"VAPID key (EC P-256 PEM) minted subscriptions are bound to, made if absent "
+           f"(default {d.vapid_key_path})")
     option("--log-level", default="INFO", help="logging level (default INFO)")
     args = vars(parser.parse_args(argv))
     redaction.basic_config(args.pop("log_level"))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives import serialization
+
 from notifier.apps import AppsFileError, read_apps_file
 from sandbox.apns import STREAMS_BEFORE_AUTH, ApnsSandbox, SigningKey, load_public_key
 from sandbox.control import ControlServer
@@ -32,6 +34,8 @@ from sandbox.smtp import SmtpSandbox, SmtpServer
 from sandbox.state import SandboxState
 from sandbox.tls import TlsIdentity
 from sandbox.twilio import TwilioSandbox
+from sandbox.webpush import CONTROL_PATH as WEBPUSH_CONTROL_PATH
+from sandbox.webpush import WebPushSandbox, public_key_b64
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,11 @@ class SandboxConfig:
     smtp_port: int = 8796
     smtp_username: str = "sandbox"
     smtp_password: str = "sandbox-password"
+    webpush_port: int = 8797
+    # The origin minted endpoints name, as senders reach it ("" = https://<host>:<port>; compose: https://sandbox:8797).
+    webpush_origin: str = ""
+    # The VAPID key minted subscriptions are bound to (made if absent): the local notifier's default.
+    vapid_key_path: Path = Path("var/sandbox/vapid_private_key.pem")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> SandboxConfig:
@@ -230,9 +239,21 @@ async def start_smtp(config: SandboxConfig, state: SandboxState, tls: TlsIdentit
     return server, f"smtp://{_url_host(config.host)}:{port}"
 
 
+async def start_webpush(config: SandboxConfig, state: SandboxState, tls: TlsIdentity) -> tuple[ProviderServer, str]:
+    """Serve a Web Push service over HTTP/2, minting subscriptions through the control API."""
+    key = serialization.load_pem_private_key(ensure_ec_key(config.vapid_key_path).read_bytes(), password=None)
+    webpush = WebPushSandbox(state, application_server_key=public_key_b64(key))
+    server = H2Server(webpush.handle, ssl_context=tls.server_context(("h2",)))
+    port = await server.start(config.host, config.webpush_port)
+    webpush.origin = config.webpush_origin.rstrip("/") or f"https://{_url_host(config.host)}:{port}"
+    server.control_routes = {WEBPUSH_CONTROL_PATH: webpush.control}  # type: ignore[attr-defined]
+    return server, webpush.origin
+
+
 PROVIDERS["sendgrid"] = start_sendgrid
 PROVIDERS["twilio"] = start_twilio
 PROVIDERS["smtp"] = start_smtp
+PROVIDERS["webpush"] = start_webpush
 
 
 def control_routes(config: SandboxConfig, state: SandboxState) -> dict[str, Any]:
@@ -272,6 +293,7 @@ async def start(config: SandboxConfig) -> Sandbox:
         server, url = await starter(config, state, tls)
         sandbox.servers[name] = server
         state.register(name, server, url)
+        control.routes.update(getattr(server, "control_routes", {}))
     control.routes.update(control_routes(config, state))
     return sandbox
 

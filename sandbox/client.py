@@ -61,6 +61,19 @@ class SandboxClient:
         """Make a device token answer 410 Unregistered until reset."""
         return self.add_fault(provider, token, status=410, reason="Unregistered", count=None)
 
+    _ANY_KEY: Any = object()
+
+    def web_push_subscription(self, application_server_key: Any = _ANY_KEY) -> dict[str, Any]:
+        """Subscribe a new browser at the sandbox's push service; return its PushSubscription JSON.
+
+        Bound to the sandbox's VAPID key unless application_server_key names another (None: any key)."""
+        spec = {} if application_server_key is self._ANY_KEY else {"application_server_key": application_server_key}
+        return self._call("POST", "/_sandbox/webpush/subscriptions", json=spec)
+
+    def web_push_unsubscribe(self, endpoint: str) -> dict[str, Any]:
+        """Unsubscribe a browser: its endpoint answers 410 Gone from now on."""
+        return self._call("DELETE", "/_sandbox/webpush/subscriptions", json={"endpoint": endpoint})
+
     def receipt(
         self,
         provider: str,

@@ -45,6 +45,18 @@ def _seed(users: dict[str, dict]) -> None:
             register_device(user, token, platform)
 
 
+def _subscribe_browser(user: str, control_url: str) -> None:
+    """Subscribe a browser at the sandbox's push service (it plays the browser) and register it for `user`."""
+    from notifier.accounts.devices import register_web_push
+    from sandbox.client import SandboxClient
+
+    client = SandboxClient(control_url)
+    try:
+        register_web_push(user, client.web_push_subscription())
+    finally:
+        client.close()
+
+
 def _events() -> list[dict]:
     base = {"type": "order_shipped", "category": "transactional", "priority": "high",
             "title": "Your order shipped", "body": "Order #1042 is on its way."}
@@ -97,6 +109,7 @@ def main() -> int:
     try:
         print(f"starting sandbox and a Celery worker (logs in {logs})", flush=True)
         sandbox = devstack.start_sandbox(env, logs / "sandbox.log")
+        _subscribe_browser("erin", settings.sandbox_control_url)
         worker = devstack.start_worker(env, logs / "worker.log")
         from tasks.pipeline import send_notification
 

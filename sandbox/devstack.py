@@ -103,6 +103,7 @@ def private_sandbox_env() -> dict[str, str]:
         "NOTIFIER_SANDBOX_FCM_PORT": str(fcm),
         "NOTIFIER_SANDBOX_FCM_TOKEN_PORT": str(fcm_token),
         "NOTIFIER_FCM_URL": f"https://127.0.0.1:{fcm}",
+        "NOTIFIER_SANDBOX_WEBPUSH_PORT": str(free_port()),
         **_email_sms_env(),
     }
 
@@ -163,6 +164,7 @@ def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         "NOTIFIER_SANDBOX_TWILIO_FROM": settings.twilio_from,
         "NOTIFIER_SANDBOX_SMTP_USERNAME": settings.smtp_username,
         "NOTIFIER_SANDBOX_SMTP_PASSWORD": settings.smtp_password,
+        "NOTIFIER_SANDBOX_VAPID_KEY_PATH": str(settings.vapid_private_key_file),
     }
     if settings.twilio_messaging_service_sid:
         env["NOTIFIER_SANDBOX_TWILIO_MESSAGING_SERVICE_SID"] = settings.twilio_messaging_service_sid
@@ -178,7 +180,7 @@ def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     for key, default in (("NOTIFIER_SANDBOX_CONTROL_PORT", 8790), ("NOTIFIER_SANDBOX_APNS_PORT", 8791),
                          ("NOTIFIER_SANDBOX_FCM_TOKEN_PORT", 8793), ("NOTIFIER_SANDBOX_FCM_PORT", 8792),
                          ("NOTIFIER_SANDBOX_SENDGRID_PORT", 8794), ("NOTIFIER_SANDBOX_TWILIO_PORT", 8795),
-                         ("NOTIFIER_SANDBOX_SMTP_PORT", 8796)):
+                         ("NOTIFIER_SANDBOX_SMTP_PORT", 8796), ("NOTIFIER_SANDBOX_WEBPUSH_PORT", 8797)):
         wait_for_port(host, int(env.get(key, default)), proc=proc)
     return proc
 

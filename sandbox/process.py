@@ -103,6 +103,8 @@ def start_sandbox(
         sendgrid_webhook_public_key_path=directory / "sendgrid_webhook_public_key",
         twilio_port=0,
         smtp_port=0,
+        webpush_port=0,
+        vapid_key_path=directory / "vapid_private_key.pem",
     )
     for name, value in overrides.items():
         setattr(config, name, value)

@@ -190,7 +190,7 @@ class SandboxState:
         self.faults.setdefault(fault.provider, []).append(fault)
 
     def record(self, provider: str, target: str, message_id: str, headers: dict[str, str], payload: Any,
-               credentials: dict[str, str] | None = None) -> None:
+               credentials: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         """Keep an accepted request; `credentials` names what signed it (app, key id, service account)."""
         self.records.append(
             {
@@ -201,6 +201,7 @@ class SandboxState:
                 "payload": payload,
                 "received_at": time.time(),
                 **({"credentials": credentials} if credentials else {}),
+                **(extra or {}),
             }
         )
 

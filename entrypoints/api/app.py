@@ -19,7 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
@@ -104,8 +104,27 @@ class Cancelled(BaseModel):
 class DeviceRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    platform: validation.PlatformName = Field(description="ios (APNs) or android (FCM); web is not delivered yet")
+    platform: validation.PlatformName = Field(
+        description="ios (APNs) or android (FCM); a browser (web) registers with POST "
+        "/v1/users/{user_id}/web-push-subscriptions")
     app: validation.AppId | None = Field(None, description="An app of NOTIFIER_APPS_FILE; null: the default app")
+
+    @field_validator("platform")
+    @classmethod
+    def _not_web(cls, v: str) -> str:
+        # A browser's token is its endpoint, a URL: it cannot be a path segment, and it needs its keys.
+        if v == "web":
+            raise validation.invalid("a browser registers its subscription with POST "
+                                     "/v1/users/{user_id}/web-push-subscriptions")
+        return v
+
+
+class WebPushEndpoint(BaseModel):
+    """The subscription to forget, named by its endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: Annotated[str, Field(min_length=1), AfterValidator(validation.web_push_endpoint)]
 
 
 PreferencesUpdate = validation.PreferencesUpdate
@@ -294,6 +313,22 @@ def create_app() -> FastAPI:
         """Forget a user's device token."""
         if not devices.unregister_device(user_id, token):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "this user has no such device token")
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.post("/v1/users/{user_id}/web-push-subscriptions", status_code=status.HTTP_204_NO_CONTENT,
+              tags=["users"], dependencies=[Depends(auth.users)])
+    def register_web_push(user_id: UserId, subscription: validation.WebPushSubscription) -> Response:
+        """Register a browser's Push API subscription (PushSubscription.toJSON(), and optionally its app)."""
+        devices.register_web_push(user_id, subscription.model_dump(by_alias=True))
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.delete("/v1/users/{user_id}/web-push-subscriptions", status_code=status.HTTP_204_NO_CONTENT,
+                tags=["users"], dependencies=[Depends(auth.users)],
+                responses={404: {"description": "No such subscription"}})
+    def unregister_web_push(user_id: UserId, subscription: WebPushEndpoint) -> Response:
+        """Forget a browser's subscription, named by its endpoint in the body (a URL is no path segment)."""
+        if not devices.unregister_device(user_id, subscription.endpoint):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "this user has no such subscription")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.get("/v1/users/{user_id}/preferences", response_model=Preferences, tags=["users"],

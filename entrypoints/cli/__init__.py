@@ -1,15 +1,15 @@
 """The `notifier` command: one subcommand per role.
 
-One module per group of commands (admin, development, processes, notifications, templates, users), each
+One module per group of commands (admin, development, processes, notifications, templates, users, vapid, …), each
 with its handlers and a register() that adds its subcommands.
 """
 from __future__ import annotations
 
 import argparse
 
-from entrypoints.cli import admin, callbacks, development, notifications, processes, replay, templates, users
+from entrypoints.cli import admin, callbacks, development, notifications, processes, replay, templates, users, vapid
 
-GROUPS = (admin, development, processes, notifications, templates, users, replay, callbacks)
+GROUPS = (admin, development, processes, notifications, templates, users, vapid, replay, callbacks)
 
 
 def build_parser() -> argparse.ArgumentParser:

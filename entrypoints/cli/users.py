@@ -25,7 +25,15 @@ def _devices(args: argparse.Namespace) -> int:
         from notifier.intake.events import describe_errors
 
         try:
-            devices.register_device(args.user_id, args.token, args.platform, args.app)
+            if args.platform == "web":
+                subscription = _subscription(args)
+                if isinstance(subscription, str):
+                    return refused("devices register", subscription)
+                args.token = devices.register_web_push(args.user_id, subscription, args.app)
+            elif args.token is None or args.subscription is not None:
+                return refused("devices register", "token: give the device token (--subscription is for --platform web)")
+            else:
+                devices.register_device(args.user_id, args.token, args.platform, args.app)
         except ValidationError as exc:
             return refused("devices register", describe_errors(exc))
         print(f"registered {shown(args.token)} ({args.platform}) for user {args.user_id}")
@@ -46,6 +54,27 @@ def _devices(args: argparse.Namespace) -> int:
         if not devices:
             print(f"user {args.user_id} has no device", file=sys.stderr)
     return 0
+
+
+def _subscription(args: argparse.Namespace) -> dict | str:
+    """The browser's subscription JSON from --subscription (text, @file or - for stdin), or what is wrong."""
+    raw = args.subscription
+    if raw is None:
+        return "subscription: --platform web takes --subscription '<PushSubscription JSON>' (or @file, or -)"
+    if args.token is not None:
+        return "token: for --platform web the endpoint comes from --subscription; give no token"
+    try:
+        if raw == "-":
+            raw = sys.stdin.read()
+        elif raw.startswith("@"):
+            with open(raw[1:], encoding="utf-8") as fh:
+                raw = fh.read()
+        value = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        return f"subscription: not readable JSON ({type(exc).__name__})"
+    if not isinstance(value, dict):
+        return "subscription: expected a JSON object {endpoint, keys: {p256dh, auth}}"
+    return value
 
 
 def _preferences(args: argparse.Namespace) -> int:
@@ -83,9 +112,11 @@ def register(sub: Any) -> None:
     devices = p.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     d = command(devices, "register", help="register (or move to this user) a device token")
     d.add_argument("user_id")
-    d.add_argument("token")
-    d.add_argument("--platform", choices=["ios", "android"], required=True,
-                   help="ios: APNs (hex token); android: FCM (web push is not delivered yet)")
+    d.add_argument("token", nargs="?", help="the device token (not for --platform web)")
+    d.add_argument("--platform", choices=["ios", "android", "web"], required=True,
+                   help="ios: APNs (hex token); android: FCM; web: a browser's Push API subscription")
+    d.add_argument("--subscription", help="web: the browser's PushSubscription JSON {endpoint, keys: {p256dh, "
+                   "auth}}, or @file, or - for stdin")
     d.add_argument("--app", help="the app's id, if the user has several apps")
     d = command(devices, "unregister", help="forget a user's device token")
     d.add_argument("user_id")

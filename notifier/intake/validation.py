@@ -9,15 +9,22 @@ URL paths, SMTP headers) without a second check downstream.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import zoneinfo
 from datetime import datetime, time, timedelta, timezone
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from notifier.apps import known_app
@@ -230,9 +237,12 @@ _APNS_TOKEN = re.compile(rf"(?:[0-9a-fA-F]{{2}}){{{MIN_APNS_TOKEN_CHARS // 2},{M
 MAX_FCM_TOKEN_CHARS = 512
 _FCM_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_FCM_TOKEN_CHARS}}}")
 _FCM_FORBIDDEN = re.compile(r"[#/?%]")
-# Web Push is not delivered yet: a `web` device would only ever end its deliveries `failed`.
-Platform = Literal["ios", "android"]
-PLATFORMS: tuple[str, ...] = ("ios", "android")
+# Web Push: the token is the Push API subscription's endpoint, an https URL on the browser vendor's push
+# service (https://fcm.googleapis.com/fcm/send/…, https://updates.push.services.mozilla.com/wpush/v2/…,
+# https://web.push.apple.com/…), POSTed to as it is (RFC 8030 §5). It must fit the token column (512).
+MAX_WEB_PUSH_ENDPOINT_CHARS = 512
+Platform = Literal["ios", "android", "web"]
+PLATFORMS: tuple[str, ...] = ("ios", "android", "web")
 
 
 def any_token(value: str) -> str:
@@ -244,7 +254,9 @@ def any_token(value: str) -> str:
 
 
 def token_for(platform: str, value: str) -> str:
-    """Check a token against its platform's shape (APNs: hex; FCM: see any_token)."""
+    """Check a token against its platform's shape (APNs: hex; FCM: see any_token; web: an https endpoint)."""
+    if platform == "web":
+        return web_push_endpoint(value)
     any_token(value)
     if platform == "ios" and not _APNS_TOKEN.fullmatch(value):
         raise invalid(f"an APNs device token is {MIN_APNS_TOKEN_CHARS} to {MAX_APNS_TOKEN_CHARS} hex digits "
@@ -252,18 +264,95 @@ def token_for(platform: str, value: str) -> str:
     return value
 
 
-def _not_web(value: Any) -> Any:
-    if value == "web":
-        raise invalid("web push is not delivered yet: platform must be ios or android")
+def web_push_endpoint(value: str) -> str:
+    """Check a push subscription's endpoint: an absolute https URL of printable ASCII, no credentials or fragment.
+
+    It becomes the request line and the VAPID audience (its origin) of every push: a space or CR/LF
+    would split the request, a '#' is dropped by HTTP clients (the push would go elsewhere), and
+    user:password@ has no place in a push service's URL (RFC 8030 §5)."""
+    if not (value.isascii() and value.isprintable()) or " " in value or "#" in value:
+        raise invalid("a push endpoint is an https URL of printable ASCII without spaces or '#'")
+    if len(value) > MAX_WEB_PUSH_ENDPOINT_CHARS:
+        raise invalid(f"a push endpoint is at most {MAX_WEB_PUSH_ENDPOINT_CHARS} characters")
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise invalid("a push endpoint must be an https URL: it does not parse") from None
+    if url.scheme != "https" or not url.hostname:
+        raise invalid("a push endpoint must be an https URL with a host (RFC 8030 requires TLS)")
+    if url.username is not None or url.password is not None:
+        raise invalid("a push endpoint must not carry user:password@")
     return value
 
 
-PlatformName = Annotated[Platform, BeforeValidator(_not_web)]
+# RFC 8291 §3.2: p256dh is the browser's ECDH public key, a P-256 point in uncompressed form (65
+# octets, 0x04 || X || Y); auth is a 16-octet secret. Both come base64url-encoded (RFC 4648 §5),
+# without padding from PushSubscription.toJSON(); padding is tolerated and dropped.
+P256DH_BYTES = 65
+AUTH_SECRET_BYTES = 16
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
+def _base64url(value: str, size: int, what: str) -> str:
+    """Decode base64url, check the decoded length; return the unpadded text."""
+    if not _BASE64URL.fullmatch(value):
+        raise invalid(f"{what} must be base64url (A-Z a-z 0-9 - _)")
+    text = value.rstrip("=")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error):  # a length no base64 text has: cut short
+        raise invalid(f"{what} must be base64url of {size} bytes (RFC 8291)") from None
+    if len(raw) != size:
+        raise invalid(f"{what} must decode to {size} bytes (RFC 8291), not {len(raw)}")
+    return text
+
+
+def p256dh_key(value: str) -> str:
+    """Check keys.p256dh: base64url of an uncompressed P-256 point that lies on the curve."""
+    text = _base64url(value, P256DH_BYTES, "p256dh")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if raw[0] != 4:
+        raise invalid("p256dh must be an uncompressed P-256 point (its first byte 0x04)")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+    except ValueError:
+        raise invalid("p256dh is not a point on the P-256 curve") from None
+    return text
+
+
+def auth_secret(value: str) -> str:
+    """Check keys.auth: base64url of 16 bytes."""
+    return _base64url(value, AUTH_SECRET_BYTES, "auth")
+
+
+class WebPushKeys(BaseModel):
+    """The keys of a Push API subscription (PushSubscription.toJSON().keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p256dh: Annotated[str, Field(max_length=100), AfterValidator(p256dh_key)]
+    auth: Annotated[str, Field(max_length=32), AfterValidator(auth_secret)]
+
+
+class WebPushSubscription(BaseModel):
+    """A browser's Push API subscription, as PushSubscription.toJSON() gives it, and the app it is for."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    endpoint: Annotated[str, Field(min_length=1), AfterValidator(web_push_endpoint)]
+    keys: WebPushKeys
+    # The browser's own expiry of the subscription (ms since the epoch, usually null): not used to send.
+    expiration_time: int | None = Field(None, alias="expirationTime")
+    app: AppId | None = None
+
+
+PlatformName = Annotated[Platform, Field(description="ios (APNs), android (FCM) or web (Web Push)")]
 AnyToken = Annotated[str, AfterValidator(any_token)]
 
 
 class Device(BaseModel):
-    """A device registration, as register_device takes it."""
+    """A device registration, as register_device takes it (a browser: its endpoint as token, and keys)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -271,12 +360,24 @@ class Device(BaseModel):
     platform: PlatformName
     token: str
     app: RegisteredApp | None = None
+    # Validated even when left out (validate_default): a web device without keys is refused by name.
+    keys: WebPushKeys | None = Field(None, validate_default=True)
 
     @field_validator("token")
     @classmethod
     def _token_fits_platform(cls, v: str, info: ValidationInfo) -> str:
         platform = info.data.get("platform")
         return token_for(platform, v) if platform else any_token(v)
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_for_web_only(cls, v: WebPushKeys | None, info: ValidationInfo) -> WebPushKeys | None:
+        platform = info.data.get("platform")
+        if platform == "web" and v is None:
+            raise invalid("a web device needs its subscription's keys (p256dh and auth)")
+        if platform in ("ios", "android") and v is not None:
+            raise invalid("only a web device has subscription keys")
+        return v
 
 
 # ---- Preferences.

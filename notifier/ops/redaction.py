@@ -45,6 +45,10 @@ def redact_target(channel: str, target: str | None) -> str | None:
     if channel == "email" and "@" in target:
         local, _, domain = target.rpartition("@")
         return f"{local[:1]}{HIDDEN}@{domain}"
+    if target.startswith("https://"):
+        # A browser's push endpoint: its origin names the vendor's push service; the path is the secret.
+        origin, _, path = target[len("https://"):].partition("/")
+        return f"https://{origin}/{_tail(path)}"
     return _tail(target)
 
 

@@ -35,7 +35,7 @@ DEFAULT_CHANNELS: dict[str, tuple[str, ...]] = {
     "social": ("push",),
     "*": ("push",),
 }
-PUSH_PROVIDER_BY_PLATFORM = {"ios": "apns", "android": "fcm"}
+PUSH_PROVIDER_BY_PLATFORM = {"ios": "apns", "android": "fcm", "web": "webpush"}
 DEFAULT_PROVIDER_BY_CHANNEL = {"email": "sendgrid", "sms": "twilio"}
 NO_TARGET = "-"
 NO_CHANNEL = "-"  # a row about the whole event (duplicate, invalid), not one delivery

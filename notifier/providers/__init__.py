@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "sendgrid": "notifier.providers.sendgrid.adapter:SendgridProvider",
     "smtp": "notifier.providers.smtp:SmtpProvider",
     "twilio": "notifier.providers.twilio.adapter:TwilioProvider",
+    "webpush": "notifier.providers.webpush:WebPushProvider",
 }
 
 # (provider, app) -> adapter. Each app's adapter holds its own credentials: its own HTTP/2

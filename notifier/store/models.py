@@ -111,6 +111,9 @@ class DeviceToken(Base):
     app: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A browser's Push API subscription keys {"p256dh", "auth"} (base64url); its endpoint is `token`.
+    # Kept here only, never copied into notification_log: the webpush adapter reads them at send time.
+    web_push_keys: Mapped[dict | None] = mapped_column(JSON)
 
 
 class UserPreferences(Base):

@@ -37,6 +37,7 @@ PURPOSES = {
     "status": "every delivery",
     "sweep": "stuck",
     "templates": "notification templates",
+    "vapid": "VAPID key of Web Push",
     "worker": "Celery worker",
 }
 NESTED = {
@@ -46,6 +47,8 @@ NESTED = {
     ("devices", "register"): "register",
     ("devices", "unregister"): "forget",
     ("devices", "list"): "list a user's devices",
+    ("vapid", "generate"): "make a new P-256 key pair",
+    ("vapid", "show"): "print the public key",
     ("preferences", "get"): "print a user's preferences",
     ("preferences", "set"): "change some",
     ("templates", "list"): "params it needs",

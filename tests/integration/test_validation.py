@@ -64,7 +64,7 @@ def devices_of(user: str) -> list[str]:
         ("fcmtokén", "android"),
         ("x" * 513, "android"),
         ("", "android"),
-        (APNS, "web"),                           # not delivered yet
+        (APNS, "web"),                           # a browser's token is an https endpoint
         (APNS, "windows"),
     ],
 )

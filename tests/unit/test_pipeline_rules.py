@@ -53,15 +53,17 @@ def test_there_is_one_channel_enum():
 
 def test_the_plan_has_a_row_per_device_and_address_with_its_provider():
     recipient = Recipient("u-1", email="ada@example.com",
-                          devices=[Device("a" * 64, "ios"), Device("fcm-token", "android"), Device("w", "web")])
+                          devices=[Device("a" * 64, "ios"), Device("fcm-token", "android"),
+                                   Device("https://push.example/w", "web"), Device("x", "blackberry")])
     rows = plan(_event(channels=["push", "email"]), recipient)
     assert [(r["channel"], r["provider"], r["target"], r["status"]) for r in rows] == [
         ("push", "apns", "a" * 64, "queued"), ("push", "fcm", "fcm-token", "queued"),
+        ("push", "webpush", "https://push.example/w", "queued"),
         ("email", "sendgrid", "ada@example.com", "queued"),
     ]
     assert {r["idempotency_key"] for r in rows} == {
         idempotency_key("n-1", "push", "a" * 64), idempotency_key("n-1", "push", "fcm-token"),
-        idempotency_key("n-1", "email", "ada@example.com"),
+        idempotency_key("n-1", "push", "https://push.example/w"), idempotency_key("n-1", "email", "ada@example.com"),
     }
 
 
