@@ -37,7 +37,10 @@ def store(events: Sequence[NotificationEvent]) -> RouteResult:
     while True:
         try:
             with transaction(durable=True) as session:
-                return route(session, events, r)
+                result = route(session, events, r)
+            if r is not None:  # counted once committed; not while Redis is out (each try would wait for it)
+                result.tally.write(r, "intake counts")
+            return result
         except (psycopg2.extensions.TransactionRollbackError, sa_exc.DBAPIError) as exc:
             if not _is_deadlock(exc):
                 raise

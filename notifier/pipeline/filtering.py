@@ -8,6 +8,7 @@ import redis
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
+from notifier.ops import counters
 from notifier.store import delivery_log
 from notifier.intake.events import Priority
 from notifier.pipeline import rate_limits
@@ -57,11 +58,13 @@ def filter_deliveries(
     recipients = load_recipients(session, (row.user_id for row in rows), r)
     proceed: list[int] = []
     changes, candidates = [], []
+    tally = counters.Tally()
     for row in rows:
         recipient = recipients[row.user_id]
         reason = suppression_reason(row, recipient)
         if reason:
             changes.append({"_id": row.id, "status": Status.SUPPRESSED.value, "reason": reason})
+            tally.add(counters.SUPPRESSED, row.channel, counters.suppression_reason(reason))
             continue
         due, note = deferral(row, recipient, now)
         if due is not None:
@@ -79,10 +82,12 @@ def filter_deliveries(
                 changes.append({"_id": row.id, "reason": note})
         else:
             limit = rate_limits.limit_for(limits, row.channel, row.category)
+            tally.add(counters.RATE_LIMITED, row.channel)
             changes.append({
                 "_id": row.id, "status": Status.RATE_LIMITED.value,
                 "reason": f"over the limit of {limit.max_count} {row.channel} per {limit.window_s}s "
                           f"for category {limit.category!r}",
             })
     delivery_log.record_each(session, changes, only_from=[Status.QUEUED.value])
+    tally.write_after_commit(session, "suppressed and rate-limited counts")
     return proceed
