@@ -1,18 +1,13 @@
 #!/usr/bin/env bash
-# Install the command-line checkers the ops tests run (tests/integration/test_monitoring.py,
-# tests/integration/test_docker_compose.py), from Debian's packages:
-#   promtool         (package prometheus)      checks and unit-tests docker/prometheus/*.yml
-#   docker-compose   (package docker-compose)  validates docker/compose.yaml (`config`), where the
-#                                              `docker compose` plugin is not installed
-# Only the tools are wanted: the prometheus package's own daemon must not start, so service starts
+# Install the command-line checker the ops tests run (tests/integration/test_monitoring.py) from
+# Debian's packages: promtool (package prometheus) checks and unit-tests docker/prometheus/*.yml.
+# (docker/compose.yaml is checked by scripts/composecheck, Compose's own loader, built with Go.)
+# Only the tool is wanted: the prometheus package's own daemon must not start, so service starts
 # are refused while it installs (policy-rc.d, as in Docker images). Idempotent; `make test` runs it.
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
-if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
-    missing+=(docker-compose)
-fi
 ((${#missing[@]})) || exit 0
 [[ $(id -u) == 0 ]] || { echo "ops_tools.sh: run as root to install ${missing[*]}" >&2; exit 1; }
 
