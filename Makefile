@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-rabbitmq services services-stop services-status install bench clean flower chaos
+.PHONY: demo test test-rabbitmq services services-stop services-status install tools bench clean flower chaos
 
 # Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/integration/environment.py).
 TEST_ENV := . .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test
@@ -24,13 +24,17 @@ demo: $(STAMP)
 
 ## The whole suite against real Redis, PostgreSQL and Kafka, started here; then the pipeline
 ## modules again with RabbitMQ (quorum queues) as the Celery broker.
-test: $(STAMP) services
+test: $(STAMP) services tools
 	$(TEST_ENV) && $(PY) -m pytest $(PYTEST_ARGS)
 	$(TEST_ENV) && export NOTIFIER_BROKER_URL=$$NOTIFIER_RABBITMQ_URL && $(PY) -m pytest $(RABBITMQ_TESTS)
 
 ## Only the RabbitMQ pass.
 test-rabbitmq: $(STAMP) services
 	$(TEST_ENV) && export NOTIFIER_BROKER_URL=$$NOTIFIER_RABBITMQ_URL && $(PY) -m pytest $(RABBITMQ_TESTS) $(PYTEST_ARGS)
+
+## The checkers the ops tests run: promtool (the alert rules) and docker-compose (the compose file), from Debian.
+tools:
+	bash scripts/ops_tools.sh
 
 services: $(STAMP)
 	PYTHON=$(PY) bash scripts/services.sh start

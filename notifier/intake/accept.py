@@ -45,7 +45,10 @@ def _store(events: Sequence[NotificationEvent]) -> RouteResult:
     while True:
         try:
             with transaction(durable=True) as session:
-                return route(session, events, r, producer=producer)
+                result = route(session, events, r, producer=producer)
+            if r is not None:  # counted once committed; not while Redis is out (each try would wait for it)
+                result.tally.write(r, "intake counts")
+            return result
         except (psycopg2.extensions.TransactionRollbackError, sa_exc.DBAPIError) as exc:
             if not _is_deadlock(exc):
                 raise

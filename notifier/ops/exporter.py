@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from notifier.ops.counters import BATCH, BRIDGE_LAG, BUCKETS, CALLBACKS, DELIVERIES, EXPIRED, RETRIES, SEP, STUCK
+from notifier.ops.counters import BRIDGE_LAG, FAMILIES, SEP, STUCK, SUM, Family
 from notifier.queues import QUEUES
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,24 @@ def _split(field: bytes | str) -> list[str]:
     return (field.decode() if isinstance(field, bytes) else field).split(SEP)
 
 
+def version() -> str:
+    """The installed notifier package's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("notifier")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _build_info() -> GaugeMetricFamily:
+    import platform
+
+    family = GaugeMetricFamily("notifier_build_info", "Always 1; the labels say which notifier release (and "
+                               "Python) the exporter runs.", labels=["version", "python"])
+    family.add_metric([version(), platform.python_version()], 1)
+    return family
 
 
 def queue_depths(broker: redis.Redis, queues: Sequence[str], key_prefix: str = "",
@@ -45,48 +63,39 @@ def queue_depths(broker: redis.Redis, queues: Sequence[str], key_prefix: str = "
     return {queue: sum(sizes[i * len(steps):(i + 1) * len(steps)]) for i, queue in enumerate(queues)}
 
 
-def _redis_counters(r: redis.Redis) -> Iterator[Any]:
-    pipe = r.pipeline(transaction=False)
-    for key in (DELIVERIES, RETRIES, BATCH, BRIDGE_LAG, EXPIRED):
-        pipe.hgetall(key)
-    pipe.get(STUCK)
-    deliveries, retries, batch, lag, expired, stuck = pipe.execute()
-
-    family = CounterMetricFamily("notifier_deliveries", "Deliveries a provider call ended, by channel, provider "
-                                 "and status (sent or failed; retries are counted apart).",
-                                 labels=["channel", "provider", "status"])
-    for field, value in sorted(deliveries.items()):
-        family.add_metric(_split(field), int(value))
-    yield family
-
-    family = CounterMetricFamily("notifier_delivery_retries", "Deliveries scheduled for another attempt after a "
-                                 "transient provider failure (timeout, 5xx, 429, misconfiguration).",
-                                 labels=["channel", "provider"])
-    for field, value in sorted(retries.items()):
-        family.add_metric(_split(field), int(value))
-    yield family
-
-    family = HistogramMetricFamily("notifier_provider_batch_seconds", "Wall time of one provider call: a batch of "
-                                   "deliveries sent together (multiplexed on one HTTP/2 connection for push).",
-                                   labels=["provider"])
-    per_provider: dict[str, dict[str, float]] = {}
-    for field, value in batch.items():
-        provider, slot = _split(field)
-        per_provider.setdefault(provider, {})[slot] = float(value)
-    for provider, slots in sorted(per_provider.items()):
+def _render_family(family: Family, fields: dict) -> Any:
+    """A counter or histogram family from its Redis hash (fields: label values, plus bucket or sum)."""
+    if family.buckets is None:
+        metric: Any = CounterMetricFamily(family.name, family.help, labels=family.labels)
+        for field, value in sorted(fields.items()):
+            labels = _split(field)
+            if len(labels) == len(family.labels):  # a field written under other labels (an old release) is left out
+                metric.add_metric(labels, int(value))
+        return metric
+    metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)
+    series: dict[tuple[str, ...], dict[str, float]] = {}
+    for field, value in fields.items():
+        *labels, slot = _split(field)
+        if len(labels) == len(family.labels):
+            series.setdefault(tuple(labels), {})[slot] = float(value)
+    for labels, slots in sorted(series.items()):
         cumulative, buckets = 0, []
-        for i, bound in enumerate((*BUCKETS, float("inf"))):
+        for i, bound in enumerate((*family.buckets, float("inf"))):
             cumulative += int(slots.get(str(i), 0))
             buckets.append((floatToGoString(bound), cumulative))
-        family.add_metric([provider], buckets, slots.get("sum", 0.0))
-    yield family
+        metric.add_metric(list(labels), buckets, slots.get(SUM, 0.0))
+    return metric
 
-    family = CounterMetricFamily("notifier_expired_deliveries", "Deliveries that ended expired, not handed to "
-                                 "their provider before their expiry, by where they waited (queue, retry, "
-                                 "quiet_hours, send_at, scheduled).", labels=["waited"])
-    for field, value in sorted(expired.items()):
-        family.add_metric([field.decode() if isinstance(field, bytes) else field], int(value))
-    yield family
+
+def _redis_counters(r: redis.Redis) -> Iterator[Any]:
+    pipe = r.pipeline(transaction=False)
+    for family in FAMILIES:
+        pipe.hgetall(family.key)
+    pipe.hgetall(BRIDGE_LAG)
+    pipe.get(STUCK)
+    *hashes, lag, stuck = pipe.execute()
+    for family, fields in zip(FAMILIES, hashes):
+        yield _render_family(family, fields)
 
     yield CounterMetricFamily("notifier_sweeper_redriven", "Deliveries found stuck in queued or sending (a worker "
                               "died, a message was lost) and re-driven by the sweeper.", value=int(stuck or 0))
@@ -104,17 +113,6 @@ def _redis_counters(r: redis.Redis) -> Iterator[Any]:
         at_family.add_metric(labels, float(at))
     yield lag_family
     yield at_family
-    yield from _callback_counters(r)
-
-
-def _callback_counters(r: redis.Redis) -> Iterator[Any]:
-    family = CounterMetricFamily("notifier_callback_events", "Callback events to producers: sent (accepted by the "
-                                 "endpoint), failed (an attempt failed; retried) and given_up (not accepted within "
-                                 "the retry window).", labels=["outcome"])
-    counts = r.hgetall(CALLBACKS)
-    for outcome in ("sent", "failed", "given_up"):
-        family.add_metric([outcome], int(counts.get(outcome.encode(), 0)))
-    yield family
 
 
 def _broker_gauges(broker: redis.Redis, queues: Sequence[str], key_prefix: str,
@@ -200,6 +198,7 @@ class NotifierCollector(Collector):
             up.add_metric([name], 1)
             yield from families
         yield up
+        yield _build_info()
 
 
 _registry: CollectorRegistry | None = None

@@ -60,6 +60,7 @@ def filter_deliveries(
     recipients = load_recipients(session, (row.user_id for row in rows), r)
     proceed: list[int] = []
     changes, candidates = [], []
+    tally = counters.Tally()
     for row in rows:
         if expiry.is_expired(row.expires_at, now):  # it waited in the queue (a backlog) past its expiry
             changes.append({"_id": row.id, "status": Status.EXPIRED.value,
@@ -69,6 +70,7 @@ def filter_deliveries(
         reason = suppression_reason(row, recipient)
         if reason:
             changes.append({"_id": row.id, "status": Status.SUPPRESSED.value, "reason": reason})
+            tally.add(counters.SUPPRESSED, row.channel, counters.suppression_reason(reason))
             continue
         due, note = deferral(row, recipient, now)
         if due is not None:
@@ -88,6 +90,7 @@ def filter_deliveries(
                 changes.append({"_id": row.id, "reason": note})
         else:
             limit = rate_limits.limit_for(limits, row.channel, row.category)
+            tally.add(counters.RATE_LIMITED, row.channel)
             changes.append({
                 "_id": row.id, "status": Status.RATE_LIMITED.value,
                 "reason": f"over the limit of {limit.max_count} {row.channel} per {limit.window_s}s "
@@ -95,4 +98,5 @@ def filter_deliveries(
             })
     delivery_log.record_each(session, changes, only_from=[Status.QUEUED.value])
     counters.count_expired(r, ["queue"] * sum(c.get("status") == Status.EXPIRED.value for c in changes))
+    tally.write_after_commit(session, "suppressed and rate-limited counts")
     return proceed

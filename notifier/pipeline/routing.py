@@ -177,6 +177,7 @@ def plan(event: NotificationEvent, recipient: Recipient, mark: str | None = None
 class RouteResult:
     queued: dict[str, list[int]] = field(default_factory=lambda: {lane: [] for lane in LANES})  # lane -> ids
     duplicates: list[str] = field(default_factory=list)  # notification ids seen before
+    tally: counters.Tally = field(default_factory=counters.Tally)  # accepted, duplicate, suppressed: after commit
 
 
 CANCEL_PREFIX = "cancelled:"  # set by notifier.accounts.devices.cancel_notification
@@ -258,6 +259,12 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
     for key, id_ in inserted.items():
         if key in queued_keys:
             result.queued[lane_of_key[key]].append(id_)
+    for row in rows:
+        if row["idempotency_key"] in inserted:
+            if row["status"] == Status.QUEUED.value:
+                result.tally.add(counters.DELIVERIES_ACCEPTED, lane_of_key[row["idempotency_key"]], row["channel"])
+            else:
+                result.tally.add(counters.SUPPRESSED, row["channel"], counters.suppression_reason(row["reason"]))
     # An event whose rows all existed already was accepted before fingerprints were kept.
     repeats += [(event, REPEAT_REASON) for event, keys in keys_of_event if not any(k in inserted for k in keys)]
     duplicate_rows = []
@@ -265,6 +272,11 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
         # Every event we accept ends with a row: a repeat is recorded as `duplicate`.
         result.duplicates.append(event.notification_id)
         duplicate_rows.append(event_row(event, Status.DUPLICATE, reason) | {"producer": producer_of(event, producer)})
+        result.tally.add(counters.EVENTS_DUPLICATE, event.lane)
+    repeated = {id(event) for event, _ in repeats}
+    for event, _ in fresh:
+        if id(event) not in repeated:
+            result.tally.add(counters.EVENTS_ACCEPTED, event.lane)
     insert_ignoring_duplicates(session, duplicate_rows)
     if result.duplicates:
         conflicting = sum(reason == CONFLICT_REASON for _, reason in repeats)

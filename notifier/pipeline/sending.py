@@ -14,6 +14,7 @@ from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
 from notifier.apps import DEFAULT_APP
+from notifier.intake.events import Priority
 from notifier.pipeline import dedup, expiry, summary
 from notifier.store import delivery_log
 from notifier.ops import counters
@@ -258,6 +259,7 @@ def _record(
 ) -> None:
     now = datetime.now(timezone.utc)
     changes, opt_outs = [], []
+    tally = counters.Tally()
     for row, o, provider in results:
         attempts = row.attempts + 1
         change = {"_id": row.id, "attempts": attempts, "provider": provider}
@@ -296,6 +298,9 @@ def _record(
                 reason = f"recipient unsubscribed at the provider, {row.channel} turned off: {reason}"
                 opt_outs.append((row.user_id, row.channel))
             change |= {"status": Status.FAILED.value, "failed_at": now, "reason": reason, "last_error": o.reason}
+        counters.tally_send(tally, channel=row.channel, provider=provider, status=change["status"],
+                            lane=Priority.of(row.priority).lane, kind=o.kind.value, reason=o.reason,
+                            latency_s=_latency_s(row, now) if status is Status.SENT and attempts == 1 else None)
         for name in ("reason", "last_error"):
             # Transport errors quote URLs and addresses (https://…/3/device/<token>): none is stored.
             if change.get(name):
@@ -307,13 +312,22 @@ def _record(
     # Every answer is recorded: the attempt flags go, and so do the leases of what will be retried (a
     # retry claims afresh) or failed; an accepted delivery's key says `sent` and stays.
     dedup.release(r, [row.idempotency_key for row, _, _ in results], claim_id)
-    counters.record_sends(r, [(row.channel, c["provider"], c["status"]) for (row, _, _), c in zip(results, changes)], calls)
+    counters.record_sends(r, (), calls, tally)
     report.outcomes.extend((row.notification_id, summary.send_outcome(o.kind, c["status"]))
                            for (row, o, _), c in zip(results, changes))
     # The caller drops these users' cached records once the transaction has committed.
     report.changed_users = {user for user, _ in opt_outs} | {
         row.user_id for row, o, _ in results if o.kind is OutcomeKind.TOKEN_INVALID
     }
+
+
+def _latency_s(row: Row, now: datetime) -> float:
+    """Accepted (or due, when deferred by send_at or quiet hours) to sent, for the latency histogram."""
+    start = delivery_log.as_utc(row.created_at)
+    due = delivery_log.as_utc(row.scheduled_at)
+    if due is not None and due > start:
+        start = due
+    return (now - start).total_seconds()
 
 
 def _delete_token(session: Session, token: str, since: datetime | None) -> bool:

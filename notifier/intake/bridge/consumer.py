@@ -169,6 +169,7 @@ class Bridge(DeadLetters, Commits, Rebalances):
         self._producer: Producer | None = None
         self._next_stats_at = 0.0
         self._last_stats = ""
+        self._dead_letters_reported = 0  # of stats.dead_lettered, already added to the Redis counter
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -439,7 +440,9 @@ class Bridge(DeadLetters, Commits, Rebalances):
         if now < self._next_stats_at:
             return
         self._next_stats_at = now + self.stats_interval_s
-        counters.report_bridge_lag(self.group_id, self._consumer)
+        dead_letters, self._dead_letters_reported = (self.stats.dead_lettered - self._dead_letters_reported,
+                                                     self.stats.dead_lettered)
+        counters.report_bridge_lag(self.group_id, self._consumer, dead_letters)
         line = self.stats.line(self._ledger.pending_count())
         if line != self._last_stats:
             log.info("bridge: %s", line)

@@ -104,6 +104,7 @@ def apply_sendgrid_events(events: Iterable[Mapping[str, Any]], now: datetime | N
             report.ignored += not changed
         confirmed = _current_address_holders(session, opt_outs)
     after_commit(report, confirmed)
+    report.count("sendgrid")
     return report
 
 

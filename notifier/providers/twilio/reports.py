@@ -45,9 +45,11 @@ def apply_twilio_status(message_sid: str, status: str, error_code: str | None,
         if row is None:
             report.unknown += 1
             log.info("twilio status %r for unknown message %r ignored", status, message_sid)
+            report.count("twilio")
             return report
         detail = f"twilio {make_storable(status, 32)}" + (f": error {make_storable(error_code, 32)}" if error_code else "")
         changed = apply_effect(session, row, effect, detail, now, report)
     report.applied += changed
     report.ignored += not changed
+    report.count("twilio")
     return report

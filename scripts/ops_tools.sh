@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the command-line checker the ops tests run (tests/integration/test_monitoring.py) from
+# Debian's packages: promtool (package prometheus) checks and unit-tests docker/prometheus/*.yml.
+# (docker/compose.yaml is checked by scripts/composecheck, Compose's own loader, built with Go.)
+# Only the tool is wanted: the prometheus package's own daemon must not start, so service starts
+# are refused while it installs (policy-rc.d, as in Docker images). Idempotent; `make test` runs it.
+set -euo pipefail
+
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+((${#missing[@]})) || exit 0
+[[ $(id -u) == 0 ]] || { echo "ops_tools.sh: run as root to install ${missing[*]}" >&2; exit 1; }
+
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
+echo "ops_tools.sh: installing Debian packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+command -v promtool >/dev/null
