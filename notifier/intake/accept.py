@@ -36,10 +36,10 @@ def store(events: Sequence[NotificationEvent], producer: str | None = None) -> R
     if not events:
         return RouteResult()
     with stage_cpu.measure("route"):
-        return _store(events)
+        return _store(events, producer)
 
 
-def _store(events: Sequence[NotificationEvent]) -> RouteResult:
+def _store(events: Sequence[NotificationEvent], producer: str | None) -> RouteResult:
     r: redis.Redis | None = get_redis()
     deadlocks = 0
     while True:

@@ -89,12 +89,20 @@ def receiver():
     r.close()
 
 
-def _ios_user(unique, **prefs) -> tuple[str, str]:
+def _ios_user(unique, app: str | None = None, **prefs) -> tuple[str, str]:
     user, token = unique("user"), secrets.token_hex(32)
     if prefs:
         set_preferences(user, **prefs)
-    register_device(user, token, "ios")
+    register_device(user, token, "ios", app=app)
     return user, token
+
+
+# An event's app is one of the registry's (tests/integration/apps_setup.py): its devices get the push.
+APP = "courier"
+
+
+def _forget_app_endpoint(api) -> None:
+    requests.delete(f"{api.url}/v1/admin/callbacks/apps/{APP}", headers=api.auth(api.admin_key), timeout=10)
 
 
 def _event(nid: str, user: str, **extra) -> dict:
@@ -173,7 +181,7 @@ def test_terminal_statuses_and_webhook_reports_reach_the_key_s_endpoint_signed(w
 def test_an_endpoint_failing_for_a_while_gets_the_events_after_retries_batched(worker, sandbox, api, receiver,  # noqa: F811
                                                                                wait_until, unique):
     # Given an app's callback (for events sent with send_notification(s).delay and app=...)
-    app = f"shop-{secrets.token_hex(4)}"
+    app = APP
     answer = requests.put(f"{api.url}/v1/admin/callbacks/apps/{app}", json={"url": receiver.url},
                           headers=api.auth(api.admin_key), timeout=10)
     assert answer.status_code == 200, answer.text
@@ -183,7 +191,7 @@ def test_an_endpoint_failing_for_a_while_gets_the_events_after_retries_batched(w
 
     # When ten notifications of the app are sent at once
     nids = [unique("n") for _ in range(10)]
-    notifier.send_notifications.delay([_event(nid, _ios_user(unique)[0], app=app) for nid in nids])
+    notifier.send_notifications.delay([_event(nid, _ios_user(unique, app)[0], app=app) for nid in nids])
 
     # Then they are delivered while the endpoint fails: callbacks never hold up delivery
     wait_until(lambda: all(get_status(nid) and get_status(nid)[0]["status"] == "sent" for nid in nids),
@@ -204,6 +212,7 @@ def test_an_endpoint_failing_for_a_while_gets_the_events_after_retries_batched(w
     shown = requests.get(f"{api.url}/v1/admin/callbacks/apps/{app}", headers=api.auth(api.admin_key),
                          timeout=10).json()
     assert (shown["pending"], shown["given_up"]) == (0, 0)
+    _forget_app_endpoint(api)
 
 
 def test_an_endpoint_that_never_accepts_is_given_up_counted_and_visible_and_no_redirect_is_followed(
@@ -212,12 +221,12 @@ def test_an_endpoint_that_never_accepts_is_given_up_counted_and_visible_and_no_r
     elsewhere = Receiver()
     try:
         receiver.answer = (307, {"Location": elsewhere.url})
-        app = f"crm-{secrets.token_hex(4)}"
+        app = APP
         answer = requests.put(f"{api.url}/v1/admin/callbacks/apps/{app}", json={"url": receiver.url},
                               headers=api.auth(api.admin_key), timeout=10)
         receiver.secret = answer.json()["secret"]
         nid = unique("n")
-        notifier.send_notification.delay(_event(nid, _ios_user(unique)[0], app=app))
+        notifier.send_notification.delay(_event(nid, _ios_user(unique, app)[0], app=app))
 
         # Then after the retry window the event is given up: kept, counted, shown with the last error
         def given_up():
@@ -235,6 +244,7 @@ def test_an_endpoint_that_never_accepts_is_given_up_counted_and_visible_and_no_r
         assert 'notifier_callback_outbox_events{state="given_up"}' in metrics
     finally:
         elsewhere.close()
+        _forget_app_endpoint(api)
 
 
 @pytest.mark.parametrize("url", [

@@ -44,7 +44,7 @@ def _utc(value: datetime) -> datetime:
 
 
 def _expired_count(waited: str) -> int:
-    return int(get_redis().hget(counters.EXPIRED, waited) or 0)
+    return int(get_redis().hget(counters.EXPIRED.key, waited) or 0)
 
 
 def test_expires_while_scheduled_in_quiet_hours(worker, sandbox, wait_until, unique):

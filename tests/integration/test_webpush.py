@@ -220,11 +220,11 @@ def test_a_browser_registers_and_unregisters_through_the_api(api, sandbox, uniqu
     user, subscription = unique("user"), sandbox.web_push_subscription()
     url = f"{api.url}/v1/users/{user}/web-push-subscriptions"
 
-    assert requests.post(url, json=subscription | {"app": "shop-web"}, headers=api.auth(),
+    assert requests.post(url, json=subscription | {"app": "courier"}, headers=api.auth(),
                          timeout=10).status_code == 204
     stored = _stored(subscription["endpoint"])
     assert (stored.user_id, stored.platform, stored.app, stored.web_push_keys) == (
-        user, "web", "shop-web", subscription["keys"])
+        user, "web", "courier", subscription["keys"])
     # A device URL cannot carry an endpoint: PUT .../devices/{token} with platform web says where to go.
     put = requests.put(f"{api.url}/v1/users/{user}/devices/abc", json={"platform": "web"}, headers=api.auth(),
                        timeout=10)
