@@ -78,6 +78,8 @@ class Delivery(BaseModel):
     sent_at: datetime | None
     delivered_at: datetime | None
     failed_at: datetime | None
+    digest_members: list[str] | None = Field(
+        None, description="A digest's deliveries: the notification ids it summarises (docs/guarantees.md, Digests).")
 
 
 class NotificationStatus(BaseModel):

@@ -31,6 +31,8 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
                 "provider_message_id": r.provider_message_id, "created_at": r.created_at,
                 "scheduled_at": r.scheduled_at, "sent_at": r.sent_at, "delivered_at": r.delivered_at,
                 "failed_at": r.failed_at,
+                # A digest lists the notifications it summarises (each of theirs says "digested into <id>").
+                "digest_members": ((r.payload or {}).get("digest") or {}).get("members"),
             }
             for r in rows
         ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import redis
 from sqlalchemy import Row
@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from notifier.store import delivery_log
 from notifier.intake.events import Priority
-from notifier.pipeline import rate_limits
+from notifier.pipeline import digests, rate_limits
 from notifier.store.models import Status
 from notifier.pipeline.quiet_hours import quiet_hours_release
 from notifier.store.recipients import Recipient, load_recipients
@@ -19,7 +19,7 @@ from notifier.store.recipients import Recipient, load_recipients
 EARLY_TOLERANCE = timedelta(seconds=1)
 
 
-FILTER_COLUMNS = ("id", "user_id", "channel", "category", "priority", "scheduled_at")
+FILTER_COLUMNS = ("id", "user_id", "type", "channel", "category", "priority", "scheduled_at")
 
 
 def suppression_reason(row: Row, recipient: Recipient) -> str | None:
@@ -50,24 +50,30 @@ def deferral(row: Row, recipient: Recipient, now: datetime) -> tuple[datetime | 
 
 
 def filter_deliveries(
-    session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit]
+    session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit],
+    digest_windows: Mapping[str, float] | None = None,
 ) -> list[int]:
-    """Suppress what the user opted out of, defer what is not due, limit the rest; return what proceeds."""
+    """Suppress what the user opted out of, hold what a digest takes (digest_windows: category -> seconds),
+    defer what is not due, limit the rest; return what proceeds."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=FILTER_COLUMNS)
     recipients = load_recipients(session, (row.user_id for row in rows), r)
     proceed: list[int] = []
-    changes, candidates = [], []
+    changes, candidates, held = [], [], []
     for row in rows:
         recipient = recipients[row.user_id]
         reason = suppression_reason(row, recipient)
         if reason:
             changes.append({"_id": row.id, "status": Status.SUPPRESSED.value, "reason": reason})
             continue
+        if digest_windows and digests.holds(row, digest_windows, now):
+            held.append(row)  # before quiet hours and rate limits: those apply to the digest
+            continue
         due, note = deferral(row, recipient, now)
         if due is not None:
             changes.append({"_id": row.id, "status": Status.SCHEDULED.value, "scheduled_at": due, "reason": note})
             continue
         candidates.append((row, note))
+    digests.hold(session, held, digest_windows or {}, now)
     allowed = rate_limits.check(
         r, limits, [rate_limits.Request(row.user_id, row.channel, row.category, row.priority) for row, _ in candidates],
         now.timestamp(),

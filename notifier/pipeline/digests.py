@@ -1,0 +1,206 @@
+"""Digests: a user's non-urgent deliveries of one category on one channel, held in a window, sent as one.
+
+For categories configured so (NOTIFIER_DIGEST_CATEGORIES, e.g. social=1800), the filter stage
+holds a `normal` or `low` delivery in its (user, category, channel) window instead of letting it
+go: the delivery ends `suppressed`, reason "digested into <digest notification id>", and joins
+the window's members. `critical` and `high` never wait. The first member opens the window; it
+closes a fixed time later (a steady trickle cannot keep it open for ever).
+
+The window is durable, like a scheduled delivery: it is a `digest_windows` row, and the release
+beat closes the due ones (SKIP LOCKED, so two releases never close the same one). Closing
+renders the digest from its members, inserts the digest's deliveries `queued` under the
+notification id fixed when the window opened, and deletes the window, in one transaction: a
+re-run of the release, a redelivered task or a second beat finds no window and makes no second
+digest (and the idempotency key would refuse one anyway). The digest then goes through filter ->
+dedup -> send like any delivery, so quiet hours and rate limits apply to it, not to its members.
+
+A window of one member is sent as that member's own title, body and data, unchanged: the
+producer's words (and the data its app opens) beat a summary of one. It is still a digest row
+(its own notification id, listing its one member), so status reads the same either way.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Mapping, Sequence
+
+import redis
+from sqlalchemy import Row, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from notifier.intake.events import NotificationEvent, Priority
+from notifier.pipeline.digest_rendering import render_digest
+from notifier.pipeline.routing import plan
+from notifier.pipeline.scheduling import Ready
+from notifier.store import delivery_log
+from notifier.store.models import DigestMember, DigestWindow, Status
+from notifier.store.recipients import load_recipients
+
+log = logging.getLogger(__name__)
+
+WINDOWS = DigestWindow.__table__
+MEMBERS = DigestMember.__table__
+LOG = delivery_log.LOG
+
+DIGEST_TYPE = "digest"  # the type of a digest's own deliveries: never held again
+NOTIFICATION_PREFIX = "digest:"
+BATCH = 100  # windows closed per transaction
+# A release may run a moment early: a send_at this close is due (as in filtering.EARLY_TOLERANCE).
+EARLY_TOLERANCE = timedelta(seconds=1)
+
+
+def digested_reason(notification_id: str) -> str:
+    """The reason a held member's row carries."""
+    return f"digested into {notification_id}"
+
+
+def holds(row: Row, windows: Mapping[str, float], now: datetime) -> bool:
+    """Whether a delivery waits in a digest window rather than going on its own.
+
+    Policy: its category has a window configured; its priority may be digested (normal, low;
+    never critical or high); it is not a digest itself; and it is due (an event with send_at
+    waits for its time first, then joins the window open at that time). Preferences come
+    before this (an opted-out member is suppressed as such), quiet hours and rate limits after
+    it, on the digest.
+    """
+    if row.category not in windows or row.type == DIGEST_TYPE:
+        return False
+    if not Priority.of(row.priority).may_be_digested:
+        return False
+    due = delivery_log.as_utc(row.scheduled_at)
+    return due is None or due <= now + EARLY_TOLERANCE
+
+
+def hold(session: Session, rows: Sequence[Row], windows: Mapping[str, float], now: datetime) -> dict[int, str]:
+    """Put queued deliveries into their open windows (opening any that is missing); return id -> digest id.
+
+    Each window row is upserted, which locks it until this transaction ends: a release closing
+    it waits for the members being added (or, having closed it first, makes this insert open a
+    new window), so no member joins a window that has already been sent."""
+    by_window: dict[tuple[str, str, str], list[int]] = {}
+    for row in rows:
+        by_window.setdefault((row.user_id, row.category, row.channel), []).append(row.id)
+    held: dict[int, str] = {}
+    for key in sorted(by_window):  # one lock order, so two holds wait for each other instead of deadlocking
+        user_id, category, channel = key
+        window_id, notification_id = _open(session, user_id, category, channel, now, windows[category])
+        moved = delivery_log.set_status(session, by_window[key], Status.SUPPRESSED.value,
+                                        only_from=[Status.QUEUED.value], reason=digested_reason(notification_id))
+        if moved:
+            session.execute(_insert(session, MEMBERS).values([{"window_id": window_id, "delivery_id": id_}
+                                                              for id_ in moved]).on_conflict_do_nothing())
+        held.update((id_, notification_id) for id_ in moved)
+    return held
+
+
+def _insert(session: Session, table):
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def _open(session: Session, user_id: str, category: str, channel: str, now: datetime,
+          window_s: float) -> tuple[int, str]:
+    """The open window of (user, category, channel), opened now if there is none; locked."""
+    stmt = _insert(session, WINDOWS).values(
+        user_id=user_id, category=category, channel=channel,
+        notification_id=f"{NOTIFICATION_PREFIX}{category}:{uuid.uuid4().hex}",
+        opened_at=now, closes_at=now + timedelta(seconds=window_s),
+    )
+    # A no-op update of the existing window: it returns that window's row and locks it.
+    stmt = stmt.on_conflict_do_update(index_elements=["user_id", "category", "channel"],
+                                      set_={"closes_at": WINDOWS.c.closes_at})
+    window_id, notification_id = session.execute(stmt.returning(WINDOWS.c.id, WINDOWS.c.notification_id)).one()
+    return window_id, notification_id
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """What one close did: the digest deliveries to queue (after the commit), and how many windows closed."""
+
+    ready: list[Ready]
+    windows: int
+
+
+MEMBER_COLUMNS = ("id", "notification_id", "type", "priority", "payload", "created_at", "status", "reason")
+
+
+def close_due(session: Session, r: redis.Redis | None, now: datetime, limit: int = BATCH) -> Closed:
+    """Close up to `limit` windows due by `now`: each becomes its digest's deliveries, and is deleted."""
+    due = session.execute(
+        select(WINDOWS).where(WINDOWS.c.closes_at <= now).order_by(WINDOWS.c.closes_at).limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not due:
+        return Closed([], 0)
+    window_ids = [w.id for w in due]
+    member_ids: dict[int, list[int]] = {}
+    for window_id, delivery_id in session.execute(
+            select(MEMBERS.c.window_id, MEMBERS.c.delivery_id).where(MEMBERS.c.window_id.in_(window_ids))):
+        member_ids.setdefault(window_id, []).append(delivery_id)
+    rows = {row.id: row for row in delivery_log.load(
+        session, [i for ids in member_ids.values() for i in ids], columns=MEMBER_COLUMNS)}
+    recipients = load_recipients(session, {w.user_id for w in due}, r)
+    planned: list[dict] = []
+    lanes: dict[str, str] = {}
+    for window in due:
+        reason = digested_reason(window.notification_id)
+        # Only rows that still say they were digested into this window (a cancel may have got there first).
+        members = sorted((rows[i] for i in member_ids.get(window.id, ()) if i in rows
+                          and rows[i].status == Status.SUPPRESSED.value and rows[i].reason == reason),
+                         key=lambda row: (delivery_log.as_utc(row.created_at), row.id))
+        if not members:
+            continue
+        event, extra = digest_event(window, members)
+        for row in plan(event, recipients[window.user_id]):
+            row["payload"]["digest"] = extra
+            lanes[row["idempotency_key"]] = event.lane
+            planned.append(row)
+    inserted = delivery_log.insert_ignoring_duplicates(
+        session, sorted(planned, key=lambda row: row["idempotency_key"]))
+    queued = {row["idempotency_key"] for row in planned if row["status"] == Status.QUEUED.value}
+    session.execute(delete(MEMBERS).where(MEMBERS.c.window_id.in_(window_ids)))
+    session.execute(delete(WINDOWS).where(WINDOWS.c.id.in_(window_ids)))
+    ready = [Ready(id_, lanes[key], "filter", None) for id_, key in inserted if key in queued]
+    if len(inserted) < len(planned):
+        log.warning("digests: %d digest deliveries existed already (a window closed twice?); not made again",
+                    len(planned) - len(inserted))
+    return Closed(ready, len(due))
+
+
+def digest_event(window: Row, members: Sequence[Row]) -> tuple[NotificationEvent, dict[str, Any]]:
+    """The digest of a window's members as an event (its own notification id), and what its rows record."""
+    by_notification: dict[str, Row] = {}
+    for row in members:  # one member per event: an event sent to two devices is two rows, one member
+        by_notification.setdefault(row.notification_id, row)
+    distinct = list(by_notification.values())
+    priority = Priority.NORMAL if any(Priority.of(m.priority) is Priority.NORMAL for m in distinct) else Priority.LOW
+    extra: dict[str, Any] = {"members": list(by_notification), "opened_at": delivery_log.as_utc(
+        window.opened_at).isoformat()}
+    if len(distinct) == 1:
+        payload = distinct[0].payload or {}
+        title, body, data = payload.get("title") or "", payload.get("body") or "", payload.get("data") or {}
+        extra["template"] = "the member unchanged"
+    else:
+        rendered = render_digest(window.category, window.channel, [_member_view(m) for m in distinct])
+        title, body = rendered.title, rendered.body
+        data = {"digest": {"category": window.category, "count": len(distinct)}}
+        extra["template"] = rendered.template
+        if rendered.note:
+            extra["note"] = rendered.note
+        if rendered.html is not None:
+            extra["html"] = rendered.html
+    event = NotificationEvent(
+        notification_id=window.notification_id, user_id=window.user_id, type=DIGEST_TYPE,
+        category=window.category, priority=priority, channels=[window.channel], title=title, body=body, data=data,
+    )
+    return event, extra
+
+
+def _member_view(row: Row) -> dict[str, Any]:
+    """What a template sees of one member."""
+    payload = row.payload or {}
+    return {"notification_id": row.notification_id, "type": row.type, "title": payload.get("title") or "",
+            "body": payload.get("body") or "", "params": payload.get("data") or {},
+            "created_at": delivery_log.as_utc(row.created_at)}
