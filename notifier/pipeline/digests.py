@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from notifier.intake.events import NotificationEvent, Priority
 from notifier.pipeline.digest_rendering import render_digest
-from notifier.pipeline.routing import plan
+from notifier.pipeline.routing import CANCEL_PREFIX, plan
 from notifier.pipeline.scheduling import Ready
 from notifier.store import delivery_log
 from notifier.store.models import DigestMember, DigestWindow, Status
@@ -144,6 +144,11 @@ def close_due(session: Session, r: redis.Redis | None, now: datetime, limit: int
     recipients = load_recipients(session, {w.user_id for w in due}, r)
     planned: list[dict] = []
     lanes: dict[str, str] = {}
+    # A cancel of the digest's id (shown to the producer by its members' reasons) that came before the close.
+    cancelled = set()
+    if r is not None:
+        flags = r.mget([CANCEL_PREFIX + w.notification_id for w in due])
+        cancelled = {w.notification_id for w, flag in zip(due, flags) if flag}
     for window in due:
         reason = digested_reason(window.notification_id)
         # Only rows that still say they were digested into this window (a cancel may have got there first).
@@ -155,6 +160,8 @@ def close_due(session: Session, r: redis.Redis | None, now: datetime, limit: int
         event, extra = digest_event(window, members)
         for row in plan(event, recipients[window.user_id]):
             row["payload"]["digest"] = extra
+            if window.notification_id in cancelled:
+                row["status"], row["reason"] = Status.SUPPRESSED.value, "cancelled by producer"
             lanes[row["idempotency_key"]] = event.lane
             planned.append(row)
     inserted = delivery_log.insert_ignoring_duplicates(
