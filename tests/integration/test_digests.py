@@ -209,9 +209,10 @@ def test_the_window_survives_the_worker_killed_and_the_broker_emptied_inside_it(
                 r.delete(key)
 
             # Then a new worker and beat send the digest once, when the window closes
+            # (nothing is left that could close the window meanwhile: it is still open)
+            assert get_status(digest_id) == []
             second = devstack.start_worker(env, logs / "worker-2.log")
             beat = devstack.start_beat(env, logs / "beat-2.log", logs / "beat-2")
-            assert get_status(digest_id) == [], "the window closed before the restart: lengthen window_s"
             [row] = wait_until(lambda: _sent(digest_id), timeout_s=window_s + 40)
             assert row["status"] == "sent" and row["digest_members"] == nids
             time.sleep(2)
@@ -223,3 +224,74 @@ def test_the_window_survives_the_worker_killed_and_the_broker_emptied_inside_it(
             devstack.stop(second)
             devstack.stop(beat)
             devstack.stop(worker)
+
+
+def test_holds_and_closes_racing_lose_no_member_and_make_one_digest_per_window(database, clean_redis, unique):
+    # Given 200 accepted social events for one user, and windows of 50 ms, so that windows open and
+    # close all the time while members are being added
+    import threading
+
+    from sqlalchemy import select
+
+    from notifier.intake import accept as intake
+    from notifier.intake.events import parse_event
+    from notifier.pipeline.digests import close_due
+    from notifier.pipeline.filtering import filter_deliveries
+    from notifier.store.db import transaction
+    from notifier.store.delivery_log import utcnow
+    from notifier.store.models import NotificationLog
+    from notifier.store.redis_conn import get_redis
+
+    user, _token = _ios_user(unique)
+    events = [parse_event(_liked(unique, user, f"actor{i}")) for i in range(200)]
+    ids = intake.store(events).queued["low"]
+    assert len(ids) == 200
+    holding = True
+    errors: list[BaseException] = []
+
+    def hold(chunk_ids):
+        try:
+            for i in range(0, len(chunk_ids), 5):
+                with transaction() as session:
+                    assert filter_deliveries(session, get_redis(), chunk_ids[i:i + 5], utcnow(), (),
+                                             {"social": 0.05}) == []
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    def close():
+        try:
+            while holding:
+                with transaction() as session:
+                    close_due(session, get_redis(), utcnow())
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    # When four filter workers hold them (five at a time) while three releases close windows
+    holders = [threading.Thread(target=hold, args=(ids[k::4],)) for k in range(4)]
+    closers = [threading.Thread(target=close) for _ in range(3)]
+    for t in holders + closers:
+        t.start()
+    for t in holders:
+        t.join(120)
+    time.sleep(0.2)
+    holding = False
+    for t in closers:
+        t.join(60)
+    with transaction() as session:
+        close_due(session, get_redis(), utcnow())  # the windows opened last
+    assert not errors, errors
+
+    # Then every member names a digest, and that digest (one row: one device) lists it; none is in two
+    members = [_only(e.notification_id) for e in events]
+    assert all(m["status"] == "suppressed" and m["reason"].startswith("digested into ") for m in members)
+    digest_ids = {m["reason"].removeprefix("digested into ") for m in members}
+    with transaction() as session:
+        digests = session.execute(select(NotificationLog.notification_id, NotificationLog.payload).where(
+            NotificationLog.notification_id.in_(digest_ids))).all()
+    assert sorted(nid for nid, _ in digests) == sorted(digest_ids)  # exactly one row per digest
+    listed = [m for _, payload in digests for m in payload["digest"]["members"]]
+    assert sorted(listed) == sorted(e.notification_id for e in events)
+    for m in members:
+        [payload] = [p for nid, p in digests if nid == m["reason"].removeprefix("digested into ")]
+        assert m["notification_id"] in payload["digest"]["members"]
+    print(f"\n200 members held by 4 racing filters into {len(digest_ids)} digests closed by 3 racing releases")
