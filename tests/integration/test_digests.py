@@ -81,6 +81,13 @@ def _digested_into(nids: list[str]) -> str | None:
     return next(iter(reasons)).removeprefix("digested into ")
 
 
+def _gauge(name: str) -> float:
+    from notifier.ops import exporter
+
+    [line] = [line for line in exporter.render().decode().splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
 def _sent(nid: str):
     rows = get_status(nid)
     return rows if rows and all(r["status"] in TERMINAL for r in rows) else None
@@ -96,6 +103,7 @@ def test_five_social_events_become_one_push_with_the_summary(stack, sandbox, wai
     # Then every member ends `suppressed`, "digested into <one digest id>", and nothing is sent yet
     digest_id = wait_until(lambda: _digested_into(nids), timeout_s=20)
     assert sandbox.messages(target=token) == []
+    assert _gauge("notifier_digest_windows") >= 1  # the open window shows in the metrics
 
     # And once the window closes, exactly one push goes out, with the summary
     [row] = wait_until(lambda: _sent(digest_id), timeout_s=WINDOW_S + 30)
