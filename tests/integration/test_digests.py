@@ -118,6 +118,10 @@ def test_five_social_events_become_one_push_with_the_summary(stack, sandbox, wai
     assert push["payload"]["digest"] == {"category": "social", "count": 5}
     # The members were not counted against the rate limit (2 an hour): only the digest was
     assert all(_only(nid)["reason"] == f"digested into {digest_id}" for nid in nids)
+    member = _only(nids[0])
+    print(f"\nmember {nids[0]}: {member['status']}, {member['reason']!r}"
+          f"\ndigest {digest_id}: {row['status']}, members {row['digest_members']}"
+          f"\npush (sandbox record): {alert} data {push['payload']['digest']}")
 
 
 def test_a_critical_social_event_bypasses_the_window(stack, sandbox, wait_until, unique):
