@@ -77,42 +77,47 @@ def holds(row: Row, windows: Mapping[str, float], now: datetime) -> bool:
 def hold(session: Session, rows: Sequence[Row], windows: Mapping[str, float], now: datetime) -> dict[int, str]:
     """Put queued deliveries into their open windows (opening any that is missing); return id -> digest id.
 
-    Each window row is upserted, which locks it until this transaction ends: a release closing
-    it waits for the members being added (or, having closed it first, makes this insert open a
-    new window), so no member joins a window that has already been sent."""
-    by_window: dict[tuple[str, str, str], list[int]] = {}
-    for row in rows:
-        by_window.setdefault((row.user_id, row.category, row.channel), []).append(row.id)
-    held: dict[int, str] = {}
-    for key in sorted(by_window):  # one lock order, so two holds wait for each other instead of deadlocking
-        user_id, category, channel = key
-        window_id, notification_id = _open(session, user_id, category, channel, now, windows[category])
-        moved = delivery_log.set_status(session, by_window[key], Status.SUPPRESSED.value,
-                                        only_from=[Status.QUEUED.value], reason=digested_reason(notification_id))
-        if moved:
-            session.execute(_insert(session, MEMBERS).values([{"window_id": window_id, "delivery_id": id_}
-                                                              for id_ in moved]).on_conflict_do_nothing())
-        held.update((id_, notification_id) for id_ in moved)
-    return held
+    Three statements for the whole batch, however many windows: upsert the windows, move the
+    members to `suppressed`, add them to digest_members. The upsert locks each window row until
+    this transaction ends: a release closing it skips it until then (or, having closed it
+    first, makes the upsert open a new window), so no member joins a window already sent. A row
+    that was no longer `queued` (cancelled meanwhile) keeps its status; the close leaves out any
+    member whose row does not say "digested into" its digest.
+    """
+    if not rows:
+        return {}
+    keys = sorted({(row.user_id, row.category, row.channel) for row in rows})
+    opened = _open(session, keys, now, windows)
+    held = {row.id: opened[(row.user_id, row.category, row.channel)] for row in rows}
+    delivery_log.record_each(session, [
+        {"_id": id_, "status": Status.SUPPRESSED.value, "reason": digested_reason(notification_id)}
+        for id_, (_, notification_id) in held.items()
+    ], only_from=[Status.QUEUED.value])
+    session.execute(_insert(session, MEMBERS).values([
+        {"window_id": window_id, "delivery_id": id_} for id_, (window_id, _) in held.items()
+    ]).on_conflict_do_nothing())
+    return {id_: notification_id for id_, (_, notification_id) in held.items()}
 
 
 def _insert(session: Session, table):
     return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-def _open(session: Session, user_id: str, category: str, channel: str, now: datetime,
-          window_s: float) -> tuple[int, str]:
-    """The open window of (user, category, channel), opened now if there is none; locked."""
-    stmt = _insert(session, WINDOWS).values(
-        user_id=user_id, category=category, channel=channel,
-        notification_id=f"{NOTIFICATION_PREFIX}{category}:{uuid.uuid4().hex}",
-        opened_at=now, closes_at=now + timedelta(seconds=window_s),
-    )
-    # A no-op update of the existing window: it returns that window's row and locks it.
+def _open(session: Session, keys: Sequence[tuple[str, str, str]], now: datetime,
+          windows: Mapping[str, float]) -> dict[tuple[str, str, str], tuple[int, str]]:
+    """The open window of each (user, category, channel), opened now where there is none; locked."""
+    stmt = _insert(session, WINDOWS).values([
+        {"user_id": user_id, "category": category, "channel": channel,
+         "notification_id": f"{NOTIFICATION_PREFIX}{category}:{uuid.uuid4().hex}",
+         "opened_at": now, "closes_at": now + timedelta(seconds=windows[category])}
+        for user_id, category, channel in keys  # in key order: two holds lock alike and never deadlock
+    ])
+    # A no-op update of an existing window: it returns that window's row and locks it.
     stmt = stmt.on_conflict_do_update(index_elements=["user_id", "category", "channel"],
                                       set_={"closes_at": WINDOWS.c.closes_at})
-    window_id, notification_id = session.execute(stmt.returning(WINDOWS.c.id, WINDOWS.c.notification_id)).one()
-    return window_id, notification_id
+    returned = session.execute(stmt.returning(WINDOWS.c.user_id, WINDOWS.c.category, WINDOWS.c.channel,
+                                              WINDOWS.c.id, WINDOWS.c.notification_id))
+    return {(user_id, category, channel): (id_, nid) for user_id, category, channel, id_, nid in returned}
 
 
 @dataclass(frozen=True, slots=True)
