@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from notifier.intake.events import NotificationEvent, Priority
 from notifier.pipeline.digest_rendering import render_digest
-from notifier.pipeline.routing import CANCEL_PREFIX, plan
+from notifier.pipeline.routing import CANCEL_PREFIX, NO_TARGET, plan
 from notifier.pipeline.scheduling import Ready
 from notifier.store import delivery_log
 from notifier.store.models import DigestMember, DigestWindow, Status
@@ -189,8 +189,15 @@ def close_due(session: Session, r: redis.Redis | None, now: datetime, limit: int
                          key=lambda row: (delivery_log.as_utc(row.created_at), row.id))
         if not members:
             continue
-        event, extra = digest_event(window, members)
-        for row in plan(event, recipients[window.user_id]):
+        try:
+            event, extra = digest_event(window, members)
+            rows_of_window = plan(event, recipients[window.user_id])
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: the members' digest says so, the others go on
+            log.exception("digests: the digest %s could not be made", window.notification_id)
+            planned.append(_failed_row(window, members, f"digest could not be made: {type(exc).__name__} "
+                                                        "(see worker log)"))
+            continue
+        for row in rows_of_window:
             row["payload"]["digest"] = extra
             if window.notification_id in cancelled:
                 row["status"], row["reason"] = Status.SUPPRESSED.value, "cancelled by producer"
@@ -206,6 +213,20 @@ def close_due(session: Session, r: redis.Redis | None, now: datetime, limit: int
         log.warning("digests: %d digest deliveries existed already (a window closed twice?); not made again",
                     len(planned) - len(inserted))
     return Closed(ready, len(due))
+
+
+def _failed_row(window: Row, members: Sequence[Row], reason: str) -> dict[str, Any]:
+    """A `failed` row under the digest's id, so its members' "digested into" leads to why nothing was sent."""
+    now = delivery_log.utcnow()
+    # The same columns as routing.plan's rows: one multi-row insert takes both.
+    return {
+        "idempotency_key": f"{window.notification_id}:{window.channel}:failed",
+        "notification_id": window.notification_id, "user_id": window.user_id, "type": DIGEST_TYPE,
+        "category": window.category, "priority": Priority.NORMAL.value, "channel": window.channel,
+        "provider": None, "target": NO_TARGET, "status": Status.FAILED.value, "reason": reason,
+        "payload": {"digest": {"members": list(dict.fromkeys(m.notification_id for m in members))}},
+        "attempts": 0, "created_at": now, "updated_at": now, "scheduled_at": None,
+    }
 
 
 def digest_event(window: Row, members: Sequence[Row]) -> tuple[NotificationEvent, dict[str, Any]]:

@@ -93,6 +93,52 @@ def _sent(nid: str):
     return rows if rows and all(r["status"] in TERMINAL for r in rows) else None
 
 
+def test_the_window_survives_the_worker_killed_and_the_broker_emptied_inside_it(sandbox, database, wait_until, unique):
+    # Given a stack with a longer window, and three members held in it. (First in the module, before the
+    # module's stack starts: no other beat of this run could close the window while this one is dead.)
+    window_s = 12
+    logs = TEST_VAR / "logs" / "digests-restart"
+    with isolated_broker("digests-restart") as broker:
+        env = _env(broker, window_s)
+        worker = devstack.start_worker(env, logs / "worker-1.log", new_session=True)
+        beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
+        second = None
+        try:
+            user, token = _ios_user(unique)
+            events = [_liked(unique, user, actor) for actor in ACTORS[:3]]
+            produce(broker, send_notifications, events)
+            nids = [e["notification_id"] for e in events]
+            digest_id = wait_until(lambda: _digested_into(nids), timeout_s=20)
+
+            # When, inside the window, the worker is killed (parent and children), beat stops, and every
+            # broker key is lost (a Redis restart without data)
+            assert get_status(digest_id) == []
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+            killed_at = time.monotonic()
+            devstack.stop(beat)
+            r = broker_redis()
+            for key in r.scan_iter(match=broker + "*"):
+                r.delete(key)
+
+            # Then a new worker and beat send the digest once, when the window closes
+            # (nothing is left that could close the window meanwhile: it is still open)
+            assert get_status(digest_id) == []
+            second = devstack.start_worker(env, logs / "worker-2.log")
+            beat = devstack.start_beat(env, logs / "beat-2.log", logs / "beat-2")
+            [row] = wait_until(lambda: _sent(digest_id), timeout_s=window_s + 40)
+            assert row["status"] == "sent" and row["digest_members"] == nids
+            time.sleep(2)
+            [push] = sandbox.messages(target=token)
+            assert push["payload"]["aps"]["alert"]["title"] == "Anna and 2 others liked your post"
+            print(f"\ndigest sent {time.monotonic() - killed_at:.1f} s after the worker was killed "
+                  f"({window_s} s window)")
+        finally:
+            devstack.stop(second)
+            devstack.stop(beat)
+            devstack.stop(worker)
+
+
 def test_five_social_events_become_one_push_with_the_summary(stack, sandbox, wait_until, unique):
     # Given a user with one iPhone, and five "liked your post" events within the window
     user, token = _ios_user(unique)
@@ -193,54 +239,10 @@ def test_a_single_member_goes_out_as_it_came(stack, sandbox, wait_until, unique)
     assert push["payload"]["actor"] == "Anna" and push["payload"]["post"] == "p-1"
 
 
-def test_the_window_survives_the_worker_killed_and_the_broker_emptied_inside_it(sandbox, database, wait_until, unique):
-    # Given a stack with a longer window, and three members held in it
-    window_s = 12
-    logs = TEST_VAR / "logs" / "digests-restart"
-    with isolated_broker("digests-restart") as broker:
-        env = _env(broker, window_s)
-        worker = devstack.start_worker(env, logs / "worker-1.log", new_session=True)
-        beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
-        second = None
-        try:
-            user, token = _ios_user(unique)
-            events = [_liked(unique, user, actor) for actor in ACTORS[:3]]
-            produce(broker, send_notifications, events)
-            nids = [e["notification_id"] for e in events]
-            digest_id = wait_until(lambda: _digested_into(nids), timeout_s=20)
-
-            # When, inside the window, the worker is killed (parent and children), beat stops, and every
-            # broker key is lost (a Redis restart without data)
-            assert get_status(digest_id) == []
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
-            killed_at = time.monotonic()
-            devstack.stop(beat)
-            r = broker_redis()
-            for key in r.scan_iter(match=broker + "*"):
-                r.delete(key)
-
-            # Then a new worker and beat send the digest once, when the window closes
-            # (nothing is left that could close the window meanwhile: it is still open)
-            assert get_status(digest_id) == []
-            second = devstack.start_worker(env, logs / "worker-2.log")
-            beat = devstack.start_beat(env, logs / "beat-2.log", logs / "beat-2")
-            [row] = wait_until(lambda: _sent(digest_id), timeout_s=window_s + 40)
-            assert row["status"] == "sent" and row["digest_members"] == nids
-            time.sleep(2)
-            [push] = sandbox.messages(target=token)
-            assert push["payload"]["aps"]["alert"]["title"] == "Anna and 2 others liked your post"
-            print(f"\ndigest sent {time.monotonic() - killed_at:.1f} s after the worker was killed "
-                  f"({window_s} s window)")
-        finally:
-            devstack.stop(second)
-            devstack.stop(beat)
-            devstack.stop(worker)
-
-
 def test_holds_and_closes_racing_lose_no_member_and_make_one_digest_per_window(database, clean_redis, unique):
     # Given 200 accepted social events for one user, and windows of 50 ms, so that windows open and
-    # close all the time while members are being added
+    # close all the time while members are being added (the module's stack, when running, closes
+    # some too: one more racing release)
     import threading
 
     from sqlalchemy import select
@@ -307,3 +309,38 @@ def test_holds_and_closes_racing_lose_no_member_and_make_one_digest_per_window(d
         [payload] = [p for nid, p in digests if nid == m["reason"].removeprefix("digested into ")]
         assert m["notification_id"] in payload["digest"]["members"]
     print(f"\n200 members held by 4 racing filters into {len(digest_ids)} digests closed by 3 racing releases")
+
+
+def test_a_digest_that_cannot_be_made_ends_failed_and_the_other_windows_go_on(database, clean_redis, unique):
+    # Given two windows due, one of whose member rows a bug has left without a title
+    from sqlalchemy import update
+
+    from notifier.intake import accept as intake
+    from notifier.intake.events import parse_event
+    from notifier.pipeline.digests import close_due
+    from notifier.pipeline.filtering import filter_deliveries
+    from notifier.store.db import transaction
+    from notifier.store.delivery_log import LOG, utcnow
+    from notifier.store.redis_conn import get_redis
+
+    (broken_user, _), (fine_user, _) = _ios_user(unique), _ios_user(unique)
+    broken, fine = parse_event(_liked(unique, broken_user, "Anna")), parse_event(_liked(unique, fine_user, "Ben"))
+    ids = intake.store([broken, fine]).queued["low"]
+    with transaction() as session:
+        # An hour's window: only this test's close (two hours on) is due to close it, not the stack's beat.
+        filter_deliveries(session, get_redis(), ids, utcnow(), (), {"social": 3600})
+        session.execute(update(LOG).where(LOG.c.notification_id == broken.notification_id)
+                        .values(payload={"title": "", "body": "", "data": {}}))
+
+    # When the release closes them
+    with transaction() as session:
+        closed = close_due(session, get_redis(), utcnow() + timedelta(hours=2))
+
+    # Then the broken one's digest says `failed` and why, listing its member; the other is queued to send
+    assert closed.windows == 2 and len(closed.ready) == 1
+    broken_digest = _only(broken.notification_id)["reason"].removeprefix("digested into ")
+    [row] = get_status(broken_digest)
+    assert row["status"] == "failed" and row["reason"].startswith("digest could not be made: ValidationError")
+    assert row["digest_members"] == [broken.notification_id]
+    fine_digest = _only(fine.notification_id)["reason"].removeprefix("digested into ")
+    assert [r["status"] for r in get_status(fine_digest)] == ["queued"]
