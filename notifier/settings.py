@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         300, ge=60, description="Redis broker: a message handed to a worker that died comes back after this long.")
     max_redrives: int = Field(5, ge=1, description="Sweeper re-drives of one delivery before it ends failed.")
     sent_marker_ttl_s: int = Field(86400, description="How long a delivered key stays marked sent in Redis.")
+    digest_categories: str = Field(
+        "", description="Categories whose normal/low events for one user are held and sent as one digest per "
+        "channel: category=window seconds, comma-separated, e.g. social=1800. Empty = no digests.")
+    digest_template_dir: Path | None = Field(
+        None, description="Digest templates (<category>.<channel>.j2); unset = templates/digests in the repository.")
 
     # The HTTP API (`notifier api`) and the provider webhooks it receives.
     api_public_url: str = Field(
@@ -203,6 +208,16 @@ class Settings(BaseSettings):
                 pass  # not written yet: the webhook answers 503 until it is
         return self
 
+    @field_validator("digest_categories")
+    @classmethod
+    def _digest_categories_format(cls, v: str) -> str:
+        _parse_digest_categories(v)
+        return v
+
+    def digest_windows(self) -> dict[str, float]:
+        """Digest category -> window length in seconds."""
+        return _parse_digest_categories(self.digest_categories)
+
     @property
     def twilio_callback_url(self) -> str:
         """The StatusCallback every SMS carries ("" = none)."""
@@ -222,6 +237,21 @@ class Settings(BaseSettings):
     @property
     def sandbox_control_url(self) -> str:
         return f"http://{self.sandbox_host}:{self.sandbox_control_port}"
+
+
+def _parse_digest_categories(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, seconds = (x.strip() for x in item.partition("="))
+        try:
+            window = float(seconds) if sep and name else 0.0
+        except ValueError:
+            window = 0.0
+        if not 0 < window <= 7 * 86400:
+            raise ValueError(f"expected category=seconds (a window of up to 7 days), comma-separated, "
+                             f"e.g. social=1800; got {item!r}")
+        out[name] = window
+    return out
 
 
 @lru_cache(maxsize=1)

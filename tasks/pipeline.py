@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from notifier.queues import QUEUES, queue_for
 from notifier.ops import counters, exporter
-from notifier.pipeline import broker_epoch
+from notifier.pipeline import broker_epoch, digests
 from notifier.intake import accept as intake
 from notifier.store.db import transaction
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
@@ -166,7 +166,7 @@ def filter_stage(ids: list[int], lane: str) -> None:
     """Apply preferences and schedules; pass on what may be sent now."""
     limits = parse_limits(get_settings().rate_limits)
     with transaction() as session:
-        proceed = filter_deliveries(session, get_redis(), ids, utcnow(), limits)
+        proceed = filter_deliveries(session, get_redis(), ids, utcnow(), limits, get_settings().digest_windows())
     if proceed:
         dedup_stage.apply_async((proceed, lane), queue=queue_for("pipeline", lane))
 
@@ -235,7 +235,19 @@ def release_due_task() -> int:
         _enqueue(ready)
         released += len(ready)
         if len(ready) < BATCH:
-            return released
+            return released + close_digest_windows()
+
+
+def close_digest_windows() -> int:
+    """Close the digest windows that are due: each becomes its digest's deliveries, queued after the commit."""
+    closed = 0
+    while True:
+        with transaction() as session:
+            done = digests.close_due(session, get_redis(), utcnow())
+        _enqueue(done.ready)
+        closed += done.windows
+        if done.windows < digests.BATCH:
+            return closed
 
 
 @app.task(base=NotifierTask, name="notifier.sweep")

@@ -89,6 +89,8 @@ class Delivery(BaseModel):
     replayed_at: datetime | None = None
     replayed_by: str | None = None
     replay_reason: str | None = None
+    digest_members: list[str] | None = Field(
+        None, description="A digest's deliveries: the notification ids it summarises (docs/guarantees.md, Digests).")
 
 
 class NotificationStatus(BaseModel):

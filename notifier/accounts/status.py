@@ -35,6 +35,8 @@ def get_status(notification_id: str) -> list[dict[str, Any]]:
                 "expires_at": r.expires_at, "app": r.app,
                 "replays": r.replays, "replayed_at": r.replayed_at, "replayed_by": r.replayed_by,
                 "replay_reason": r.replay_reason,
+                # A digest lists the notifications it summarises (each of theirs says "digested into <id>").
+                "digest_members": ((r.payload or {}).get("digest") or {}).get("members"),
             }
             for r in rows
         ]

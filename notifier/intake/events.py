@@ -45,6 +45,11 @@ class Priority(str, enum.Enum):
         """Critical events (security alerts) go out despite quiet hours and per-user rate limits."""
         return self is Priority.CRITICAL
 
+    @property
+    def may_be_digested(self) -> bool:
+        """Only non-urgent events (normal, low) may wait in a digest window; critical and high never do."""
+        return self in (Priority.NORMAL, Priority.LOW)
+
 
 class Channel(str, enum.Enum):
     """The ways we reach a person; each has its own send queues and providers."""

@@ -146,7 +146,24 @@ def _scheduled_gauges(now: float) -> Iterator[Any]:
                             "send_at, retry backoff).", value=backlog)
     yield GaugeMetricFamily("notifier_scheduled_due_deliveries", "Scheduled deliveries already due and not yet "
                             "released; grows when beat or the scheduler worker is down.", value=due)
+    yield from _digest_gauges(due_before)
     yield from _callback_outbox_gauge()
+
+
+def _digest_gauges(due_before) -> Iterator[Any]:
+    from sqlalchemy import case, func, select
+
+    from notifier.store.db import get_engine
+    from notifier.store.models import DigestWindow
+
+    windows = DigestWindow.__table__
+    with get_engine().connect() as conn:
+        open_, overdue = conn.execute(select(func.count(), func.count(case((windows.c.closes_at <= due_before, 1))))
+                                      .select_from(windows)).one()
+    yield GaugeMetricFamily("notifier_digest_windows", "Digest windows open (members held for a digest).",
+                            value=open_)
+    yield GaugeMetricFamily("notifier_digest_windows_due", "Digest windows past their close and not yet sent as "
+                            "a digest; grows when beat or the scheduler worker is down.", value=overdue)
 
 
 def _callback_outbox_gauge() -> Iterator[Any]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import redis
 from sqlalchemy import Row
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from notifier.ops import counters
 from notifier.store import delivery_log
 from notifier.intake.events import Priority
-from notifier.pipeline import expiry, rate_limits
+from notifier.pipeline import digests, expiry, rate_limits
 from notifier.store.models import Status
 from notifier.pipeline.quiet_hours import quiet_hours_release
 from notifier.store.recipients import Recipient, load_recipients
@@ -21,7 +21,7 @@ EARLY_TOLERANCE = timedelta(seconds=1)
 
 
 # notification_id: the filter task's result names the notifications it handled (store.task_context).
-FILTER_COLUMNS = ("id", "notification_id", "user_id", "channel", "category", "priority", "scheduled_at",
+FILTER_COLUMNS = ("id", "notification_id", "user_id", "type", "channel", "category", "priority", "scheduled_at",
                   "expires_at")
 
 
@@ -53,13 +53,15 @@ def deferral(row: Row, recipient: Recipient, now: datetime) -> tuple[datetime | 
 
 
 def filter_deliveries(
-    session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit]
+    session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit],
+    digest_windows: Mapping[str, float] | None = None,
 ) -> list[int]:
-    """Suppress what the user opted out of, defer what is not due, limit the rest; return what proceeds."""
+    """Suppress what the user opted out of, hold what a digest takes (digest_windows: category -> seconds),
+    defer what is not due, limit the rest; return what proceeds."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=FILTER_COLUMNS)
     recipients = load_recipients(session, (row.user_id for row in rows), r)
     proceed: list[int] = []
-    changes, candidates = [], []
+    changes, candidates, held = [], [], []
     tally = counters.Tally()
     for row in rows:
         if expiry.is_expired(row.expires_at, now):  # it waited in the queue (a backlog) past its expiry
@@ -72,6 +74,9 @@ def filter_deliveries(
             changes.append({"_id": row.id, "status": Status.SUPPRESSED.value, "reason": reason})
             tally.add(counters.SUPPRESSED, row.channel, counters.suppression_reason(reason))
             continue
+        if digest_windows and digests.holds(row, digest_windows, now):
+            held.append(row)  # before quiet hours and rate limits: those apply to the digest
+            continue
         due, note = deferral(row, recipient, now)
         if due is not None:
             # Due no later than the expiry: the release ends it `expired` then, saying where it waited.
@@ -79,6 +84,7 @@ def filter_deliveries(
                             "scheduled_at": expiry.cap(due, row.expires_at), "reason": note})
             continue
         candidates.append((row, note))
+    digests.hold(session, held, digest_windows or {}, now)
     allowed = rate_limits.check(
         r, limits, [rate_limits.Request(row.user_id, row.channel, row.category, row.priority) for row, _ in candidates],
         now.timestamp(),

@@ -9,11 +9,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     String,
     Text,
     Time,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -207,3 +209,38 @@ class CallbackOutbox(Base):
         Index("ux_callback_outbox_event", "delivery_id", "status", "replays", unique=True),
         Index("ix_callback_outbox_due", "given_up_at", "next_attempt_at"),
     )
+
+
+class DigestWindow(Base):
+    """An open digest window: a user's held deliveries of one category on one channel, until closes_at.
+
+    At most one per (user, category, channel) (the unique key is what makes opening one race-free);
+    the release beat closes it into the digest delivery and deletes it in the same transaction."""
+
+    __tablename__ = "digest_windows"
+    # SQLite would reuse a deleted window's rowid; AUTOINCREMENT never does (ids only ever grow).
+    __table_args__ = (
+        UniqueConstraint("user_id", "category", "channel", name="uq_digest_windows_user_category_channel"),
+        Index("ix_digest_windows_closes_at", "closes_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    category: Mapped[str] = mapped_column(String(64), nullable=False)
+    channel: Mapped[str] = mapped_column(String(16), nullable=False)
+    # The digest's own notification id, fixed when the window opens: members name it at once, and a
+    # re-run of the release can never make a second digest under another id.
+    notification_id: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    closes_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class DigestMember(Base):
+    """A delivery held in a digest window (its row says `suppressed`, "digested into <id>")."""
+
+    __tablename__ = "digest_members"
+
+    window_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("digest_windows.id", ondelete="CASCADE"), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
