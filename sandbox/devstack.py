@@ -138,14 +138,14 @@ def wait_for_port(host: str, port: int, timeout_s: float = 30.0, proc: subproces
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
 
 
-def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """Start `python -m sandbox` and wait until its control, APNs and FCM ports answer."""
+def sandbox_env(env: dict[str, str]) -> dict[str, str]:
+    """NOTIFIER_SANDBOX_* variables that make the sandbox accept what the notifier configured by `env`
+    sends: its key, certificate, credentials and tokens (the Twilio auth token above all)."""
     from notifier.settings import Settings
 
-    # The sandbox trusts the key and serves the certificate that the senders are configured with.
     settings = Settings(**{k[len("NOTIFIER_"):].lower(): v for k, v in env.items() if k.startswith("NOTIFIER_")
                            and k[len("NOTIFIER_"):].lower() in Settings.model_fields})
-    env = env | {
+    sandbox = {
         "NOTIFIER_SANDBOX_CERT_PATH": settings.apns_ca_file,
         "NOTIFIER_SANDBOX_APNS_KEY_PATH": str(settings.apns_key_path),
         "NOTIFIER_SANDBOX_APNS_KEY_ID": settings.apns_key_id,
@@ -164,10 +164,17 @@ def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         "NOTIFIER_SANDBOX_SMTP_PASSWORD": settings.smtp_password,
     }
     if settings.twilio_messaging_service_sid:
-        env["NOTIFIER_SANDBOX_TWILIO_MESSAGING_SERVICE_SID"] = settings.twilio_messaging_service_sid
+        sandbox["NOTIFIER_SANDBOX_TWILIO_MESSAGING_SERVICE_SID"] = settings.twilio_messaging_service_sid
     if settings.api_public_url:
-        env["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"] = (
+        sandbox["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"] = (
             settings.api_public_url.rstrip("/") + "/v1/webhooks/sendgrid")
+    return sandbox
+
+
+def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start `python -m sandbox` and wait until its control, APNs and FCM ports answer."""
+    # The sandbox trusts the key and serves the certificate that the senders are configured with.
+    env = env | sandbox_env(env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox"],

@@ -23,6 +23,7 @@ PURPOSES = {
     "bridge": "Kafka",
     "cancel": "cancel",
     "demo": "notifications",
+    "dev": "local loop",
     "devices": "device tokens",
     "flower": "Flower",
     "keys": "API keys",
