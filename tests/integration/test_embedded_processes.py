@@ -1,7 +1,7 @@
-"""On the embedded default, a `notifier` command that starts the embedded Redis server stops it when it
-exits: after its work, on SIGTERM and on Ctrl-C (issue 14: metrics --once, cancel, send and a worker
-stopped with SIGTERM each left a redis-server behind). A command that only joined a server another
-command started leaves it running for its owner.
+"""On the embedded default, the last `notifier` command using the embedded Redis server stops it when
+it exits: after its work, on SIGTERM and on Ctrl-C (issue 14: metrics --once, cancel, send and a worker
+stopped with SIGTERM each left a redis-server behind). One that leaves while another still uses the
+server (whichever started it) leaves it running.
 """
 from __future__ import annotations
 
@@ -100,13 +100,21 @@ def test_beat_and_metrics_stopped_by_a_signal_stop_their_server(var_dir):
     assert redis_servers_in(var_dir) == []
 
 
-def test_a_command_that_joined_a_running_server_leaves_it_to_its_owner(var_dir):
-    worker = _start(var_dir, "worker", "-c", "1")
+def test_the_server_stays_while_another_command_uses_it_and_goes_with_the_last(var_dir):
+    beat = _start(var_dir, "beat")  # starts the server
+    worker = None
     try:
-        _wait_for_log(worker, var_dir / "worker.log", " ready.")
+        _wait_for_log(beat, var_dir / "beat.log", "beat: Starting")
         [server] = redis_servers_in(var_dir)
-        assert notifier("send", EVENT, var_dir=var_dir).returncode == 0
+        worker = _start(var_dir, "worker", "-c", "1")  # joins it
+        _wait_for_log(worker, var_dir / "worker.log", " ready.")
+        assert notifier("send", EVENT, var_dir=var_dir).returncode == 0  # joins and leaves
+        assert _stop(beat, signal.SIGTERM) == 0  # the one that started it leaves first
         assert redis_servers_in(var_dir) == [server]  # the worker still has its broker
+        assert notifier("cancel", "n1", var_dir=var_dir).returncode == 0
     finally:
-        assert _stop(worker, signal.SIGTERM) == 0
+        for proc in (beat, worker):
+            if proc is not None and proc.poll() is None:
+                _stop(proc, signal.SIGTERM)
+    assert worker.returncode == 0
     assert redis_servers_in(var_dir) == []
