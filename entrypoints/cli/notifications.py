@@ -72,9 +72,22 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from notifier.accounts.status import get_status
+    import time
 
-    print(json.dumps(get_status(args.notification_id), default=str, indent=2))
+    from notifier.accounts.status import get_status
+    from notifier.store.models import TERMINAL
+
+    ended = {status.value for status in TERMINAL}
+    deadline = time.monotonic() + (args.wait or 0)
+    while True:
+        deliveries = get_status(args.notification_id)
+        done = bool(deliveries) and all(d["status"] in ended for d in deliveries)
+        if done or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    print(json.dumps(deliveries, default=str, indent=2))
+    if args.wait and not done:
+        raise CliError(f"not every delivery ended within {args.wait:g} s")
     return 0
 
 
@@ -115,6 +128,9 @@ def register(sub: Any) -> None:
 
     p = command(sub, "status", help="show every delivery of a notification")
     p.add_argument("notification_id", help="the producer's notification_id")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="first wait up to this long for every delivery to end (sent, failed, suppressed …); "
+                   "exit 1 if one has not")
     p.set_defaults(func=_status)
 
     p = command(sub, "cancel", help="cancel what is not yet sent of a notification")
