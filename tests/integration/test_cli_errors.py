@@ -57,6 +57,11 @@ BAD_INPUT = [
     (["preferences", "set", "u1", "--timezone", "Mars/Olympus"], 2, ["timezone"]),
     (["preferences", "set", "u1"], 2, ["at least one"]),
     (["status"], 2, ["notification_id"]),
+    (["status", "n1", "--wait", "soon"], 2, ["--wait", "soon"]),
+    (["cancel"], 2, ["notification_id"]),
+    (["demo", "--bogus"], 2, ["unrecognized", "--bogus"]),
+    (["keys", "revoke", "nosuchprefix"], 1, ["no live key", "nosuchprefix"]),
+    (["devices", "unregister", "u1", "abc"], 1, ["no such device"]),
 ]
 
 
