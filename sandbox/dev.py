@@ -78,7 +78,11 @@ def _start(argv: list[str], env: dict[str, str], log_path: Path, port: int) -> s
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", *argv], env=env, cwd=devstack.ROOT,
                             stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
-    devstack.wait_for_port("127.0.0.1", port, timeout_s=60, proc=proc)
+    try:
+        devstack.wait_for_port("127.0.0.1", port, timeout_s=60, proc=proc)
+    except BaseException:
+        devstack.stop(proc)
+        raise
     return proc
 
 
@@ -118,13 +122,19 @@ def run(*, api_port: int = 8000, flower_port: int = 5555, free_ports: bool = Fal
         ensure_dev_keys(settings.apns_key_path.parent)
         info, key = api_keys.create_key("notifier dev", "admin")
         key_prefix = info.prefix
-        children.append(("sandbox", devstack.start_sandbox(env, logs / "sandbox.log")))
-        children.append(("worker", devstack.start_worker(env, logs / "worker.log", concurrency=concurrency,
-                                                         name="dev", timeout_s=120)))
-        children.append(("beat", devstack.start_beat(env, logs / "beat.log", settings.var_dir.resolve() / "dev")))
-        children.append(("api", _start(["api", "--port", str(api_port)], env, logs / "api.log", api_port)))
-        children.append(("flower", _start(["flower", "--port", str(flower_port)], env, logs / "flower.log",
-                                          flower_port)))
+        starters = {
+            "sandbox": lambda: devstack.start_sandbox(env, logs / "sandbox.log"),
+            "worker": lambda: devstack.start_worker(env, logs / "worker.log", concurrency=concurrency, name="dev",
+                                                    timeout_s=120),
+            "beat": lambda: devstack.start_beat(env, logs / "beat.log", settings.var_dir.resolve() / "dev"),
+            "api": lambda: _start(["api", "--port", str(api_port)], env, logs / "api.log", api_port),
+            "flower": lambda: _start(["flower", "--port", str(flower_port)], env, logs / "flower.log", flower_port),
+        }
+        for name, start in starters.items():
+            try:
+                children.append((name, start()))
+            except (RuntimeError, TimeoutError) as exc:  # it exited, or never became ready
+                raise DevError(f"{name} did not start ({str(exc).splitlines()[0]}); see {logs / (name + '.log')}")
         env_file = settings.var_dir / "dev.env"
         _write_env_file(env_file, env)
         user, _, password = env["NOTIFIER_FLOWER_BASIC_AUTH"].split(",")[0].partition(":")

@@ -168,7 +168,7 @@ def sandbox_env(env: dict[str, str]) -> dict[str, str]:
     if settings.api_public_url:
         sandbox["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"] = (
             settings.api_public_url.rstrip("/") + "/v1/webhooks/sendgrid")
-    return sandbox
+    return {key: value for key, value in sandbox.items() if value}  # empty: the sandbox's own default
 
 
 def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -181,11 +181,15 @@ def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )
     host = env.get("NOTIFIER_SANDBOX_HOST", "127.0.0.1")
-    for key, default in (("NOTIFIER_SANDBOX_CONTROL_PORT", 8790), ("NOTIFIER_SANDBOX_APNS_PORT", 8791),
-                         ("NOTIFIER_SANDBOX_FCM_TOKEN_PORT", 8793), ("NOTIFIER_SANDBOX_FCM_PORT", 8792),
-                         ("NOTIFIER_SANDBOX_SENDGRID_PORT", 8794), ("NOTIFIER_SANDBOX_TWILIO_PORT", 8795),
-                         ("NOTIFIER_SANDBOX_SMTP_PORT", 8796)):
-        wait_for_port(host, int(env.get(key, default)), proc=proc)
+    try:
+        for key, default in (("NOTIFIER_SANDBOX_CONTROL_PORT", 8790), ("NOTIFIER_SANDBOX_APNS_PORT", 8791),
+                             ("NOTIFIER_SANDBOX_FCM_TOKEN_PORT", 8793), ("NOTIFIER_SANDBOX_FCM_PORT", 8792),
+                             ("NOTIFIER_SANDBOX_SENDGRID_PORT", 8794), ("NOTIFIER_SANDBOX_TWILIO_PORT", 8795),
+                             ("NOTIFIER_SANDBOX_SMTP_PORT", 8796)):
+            wait_for_port(host, int(env.get(key, default)), proc=proc)
+    except BaseException:
+        stop(proc)  # never left running by a caller that did not get it
+        raise
     return proc
 
 
@@ -218,7 +222,11 @@ def start_worker(
         ],
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=new_session,
     )
-    wait_for_ready(proc, log_path, timeout_s)
+    try:
+        wait_for_ready(proc, log_path, timeout_s)
+    except BaseException:  # also Ctrl-C while waiting: never left running by a caller that did not get it
+        stop(proc)
+        raise
     return proc
 
 
@@ -232,11 +240,14 @@ def start_beat(env: dict[str, str], log_path: Path, schedule_dir: Path) -> subpr
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30
-    while b"beat: Starting" not in log_path.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError(f"beat did not start; log:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.1)
+    try:
+        while b"beat: Starting" not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"beat did not start; log:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+    except BaseException:
+        stop(proc)
+        raise
     return proc
 
 

@@ -11,7 +11,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from entrypoints.cli import admin, development, notifications, processes, users
-from entrypoints.cli.common import HelpFormatter, Parser
+from entrypoints.cli.common import Parser
 from entrypoints.cli.errors import describe, one_line
 
 GROUPS = (admin, development, processes, notifications, users)
@@ -25,7 +25,7 @@ def _version() -> str:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="notifier", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser = Parser(prog="notifier", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"notifier {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure instead of one line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -69,7 +69,8 @@ def _database(exc: BaseException) -> tuple[str, int] | None:
         return None
     if isinstance(exc, sa.ArgumentError):  # a URL SQLAlchemy cannot read, or a driver not installed
         return f"NOTIFIER_DATABASE_URL: {exc}", RUNTIME
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # The driver's own message (exc.orig), without the SQL statement SQLAlchemy appends.
+    detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
     # SQLite says "no such table"; PostgreSQL 'relation "x" does not exist' (or a missing column after an upgrade).
     if isinstance(exc, (sa.OperationalError, sa.ProgrammingError)) and any(
         words in detail for words in ("no such table", "no such column", "does not exist")

@@ -123,7 +123,8 @@ def register(sub: Any) -> None:
     p = command(sub, "worker", help="run a Celery worker on some queues (default: all)",
                 description="Run a Celery worker on some queues (default: all). Any other option goes to "
                 "Celery's worker unchanged (see `celery worker --help`), e.g. -n high1@%h, "
-                "--max-tasks-per-child 1000, --autoscale 8,2.")
+                "--max-tasks-per-child 1000, --autoscale 8,2.",
+                allow_abbrev=False)  # --pid… must reach Celery, not be read as an abbreviation of ours
     p.add_argument("-Q", "--queues", help="comma-separated queues, e.g. push.high,pipeline.high (default: all)")
     p.add_argument("-c", "--concurrency", type=int, default=2, help="worker processes (prefork pool)")
     p.add_argument("-P", "--pool", choices=["prefork", "solo"], default="prefork",
@@ -156,7 +157,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_api)
 
     p = command(sub, "beat", help="run Celery beat: release due scheduled deliveries and sweep stuck ones on "
-                 "schedule (run exactly one per deployment)")
+                 "schedule (run exactly one per deployment)", allow_abbrev=False)
     p.add_argument("-s", "--schedule", help="beat's state file (default: <NOTIFIER_VAR_DIR>/celerybeat-schedule)")
     p.add_argument("-l", "--loglevel", default="INFO", help="log level")
     p.set_defaults(func=_beat, passes_extra=True)
