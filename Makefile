@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-rabbitmq services services-stop services-status install tools bench clean flower chaos
+.PHONY: demo dev test test-rabbitmq services services-stop services-status install tools bench clean flower chaos
 
 # Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/integration/environment.py).
 TEST_ENV := . .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test
@@ -21,6 +21,11 @@ install: $(STAMP)
 ## Run a handful of notifications through real workers on the embedded setup.
 demo: $(STAMP)
 	$(VENV)/bin/notifier demo
+
+## The local loop on the embedded setup: sandbox, worker, beat, API and Flower until Ctrl-C
+## (prints the URLs and an API key); e.g. DEV_ARGS=--free-ports when the default ports are taken.
+dev: $(STAMP)
+	$(VENV)/bin/notifier dev $(DEV_ARGS)
 
 ## The whole suite against real Redis, PostgreSQL and Kafka, started here; then the pipeline
 ## modules again with RabbitMQ (quorum queues) as the Celery broker.

@@ -13,10 +13,11 @@ from notifier.ops import redaction
 from sandbox.app import SandboxConfig, run
 
 
-def parse_args(argv: list[str] | None = None) -> SandboxConfig:
+def parse_args(argv: list[str] | None = None, *, prog: str = "python -m sandbox", description: str | None = None,
+               parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> SandboxConfig:
     """Build the sandbox config from the environment and the command line."""
     d = SandboxConfig()
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.splitlines()[0])
+    parser = parser_class(prog=prog, description=description or __doc__.splitlines()[0])
     option = parser.add_argument
     option("--host", help=f"address the provider servers listen on (default {d.host})")
     option("--control-host", help=f"address of the control API (default {d.control_host}); beyond loopback it "
@@ -64,17 +65,17 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
            "(default https://<host>:<port>)")
     option("--vapid-key-path", help=f"VAPID key (EC P-256 PEM) minted subscriptions are bound to, made if absent "
            f"(default {d.vapid_key_path})")
-    option("--log-level", default="INFO", help="logging level (default INFO)")
+    option("--log-level", default="INFO", help="logging level")
     args = vars(parser.parse_args(argv))
     redaction.basic_config(args.pop("log_level"))
     return SandboxConfig.from_env(**args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, **parser_options: object) -> int:
     try:
-        config = parse_args(argv)
+        config = parse_args(argv, **parser_options)
     except ValueError as exc:
-        print(f"notifier sandbox: {exc}", file=sys.stderr)
+        print(f"notifier sandbox: error: {exc}", file=sys.stderr)
         return 2
     run(config)
     return 0

@@ -139,14 +139,14 @@ def wait_for_port(host: str, port: int, timeout_s: float = 30.0, proc: subproces
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
 
 
-def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """Start `python -m sandbox` and wait until its control, APNs and FCM ports answer."""
+def sandbox_env(env: dict[str, str]) -> dict[str, str]:
+    """NOTIFIER_SANDBOX_* variables that make the sandbox accept what the notifier configured by `env`
+    sends: its key, certificate, credentials and tokens (the Twilio auth token above all)."""
     from notifier.settings import Settings
 
-    # The sandbox trusts the key and serves the certificate that the senders are configured with.
     settings = Settings(**{k[len("NOTIFIER_"):].lower(): v for k, v in env.items() if k.startswith("NOTIFIER_")
                            and k[len("NOTIFIER_"):].lower() in Settings.model_fields})
-    env = env | {
+    sandbox = {
         "NOTIFIER_SANDBOX_CERT_PATH": settings.apns_ca_file,
         "NOTIFIER_SANDBOX_APNS_KEY_PATH": str(settings.apns_key_path),
         "NOTIFIER_SANDBOX_APNS_KEY_ID": settings.apns_key_id,
@@ -167,21 +167,32 @@ def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         "NOTIFIER_SANDBOX_VAPID_KEY_PATH": str(settings.vapid_private_key_file),
     }
     if settings.twilio_messaging_service_sid:
-        env["NOTIFIER_SANDBOX_TWILIO_MESSAGING_SERVICE_SID"] = settings.twilio_messaging_service_sid
+        sandbox["NOTIFIER_SANDBOX_TWILIO_MESSAGING_SERVICE_SID"] = settings.twilio_messaging_service_sid
     if settings.api_public_url:
-        env["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"] = (
+        sandbox["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"] = (
             settings.api_public_url.rstrip("/") + "/v1/webhooks/sendgrid")
+    return {key: value for key, value in sandbox.items() if value}  # empty: the sandbox's own default
+
+
+def start_sandbox(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start `python -m sandbox` and wait until its control, APNs and FCM ports answer."""
+    # The sandbox trusts the key and serves the certificate that the senders are configured with.
+    env = env | sandbox_env(env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox"],
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )
     host = env.get("NOTIFIER_SANDBOX_HOST", "127.0.0.1")
-    for key, default in (("NOTIFIER_SANDBOX_CONTROL_PORT", 8790), ("NOTIFIER_SANDBOX_APNS_PORT", 8791),
-                         ("NOTIFIER_SANDBOX_FCM_TOKEN_PORT", 8793), ("NOTIFIER_SANDBOX_FCM_PORT", 8792),
-                         ("NOTIFIER_SANDBOX_SENDGRID_PORT", 8794), ("NOTIFIER_SANDBOX_TWILIO_PORT", 8795),
-                         ("NOTIFIER_SANDBOX_SMTP_PORT", 8796), ("NOTIFIER_SANDBOX_WEBPUSH_PORT", 8797)):
-        wait_for_port(host, int(env.get(key, default)), proc=proc)
+    try:
+        for key, default in (("NOTIFIER_SANDBOX_CONTROL_PORT", 8790), ("NOTIFIER_SANDBOX_APNS_PORT", 8791),
+                             ("NOTIFIER_SANDBOX_FCM_TOKEN_PORT", 8793), ("NOTIFIER_SANDBOX_FCM_PORT", 8792),
+                             ("NOTIFIER_SANDBOX_SENDGRID_PORT", 8794), ("NOTIFIER_SANDBOX_TWILIO_PORT", 8795),
+                             ("NOTIFIER_SANDBOX_SMTP_PORT", 8796), ("NOTIFIER_SANDBOX_WEBPUSH_PORT", 8797)):
+            wait_for_port(host, int(env.get(key, default)), proc=proc)
+    except BaseException:
+        stop(proc)  # never left running by a caller that did not get it
+        raise
     return proc
 
 
@@ -214,7 +225,11 @@ def start_worker(
         ],
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=new_session,
     )
-    wait_for_ready(proc, log_path, timeout_s)
+    try:
+        wait_for_ready(proc, log_path, timeout_s)
+    except BaseException:  # also Ctrl-C while waiting: never left running by a caller that did not get it
+        stop(proc)
+        raise
     return proc
 
 
@@ -228,11 +243,14 @@ def start_beat(env: dict[str, str], log_path: Path, schedule_dir: Path) -> subpr
         env=env, cwd=ROOT, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30
-    while b"beat: Starting" not in log_path.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError(f"beat did not start; log:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.1)
+    try:
+        while b"beat: Starting" not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"beat did not start; log:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+    except BaseException:
+        stop(proc)
+        raise
     return proc
 
 

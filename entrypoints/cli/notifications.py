@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from entrypoints.cli.common import command, refused
+from entrypoints.cli.errors import CliError
 
 
 def _json_argument(text: str) -> Any:
@@ -43,11 +44,8 @@ def _publish(args: argparse.Namespace) -> int:
 
     try:
         if args.file:
-            if args.file == "-":
-                lines = sys.stdin.read().splitlines()
-            else:
-                with open(args.file) as f:
-                    lines = f.read().splitlines()
+            with args.file:
+                lines = args.file.read().splitlines()
             events = [_json_argument(line) for line in lines if line.strip()]
         elif args.event:
             events = [_json_argument(args.event if args.event != "-" else sys.stdin.read())]
@@ -74,9 +72,22 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from notifier.accounts.status import get_status
+    import time
 
-    print(json.dumps(get_status(args.notification_id), default=str, indent=2))
+    from notifier.accounts.status import get_status
+    from notifier.store.models import TERMINAL
+
+    ended = {status.value for status in TERMINAL}
+    deadline = time.monotonic() + (args.wait or 0)
+    while True:
+        deliveries = get_status(args.notification_id)
+        done = bool(deliveries) and all(d["status"] in ended for d in deliveries)
+        if done or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    print(json.dumps(deliveries, default=str, indent=2))
+    if args.wait and not done:
+        raise CliError(f"not every delivery ended within {args.wait:g} s")
     return 0
 
 
@@ -98,8 +109,7 @@ def _sweep(args: argparse.Namespace) -> int:
     older_than = settings.stuck_after_s if args.older_than is None else args.older_than
     if older_than <= settings.lease_ttl_s:
         # A younger `sending` row may still be in a live worker's hands: its lease has not expired.
-        print(f"notifier sweep: --older-than must exceed the lease ({settings.lease_ttl_s} s)", file=sys.stderr)
-        return 2
+        raise CliError(f"--older-than must exceed the lease ({settings.lease_ttl_s} s)", usage=True)
     print(f"re-drove {sweep(older_than)} deliveries stuck in queued/sending over {older_than:g} s")
     return 0
 
@@ -107,27 +117,30 @@ def _sweep(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add this group's subcommands."""
     p = command(sub, "send", help="validate and queue one event (JSON argument, or - for stdin)")
-    p.add_argument("event")
+    p.add_argument("event", help="the event as JSON (fields: see README, \"The event\"), or - to read it from stdin")
     p.set_defaults(func=_send)
 
     p = command(sub, "publish", help="validate events and publish them to Kafka (JSON argument, - for stdin)")
     p.add_argument("event", nargs="?", help="one event as JSON, or - to read it from stdin")
-    p.add_argument("--file", help="events as JSON lines (- for stdin)")
+    p.add_argument("--file", type=argparse.FileType("r"), help="events as JSON lines (- for stdin)")
     p.add_argument("--topic", help="topic to publish to (default: by priority, notifications.high or .low)")
     p.set_defaults(func=_publish)
 
     p = command(sub, "status", help="show every delivery of a notification")
-    p.add_argument("notification_id")
+    p.add_argument("notification_id", help="the producer's notification_id")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="first wait up to this long for every delivery to end (sent, failed, suppressed …); "
+                   "exit 1 if one has not")
     p.set_defaults(func=_status)
 
     p = command(sub, "cancel", help="cancel what is not yet sent of a notification")
-    p.add_argument("notification_id")
+    p.add_argument("notification_id", help="the producer's notification_id")
     p.set_defaults(func=_cancel)
 
     p = command(sub, "sweep", help="run the sweeper once: re-drive deliveries stuck in queued/sending and print "
                  "them (or `sweep release`: release due scheduled deliveries once)")
     p.add_argument("action", nargs="?", choices=["stuck", "release"], default="stuck",
-                   help="stuck (default): re-drive stuck deliveries; release: queue scheduled deliveries now due")
+                   help="stuck: re-drive stuck deliveries; release: queue scheduled deliveries now due")
     p.add_argument("--older-than", type=float, metavar="SECONDS",
                    help="re-drive what is untouched this long (default NOTIFIER_STUCK_AFTER_S; above the lease TTL)")
     p.set_defaults(func=_sweep)

