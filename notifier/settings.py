@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     sandbox_fcm_port: int = Field(8792, description="Sandbox FCM v1 API (HTTP/2, TLS) port.")
     sandbox_fcm_token_port: int = Field(8793, description="Sandbox OAuth2 token endpoint (HTTPS) port.")
 
-    templates_dir: Path = Field(Path("templates"), description="Where the templates are: <type>/<channel>.<locale>.toml.")
+    # The repository's (the image's /app/templates): a command run from another directory finds them too.
+    templates_dir: Path = Field(Path(__file__).resolve().parent.parent / "templates",
+                                description="Where the templates are: <type>/<channel>.<locale>.toml.")
     templates_default_locale: str = Field("en", description="The locale every template has; the end of each fallback chain.")
     sms_max_segments: int = Field(
         10, ge=1, description="Most SMS segments (160/153 GSM-7 or 70/67 UCS-2 characters) a rendered SMS may take.")

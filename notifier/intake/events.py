@@ -89,10 +89,17 @@ class NotificationEvent(BaseModel):
     locale: LocaleTag | None = Field(None, description="Render in this locale (BCP 47) rather than the user's.")
     params: JsonData | None = Field(None, validate_default=True, description="The values the template names.")
 
+    # Both a template and a title/body: refused before the fields (the template's checks would only confuse).
     @model_validator(mode="before")
     @classmethod
-    def _title_and_body_or_template(cls, raw: Any) -> Any:
-        return templated.content_given(raw)
+    def _not_both(cls, raw: Any) -> Any:
+        return templated.not_both(raw)
+
+    # The rest after the fields: an event missing its notification_id, user_id, … is told about those first.
+    @model_validator(mode="after")
+    def _title_and_body_or_template(self) -> "NotificationEvent":
+        templated.content_given({name: getattr(self, name) for name in templated.CONTENT_FIELDS})
+        return self
 
     @field_validator("template")
     @classmethod

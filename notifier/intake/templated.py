@@ -15,11 +15,19 @@ from notifier.intake.validation import invalid
 from notifier.settings import get_settings
 
 
-def content_given(raw: Any) -> Any:
+CONTENT_FIELDS = ("title", "body", "template", "params", "locale")
+
+
+def not_both(raw: Any) -> Any:
+    """Refuse a template given together with a title or body."""
+    if isinstance(raw, dict) and raw.get("template") is not None:
+        content_given({name: raw.get(name) for name in CONTENT_FIELDS})
+    return raw
+
+
+def content_given(raw: dict[str, Any]) -> dict[str, Any]:
     """Require title and body, or a template (not both); params and locale only with a template."""
-    if not isinstance(raw, dict):
-        return raw
-    has = {name for name in ("title", "body", "template", "params", "locale") if raw.get(name) is not None}
+    has = {name for name in CONTENT_FIELDS if raw.get(name) is not None}
     if "template" in has:
         if has & {"title", "body"}:
             raise invalid(f"give either template and params, or title and body; not both "

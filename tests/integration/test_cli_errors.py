@@ -27,7 +27,7 @@ BEFORE_MIGRATE = [
 BAD_INPUT = [
     (["nosuch"], 2, ["invalid choice", "nosuch"]),
     (["send", "not json"], 2, ["not JSON"]),
-    (["send", "{}"], 2, ["notification_id", "user_id", "title"]),
+    (["send", "{}"], 2, ["notification_id", "user_id", "type", "category"]),
     (["send", '{"notification_id": "n1", "user_id": "u1", "type": "t", "category": "c", "title": "x", '
               '"body": "y", "channels": ["pigeon"]}'], 2, ["channels"]),
     (["publish", "not json"], 2, ["not JSON"]),

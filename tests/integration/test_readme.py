@@ -4,7 +4,9 @@ temporary directory, with the project's venv on PATH, as a reader would paste th
 0 and leave no process behind.
 
 What is not run as written, and why:
-- a block whose first line says `# needs docker`: this machine has no Docker daemon;
+- a block whose first line says `# needs docker`: this machine has no Docker daemon; one that says
+  `# needs an apps file`: it names an app the reader configured (docs/apps.md; tests/integration/
+  test_apps.py runs that path). No other reason is accepted (test_only_known_blocks_are_not_run);
 - `make <target>` lines are checked with `make -n` (the target exists and what it runs): `make demo`
   runs `notifier demo`, which tests/integration/test_demo.py runs; `make test` is the whole suite;
   `make dev` runs `notifier dev`, which is run here;
@@ -31,7 +33,8 @@ from tests.integration.embedded import BIN, ROOT, kill_redis_servers_in, redis_s
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = [(m.group(1), m.group(2)) for m in re.finditer(r"^```(sh|bash|python)\n(.*?)^```", README, re.M | re.S)]
-SHELL = [body for lang, body in BLOCKS if lang in ("sh", "bash") and not body.startswith("# needs docker")]
+NOT_RUN = ("# needs docker", "# needs an apps file")
+SHELL = [body for lang, body in BLOCKS if lang in ("sh", "bash") and not body.startswith(NOT_RUN)]
 WHILE_DEV = "# while notifier dev runs"
 
 
@@ -145,10 +148,15 @@ def test_notifier_dev_and_the_block_run_against_it(tmp_path):
 
 
 def test_the_python_example_runs_after_migrate(tmp_path):
-    examples = [body for lang, body in BLOCKS if lang == "python"]
+    examples = [body for lang, body in BLOCKS if lang == "python" and not body.startswith(NOT_RUN)]
     assert _bash("notifier migrate", tmp_path, _env()).returncode == 0
     for example in examples:
         result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=_env(), capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 0, f"{example}\n{result.stderr[-3000:]}"
     _assert_nothing_left(tmp_path / "var")
+
+
+def test_only_known_blocks_are_not_run():
+    skipped = [body.splitlines()[0] for _, body in BLOCKS if body.startswith("# needs")]
+    assert skipped and all(line.startswith(NOT_RUN) for line in skipped), skipped
