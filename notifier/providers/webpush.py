@@ -34,6 +34,7 @@ from pywebpush import WebPusher
 from sqlalchemy import select
 
 from notifier.intake.events import Priority
+from notifier.providers.expiry import remaining_ttl_s
 from notifier.providers.base import (
     Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
 )
@@ -119,13 +120,10 @@ def origin_of(endpoint: str) -> str:
 
 
 def ttl_s(d: Delivery, now: datetime, default_s: int) -> int:
-    """Seconds the push service may keep the message for an offline browser (the TTL header).
-
-    The hook for expiry (issue 15 §3): a delivery that carries an expiry is kept no longer than
-    until then; without one, the configured default."""
-    if d.expires_at is None:
-        return default_s
-    return max(0, int((d.expires_at - now).total_seconds()))
+    """Seconds the push service may keep the message for an offline browser (the TTL header):
+    until the delivery's expiry (docs/expiry.md), or the configured default when it has none."""
+    left = remaining_ttl_s(d, now)
+    return default_s if left is None else left
 
 
 def urgency(priority: str) -> str:

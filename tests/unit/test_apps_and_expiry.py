@@ -96,7 +96,7 @@ def test_no_apps_file_is_the_one_app_setup():
     ({"expires_at": "2020-01-01T00:00:00Z"}, "is in the past"),
     ({"expires_at": "2030-01-01T00:00:00"}, "timezone offset"),
     ({"expires_at": (datetime.now(timezone.utc) + timedelta(days=40)).isoformat()}, "next 28 days"),
-    ({"ttl_s": 60, "expires_at": (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()}, "not both"),
+    ({"ttl_s": 60, "expires_at": (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()}, "not both"),
     ({"ttl_s": 60, "send_at": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}, "before send_at"),
     ({"app": "nope"}, "unknown app 'nope'"),
 ])
