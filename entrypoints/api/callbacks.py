@@ -79,7 +79,7 @@ def remove(key: KeyInfo = Depends(auth.send)) -> Response:
             responses={422: {"description": "A refused URL"}})
 def register_app(app: AppName, body: CallbackRegistration) -> dict[str, Any]:
     """Set an app's callback (events sent with `app`: send_notification.delay, Kafka); the secret shown once."""
-    return _register(endpoints.for_app(app), body.url)
+    return _register(endpoints.for_app(app, registering=True), body.url)
 
 
 @router.get("/v1/admin/callbacks/apps/{app}", response_model=Callback, dependencies=[Depends(auth.admin)],

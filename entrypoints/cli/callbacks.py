@@ -12,7 +12,7 @@ def _producer(args: argparse.Namespace) -> str:
     from notifier.callbacks import endpoints
 
     if args.app:
-        return endpoints.for_app(args.app)
+        return endpoints.for_app(args.app, registering=args.callbacks_command == "set")
     return endpoints.parse(args.producer)
 
 

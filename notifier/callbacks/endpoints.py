@@ -7,7 +7,6 @@ secret; the secret is returned only then.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,19 +16,25 @@ from notifier.callbacks import signing, urls
 from notifier.settings import get_settings
 from notifier.store.db import transaction
 from notifier.store.delivery_log import utcnow
+from notifier.apps import APP_NAME, known_app
 from notifier.store.models import CallbackEndpoint, CallbackOutbox
 
-APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def for_key(key_id: int) -> str:
     return f"key:{key_id}"
 
 
-def for_app(app: str) -> str:
-    """The producer name of an app; ValueError naming `app` if it is not an app name."""
+def for_app(app: str, *, registering: bool = False) -> str:
+    """The producer name of an app; ValueError naming `app` if it is not an app name, or, when
+    `registering`, not an app of the registry (an event names only those: none would call back)."""
     if not isinstance(app, str) or not APP_NAME.fullmatch(app):
-        raise ValueError("app: 1 to 64 of a-z, 0-9, _ and -, starting with a letter or digit")
+        raise ValueError("app: 1 to 64 of letters, digits, '.', '_' and '-', starting with a letter or digit")
+    if registering:
+        try:
+            known_app(app, get_settings())
+        except ValueError as exc:
+            raise ValueError(f"app: {exc}") from None
     return f"app:{app}"
 
 

@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
                                        "notifier.outages", "notifier.content"},
     "notifier.accounts": PRODUCT_BASE | {"notifier.apps", "notifier.store", "notifier.ops", "notifier.intake",
                                          "notifier.pipeline"},
-    "notifier.callbacks": PRODUCT_BASE | {"notifier.store", "notifier.ops"},
+    "notifier.callbacks": PRODUCT_BASE | {"notifier.apps", "notifier.store", "notifier.ops"},
     # The producer facade: names re-exported lazily (its table is checked below), nothing imported.
     "notifier": set(),
     "celeryconfig": PRODUCT_BASE | {"notifier.store", "notifier.queues"},

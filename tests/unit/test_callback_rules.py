@@ -85,8 +85,8 @@ def test_a_signature_that_does_not_verify_says_why(change, why):
 
 
 @pytest.mark.parametrize(("producer", "ok"), [
-    ("key:12", True), ("app:shop", True), ("app:shop_2-eu", True),
-    ("key:", False), ("key:12a", False), ("app:Shop", False), ("app:", False), ("shop", False), ("user:1", False),
+    ("key:12", True), ("app:shop", True), ("app:shop_2-eu", True), ("app:Shop.EU", True),
+    ("key:", False), ("key:12a", False), ("app:", False), ("shop", False), ("user:1", False), ("app:-shop", False),
 ])
 def test_producer_names(producer, ok):
     from notifier.callbacks import endpoints
