@@ -12,7 +12,8 @@ from notifier.accounts.api_keys import KeyInfo
 from notifier.callbacks import endpoints, urls
 
 router = APIRouter(tags=["callbacks"])
-AppName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+# The registry's rule for an app's name (notifier.apps.APP_NAME).
+AppName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
 class CallbackRegistration(BaseModel):
@@ -76,10 +77,14 @@ def remove(key: KeyInfo = Depends(auth.send)) -> Response:
 
 
 @router.put("/v1/admin/callbacks/apps/{app}", response_model=CallbackCreated, dependencies=[Depends(auth.admin)],
-            responses={422: {"description": "A refused URL"}})
+            responses={422: {"description": "A refused URL, or an app the registry (NOTIFIER_APPS_FILE) does not name"}})
 def register_app(app: AppName, body: CallbackRegistration) -> dict[str, Any]:
     """Set an app's callback (events sent with `app`: send_notification.delay, Kafka); the secret shown once."""
-    return _register(endpoints.for_app(app, registering=True), body.url)
+    try:
+        producer = endpoints.for_app(app, registering=True)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
+    return _register(producer, body.url)
 
 
 @router.get("/v1/admin/callbacks/apps/{app}", response_model=Callback, dependencies=[Depends(auth.admin)],
