@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from celery.signals import beat_init
+
 from notifier.settings import get_settings
 from notifier.store import partitions
 from notifier.store.db import get_engine
@@ -24,3 +26,10 @@ def log_maintenance() -> dict[str, object]:
         log.info("log maintenance: made %s, dropped %s, purged %d dedup keys",
                  done.made, done.dropped, done.keys_purged)
     return {"made": done.made, "dropped": done.dropped, "keys_purged": done.keys_purged}
+
+
+@beat_init.connect
+def _maintain_when_beat_starts(**_) -> None:
+    # An interval entry first runs one interval after beat starts: a beat stopped for days would
+    # otherwise come back to a log with no partition for today, refusing every insert for an hour.
+    log_maintenance.apply_async(queue="scheduler")

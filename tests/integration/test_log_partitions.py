@@ -94,7 +94,6 @@ def test_beat_task_makes_partitions_ahead_and_drops_expired_ones_whole(worker, w
             insert_ignoring_duplicates(session, [row])
             old_keys.append(row["idempotency_key"])
     _show("partitions before retention")
-    assert ahead_day not in _partition_days()
 
     # When beat's task runs on a real worker
     from tasks.app import app
