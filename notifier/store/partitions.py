@@ -108,12 +108,17 @@ def drop_expired(engine: Engine, today: date, retention_days: int) -> list[str]:
     dropped = []
     with engine.connect() as conn:
         expired = [name for name, day in partitions(conn) if day < oldest_kept]
+        # A detach interrupted half-way (a crash, the lock timeout) must be finished, not started again.
+        pending = set(conn.scalars(text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = :t AND i.inhdetachpending"), {"t": PARENT}))
     if not expired:
         return dropped
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
         for name in expired:
-            conn.execute(text(f'ALTER TABLE "{PARENT}" DETACH PARTITION "{name}" CONCURRENTLY'))
+            how = "FINALIZE" if name in pending else "CONCURRENTLY"
+            conn.execute(text(f'ALTER TABLE "{PARENT}" DETACH PARTITION "{name}" {how}'))
             conn.execute(text(f'DROP TABLE "{name}"'))
             dropped.append(name)
         conn.execute(text("RESET lock_timeout"))
