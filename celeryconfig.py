@@ -73,9 +73,14 @@ beat_schedule = {
         "schedule": _settings().callback_drain_interval_s,
         "options": {"queue": "callbacks", "expires": 10 * _settings().callback_drain_interval_s},
     },
+    "log-maintenance": {  # notification_log's daily partitions and retention (notifier/store/partitions.py)
+        "task": "notifier.log_maintenance",
+        "schedule": _settings().log_maintenance_interval_s,
+        "options": {"queue": "scheduler", "expires": _settings().log_maintenance_interval_s},
+    },
 }
 # Task modules beside tasks.pipeline (which tasks.app autodiscovers).
-imports = ("tasks.callbacks",)
+imports = ("tasks.callbacks", "tasks.log_maintenance")
 
 worker_send_task_events = True
 task_send_sent_event = True

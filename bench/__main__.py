@@ -59,7 +59,7 @@ def _reset_state() -> None:
     from notifier.store.redis_conn import broker_redis, get_redis
 
     with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE notification_log, device_tokens, user_preferences RESTART IDENTITY"))
+        conn.execute(text("TRUNCATE notification_log, idempotency_keys, device_tokens, user_preferences RESTART IDENTITY"))
     get_redis().flushdb()
     broker_redis().flushdb()
 

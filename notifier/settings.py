@@ -181,6 +181,23 @@ class Settings(BaseSettings):
     callback_retry_max_s: float = Field(600.0, description="Longest wait between two callback attempts.")
     callback_retry_window_s: float = Field(
         86400.0, description="A callback event not accepted within this long after its status is given up.")
+    # The log's lifecycle on PostgreSQL (docs/scaling.md): one partition per UTC day, made ahead, dropped whole.
+    log_retention_days: int = Field(
+        30, ge=1, description="Days of notification_log kept (PostgreSQL): older daily partitions are dropped whole.")
+    log_partitions_ahead: int = Field(3, ge=1, description="Daily partitions of notification_log made ahead of today.")
+    dedup_window_days: int = Field(
+        30, ge=1, description="A repeat of a notification_id accepted this many days ago or less is never delivered "
+        "again (idempotency_keys; at least NOTIFIER_LOG_RETENTION_DAYS).")
+    log_maintenance_interval_s: float = Field(
+        3600.0, description="How often beat makes partitions ahead, drops expired ones and purges expired keys.")
+
+    @model_validator(mode="after")
+    def _dedup_window_covers_retention(self) -> Settings:
+        # A key forgotten while its log rows remain would let a repeat be delivered beside its own record.
+        if self.dedup_window_days < self.log_retention_days:
+            raise ValueError(f"NOTIFIER_DEDUP_WINDOW_DAYS ({self.dedup_window_days}) must be at least "
+                             f"NOTIFIER_LOG_RETENTION_DAYS ({self.log_retention_days})")
+        return self
 
     @model_validator(mode="after")
     def _sandbox_files_in_var_dir(self) -> Settings:

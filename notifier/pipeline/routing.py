@@ -21,7 +21,7 @@ from notifier.settings import get_settings
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent
 from notifier.intake.validation import is_storable
-from notifier.store.models import NotificationLog, Status
+from notifier.store.models import IdempotencyKey, Status
 from notifier.queues import LANES
 from notifier.store.recipients import Recipient, load_recipients
 
@@ -73,18 +73,20 @@ CONFLICT_REASON = "notification_id conflicts with the accepted event (another us
 
 
 def accepted_fingerprints(session: Session, notification_ids: Sequence[str]) -> dict[str, str]:
-    """The fingerprint each of these notification_ids was accepted with (ids never accepted, or before
-    fingerprints were kept, are absent)."""
+    """The fingerprint each of these notification_ids was accepted with (ids never accepted, accepted
+    before fingerprints were kept, or past the dedup window, are absent).
+
+    Read from idempotency_keys, not the log: the log's daily partitions go with retention, the keys
+    stay for the whole dedup window (docs/guarantees.md)."""
     if not notification_ids:
         return {}
     rows = session.execute(
-        select(NotificationLog.notification_id, NotificationLog.payload).where(
-            NotificationLog.notification_id.in_(sorted(set(notification_ids))),
-            NotificationLog.channel != NO_CHANNEL,  # whole-event rows (duplicate, invalid) were not accepted
+        select(IdempotencyKey.notification_id, IdempotencyKey.fingerprint).where(
+            IdempotencyKey.notification_id.in_(sorted(set(notification_ids))),
+            IdempotencyKey.fingerprint.is_not(None),  # whole-event rows (duplicate, invalid) were not accepted
         )
     )
-    return {nid: payload["fingerprint"] for nid, payload in rows
-            if isinstance(payload, dict) and payload.get("fingerprint")}
+    return {nid: mark for nid, mark in rows}
 
 
 def conflicts(session: Session, event: NotificationEvent) -> bool:
@@ -215,8 +217,9 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
           producer: str | None = None) -> RouteResult:
     """Insert the deliveries of `events` in one statement; an accepted notification_id inserts nothing.
 
-    A repeat of an accepted event, or a different event under its id, is recorded as one
-    `duplicate` row (the reason says which) and never delivered."""
+    A repeat of an accepted event, or a different event under its id, is never delivered; it is
+    recorded as a `duplicate` row, one per notification_id and reason however often it repeats
+    (a Kafka replay of a million events adds no million rows); the repeats are counted in metrics."""
     _lock_notification_ids(session, [e.notification_id for e in events])
     accepted = accepted_fingerprints(session, [e.notification_id for e in events])
     fresh: list[tuple[NotificationEvent, str]] = []
@@ -271,7 +274,8 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
     for event, reason in repeats:
         # Every event we accept ends with a row: a repeat is recorded as `duplicate`.
         result.duplicates.append(event.notification_id)
-        duplicate_rows.append(event_row(event, Status.DUPLICATE, reason) | {"producer": producer_of(event, producer)})
+        duplicate_rows.append(event_row(event, Status.DUPLICATE, reason) | {
+            "producer": producer_of(event, producer), "idempotency_key": repeat_key(event.notification_id, reason)})
         result.tally.add(counters.EVENTS_DUPLICATE, event.lane)
     repeated = {id(event) for event, _ in repeats}
     for event, _ in fresh:
@@ -282,6 +286,11 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
         conflicting = sum(reason == CONFLICT_REASON for _, reason in repeats)
         log.info("route: %d duplicate event(s) recorded, %d of them conflicting", len(result.duplicates), conflicting)
     return result
+
+
+def repeat_key(notification_id: str, reason: str) -> str:
+    """The one key of a notification_id's `duplicate` row for this reason: later repeats add no row."""
+    return f"{notification_id}:{Status.DUPLICATE.value}:{'repeat' if reason == REPEAT_REASON else 'conflict'}"
 
 
 def event_row(event: NotificationEvent, status: Status, reason: str) -> dict:

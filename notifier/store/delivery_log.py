@@ -10,15 +10,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from notifier.store import callback_outbox, task_context
-from notifier.store.models import NotificationLog, Status
+from notifier.store.models import IdempotencyKey, NotificationLog, Status
 
 LOG = NotificationLog.__table__
+KEYS = IdempotencyKey.__table__
+NO_CHANNEL = "-"  # a row about a whole event (duplicate, invalid): it carries no accepted fingerprint
 # SQLite (the embedded setup): executed with a list of rows, SQLAlchemy batches them into
 # multi-row INSERTs ("insertmanyvalues") from one cached compiled statement.
 _INSERT = {
-    "sqlite": sqlite.insert(LOG).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    .returning(LOG.c.id, LOG.c.idempotency_key)
+    "sqlite": sqlite.insert(LOG).returning(LOG.c.id, LOG.c.idempotency_key),
+    "sqlite_keys": sqlite.insert(KEYS).on_conflict_do_nothing(index_elements=["key"]).returning(KEYS.c.key),
 }
+_SET_DELIVERY = update(KEYS).where(KEYS.c.key == bindparam("_key")).values(delivery_id=bindparam("_id"))
 _PG = postgresql.dialect()
 
 
@@ -32,9 +35,15 @@ def as_utc(dt: datetime | None) -> datetime | None:
 
 
 def insert_ignoring_duplicates(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
-    """Insert rows in one statement; return (id, idempotency_key) of those that were new."""
+    """Insert the rows whose idempotency_key is new within the dedup window; return their (id, idempotency_key).
+
+    The key goes into idempotency_keys (ON CONFLICT DO NOTHING) in the same statement (PostgreSQL)
+    or transaction (SQLite) as the log row: the log is partitioned by day and cannot hold that
+    unique key itself. Of several rows with one key, the first is kept."""
     if not rows:
         return []
+    seen: set[str] = set()
+    rows = [row for row in rows if not (row["idempotency_key"] in seen or seen.add(row["idempotency_key"]))]
     record = task_context.current()
     if record is not None:
         record.note(row["notification_id"] for row in rows)
@@ -42,32 +51,62 @@ def insert_ignoring_duplicates(session: Session, rows: Sequence[dict[str, Any]])
     if session.get_bind().dialect.name == "postgresql":
         inserted = _insert_values(session, rows)
     else:
-        inserted = [(r[0], r[1]) for r in session.execute(_INSERT["sqlite"], list(rows))]
+        inserted = _insert_sqlite(session, rows)
     terminal = {r["idempotency_key"] for r in rows if r.get("status") in callback_outbox.TERMINAL_VALUES}
     if terminal:
         callback_outbox.note(session, (id_ for id_, key in inserted if key in terminal))
     return inserted
 
 
+def _fingerprint(row: dict[str, Any]) -> str | None:
+    payload = row.get("payload")
+    if row.get("channel") == NO_CHANNEL or not isinstance(payload, dict):
+        return None
+    return payload.get("fingerprint")
+
+
+def _insert_sqlite(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    """SQLite: claim the keys, insert the rows of those claimed, then note each key's delivery id."""
+    now = utcnow()
+    keys = [{"key": r["idempotency_key"], "notification_id": r["notification_id"], "fingerprint": _fingerprint(r),
+             "created_at": r.get("created_at") or now} for r in rows]
+    new = {k for (k,) in session.execute(_INSERT["sqlite_keys"], keys)}
+    fresh = [r for r in rows if r["idempotency_key"] in new]
+    if not fresh:
+        return []
+    inserted = [(r[0], r[1]) for r in session.execute(_INSERT["sqlite"], fresh)]
+    session.connection().execute(_SET_DELIVERY, [{"_key": key, "_id": id_} for id_, key in inserted])
+    return inserted
+
+
 _INSERT_COLUMNS = tuple(c.name for c in LOG.c if c.name != "id")
+_VALUE_COLUMNS = ("fingerprint",) + _INSERT_COLUMNS
 _INSERT_TEMPLATE = "(" + ", ".join(
-    f"%s::{LOG.c[c].type.compile(dialect=_PG)}" for c in _INSERT_COLUMNS
+    ["%s::varchar"] + [f"%s::{LOG.c[c].type.compile(dialect=_PG)}" for c in _INSERT_COLUMNS]
 ) + ")"
+# One statement: the keys are claimed with ids drawn from the log's own sequence, and only the rows
+# whose key was claimed are inserted, with those ids. A key another transaction is inserting makes
+# this one wait on the primary key's index until that one ends, as the log's own unique key did.
 _INSERT_SQL = (
-    f"INSERT INTO notification_log ({', '.join(_INSERT_COLUMNS)}) VALUES %s "
-    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
+    f"WITH v ({', '.join(_VALUE_COLUMNS)}) AS (VALUES %s), "
+    "k AS (INSERT INTO idempotency_keys (key, notification_id, delivery_id, fingerprint, created_at) "
+    "SELECT idempotency_key, notification_id, nextval('notification_log_id_seq'), fingerprint, created_at FROM v "
+    "ON CONFLICT (key) DO NOTHING RETURNING key, delivery_id) "
+    f"INSERT INTO notification_log (id, {', '.join(_INSERT_COLUMNS)}) "
+    f"SELECT k.delivery_id, {', '.join('v.' + c for c in _INSERT_COLUMNS)} FROM v JOIN k ON k.key = v.idempotency_key "
+    "RETURNING id, idempotency_key"
 )
 
 
 def _insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
-    """PostgreSQL: one multi-row INSERT through psycopg2's execute_values (no per-row ORM work)."""
+    """PostgreSQL: one multi-row statement through psycopg2's execute_values (no per-row ORM work)."""
     from psycopg2.extras import execute_values
 
     now = utcnow()
     defaults = {"created_at": now, "updated_at": now, "attempts": 0, "redrives": 0, "replays": 0}
     args = []
     for row in rows:
-        values = []
+        values = [_fingerprint(row)]
         for c in _INSERT_COLUMNS:
             v = row.get(c, defaults.get(c))
             values.append(json.dumps(v, separators=(",", ":")) if c == "payload" else v)

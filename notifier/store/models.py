@@ -54,8 +54,11 @@ class NotificationLog(Base):
 
     __tablename__ = "notification_log"
 
+    # On PostgreSQL the table is partitioned by day on created_at (notifier/store/partitions.py), so its
+    # primary key is (id, created_at) and it can hold no unique key on idempotency_key: that guarantee
+    # lives in IdempotencyKey. id alone stays unique (one sequence), which is all the ORM needs of it.
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    idempotency_key: Mapped[str] = mapped_column(String(255), nullable=False)
     notification_id: Mapped[str] = mapped_column(String(128), nullable=False)
     user_id: Mapped[str] = mapped_column(String(128), nullable=False)
     type: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -98,6 +101,28 @@ class NotificationLog(Base):
         Index("ix_notification_log_notification_id", "notification_id"),
         Index("ix_notification_log_status_scheduled_at", "status", "scheduled_at"),
         Index("ix_notification_log_provider_message_id", "provider_message_id"),
+    )
+
+
+class IdempotencyKey(Base):
+    """A delivery key accepted within the dedup window: what stops a repeat being delivered again.
+
+    Written in the transaction that inserts the delivery's log row (ON CONFLICT DO NOTHING), kept
+    NOTIFIER_DEDUP_WINDOW_DAYS (at least the log's retention), purged in bulk by created_at."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    notification_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    delivery_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The accepted event's fingerprint (routing.fingerprint): a repeat is told from a conflicting event
+    # by it, with no read of the log, whose partition may already be gone. None on whole-event rows.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_idempotency_keys_notification_id", "notification_id"),
+        Index("ix_idempotency_keys_created_at", "created_at"),
     )
 
 
