@@ -14,12 +14,15 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from sqlalchemy import create_engine, text
 
 from sandbox import devstack, pgbouncer
 from tests.integration.environment import TEST_VAR, child_env
+from tests.integration.api_fixture import serve
 from tests.integration.isolation import isolated_broker, produce
 
 pytestmark = pytest.mark.skipif(
@@ -64,13 +67,21 @@ def sharded(sandbox, database):
             # The operator's command, once, for every shard.
             subprocess.run([sys.executable, "-m", "entrypoints.cli", "migrate"], env=env, check=True,
                            capture_output=True, timeout=120)
-            worker = devstack.start_worker(env, logs / "worker.log")
-            beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
-            try:
-                yield {"broker": broker, "urls": urls, "bouncers": bouncers}
-            finally:
-                devstack.stop(beat)
-                devstack.stop(worker)
+            # The API on the port the sandbox posts its receipts to, trusting the sandbox's signatures.
+            api_env = env | {"NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY_PATH": str(
+                get_settings().var_dir / "sandbox" / "sendgrid_webhook_public_key")}
+            for name in ("NOTIFIER_SENDGRID_WEBHOOK_PUBLIC_KEY", "NOTIFIER_API_PUBLIC_URL"):
+                api_env.pop(name, None)
+            receipts_port = urlsplit(os.environ["NOTIFIER_SANDBOX_SENDGRID_EVENT_WEBHOOK_URL"]).port
+            with serve(api_env, "api-shards.log", port=receipts_port) as api_url:
+                env["NOTIFIER_TWILIO_STATUS_CALLBACK_URL"] = api_url + "/v1/webhooks/twilio"
+                worker = devstack.start_worker(env, logs / "worker.log")
+                beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
+                try:
+                    yield {"broker": broker, "urls": urls, "bouncers": bouncers, "api": api_url}
+                finally:
+                    devstack.stop(beat)
+                    devstack.stop(worker)
     finally:
         if previous is None:
             os.environ.pop("NOTIFIER_DATABASE_URLS", None)
@@ -235,3 +246,45 @@ def test_pgbouncer_pools_in_transaction_mode(sharded):
         print(f"\npgbouncer :{port} {url.rsplit('/', 1)[1]}: transactions {stat['total_xact_count']}, "
               f"queries {stat['total_query_count']}, server connections now {sum(p['sv_active'] + p['sv_idle'] + p['sv_used'] for p in pools)}")
         assert stat["total_xact_count"] > 0
+
+
+def test_the_api_and_the_providers_receipts_find_deliveries_on_either_shard(sharded, sandbox, wait_until, unique):
+    from notifier.accounts import api_keys
+    from notifier.accounts.preferences import set_preferences
+    from notifier.accounts.status import get_status
+    from notifier.store.db import shard_for
+
+    _, key = api_keys.create_key("tests: shards", "producer")  # API keys live on shard 0
+    auth = {"Authorization": f"Bearer {key}"}
+    # Given, on each shard, a user with an email address and one with a phone number
+    people: dict[int, dict[str, str]] = {}
+    while len(people) < 2 or any(len(p) < 2 for p in people.values()):
+        user = unique("user")
+        channel = "email" if "email" not in people.get(shard_for(user), {}) else "sms"
+        people.setdefault(shard_for(user), {})[channel] = user
+    events = []
+    for shard, users in people.items():
+        set_preferences(users["email"], email=f"{users['email']}@example.com")
+        set_preferences(users["sms"], phone=f"+4795{time.monotonic_ns() % 10**6:06d}")
+        for channel, user in users.items():
+            events.append((shard, channel, _event(unique, user, channels=[channel], priority="normal")))
+    # When each is sent through the HTTP API
+    for _, _, event in events:
+        answer = requests.post(sharded["api"] + "/v1/notifications", json=event, headers=auth, timeout=30)
+        assert answer.status_code == 202, answer.text
+    # Then the API finds each on its user's shard
+    def all_sent():
+        found = [requests.get(f"{sharded['api']}/v1/notifications/{e['notification_id']}", headers=auth,
+                              timeout=30).json() for _, _, e in events]
+        return found if all(f.get("deliveries") and f["deliveries"][0]["status"] == "sent" for f in found) else None
+
+    found = wait_until(all_sent, timeout_s=60, interval_s=0.5)
+    assert [f["deliveries"][0]["shard"] for f in found] == [shard for shard, _, _ in events]
+    # And each provider's receipt (SendGrid's Event Webhook, Twilio's StatusCallback) reaches its delivery
+    for shard, channel, event in events:
+        [row] = get_status(event["notification_id"])
+        answer = sandbox.receipt("sendgrid" if channel == "email" else "twilio", "delivered",
+                                 message_id=row["provider_message_id"])
+        assert answer["status"] == 200 and answer["response"]["applied"] == 1, (shard, channel, answer)
+        [row] = get_status(event["notification_id"])
+        assert (row["status"], row["shard"]) == ("delivered", shard)
