@@ -92,20 +92,25 @@ def register(producer: str, url: str) -> Endpoint:
 
 def get(producer: str) -> Endpoint | None:
     """A producer's registration with its outbox figures, or None."""
-    with transaction() as session:
+    with transaction(shard=0) as session:
         row = session.get(CallbackEndpoint, producer)
-        if row is None:
-            return None
-        pending, given_up = session.execute(
-            select(func.count().filter(CallbackOutbox.given_up_at.is_(None)),
-                   func.count().filter(CallbackOutbox.given_up_at.is_not(None)))
-            .where(CallbackOutbox.producer == producer)
-        ).one()
-        last_error = session.scalar(
-            select(CallbackOutbox.last_error).where(CallbackOutbox.producer == producer,
-                                                    CallbackOutbox.last_error.is_not(None))
-            .order_by(CallbackOutbox.id.desc()).limit(1))
-        return Endpoint(producer, row.url, row.created_at, row.updated_at, pending, given_up, last_error)
+    if row is None:
+        return None
+    pending = given_up = 0
+    last_error = None
+    for shard in shards():  # each shard's outbox holds the events of its users' deliveries
+        with transaction(shard=shard) as session:
+            waiting, dropped = session.execute(
+                select(func.count().filter(CallbackOutbox.given_up_at.is_(None)),
+                       func.count().filter(CallbackOutbox.given_up_at.is_not(None)))
+                .where(CallbackOutbox.producer == producer)
+            ).one()
+            pending, given_up = pending + waiting, given_up + dropped
+            last_error = last_error or session.scalar(
+                select(CallbackOutbox.last_error).where(CallbackOutbox.producer == producer,
+                                                        CallbackOutbox.last_error.is_not(None))
+                .order_by(CallbackOutbox.id.desc()).limit(1))
+    return Endpoint(producer, row.url, row.created_at, row.updated_at, pending, given_up, last_error)
 
 
 def list_all() -> list[Endpoint]:
