@@ -288,3 +288,35 @@ def test_the_api_and_the_providers_receipts_find_deliveries_on_either_shard(shar
         assert answer["status"] == 200 and answer["response"]["applied"] == 1, (shard, channel, answer)
         [row] = get_status(event["notification_id"])
         assert (row["status"], row["shard"]) == ("delivered", shard)
+
+
+def test_callbacks_reach_the_producer_from_either_shard(sharded, sandbox, wait_until, unique):
+    from notifier.accounts import api_keys
+    from notifier.store.db import shard_for
+    from tests.integration.test_callbacks import Receiver
+
+    _, key = api_keys.create_key("tests: shards callbacks", "producer")
+    auth = {"Authorization": f"Bearer {key}"}
+    receiver = Receiver()
+    try:
+        # Given a producer with a callback endpoint (registered on every shard)
+        answer = requests.put(sharded["api"] + "/v1/callbacks", json={"url": receiver.url}, headers=auth, timeout=30)
+        assert answer.status_code == 200, answer.text
+        receiver.secret = answer.json()["secret"]
+        # When it sends to users on both shards
+        users = _users(unique, 8)
+        assert {shard_for(u) for u, _ in users} == set(range(SHARDS))
+        events = [_event(unique, u) for u, _ in users]
+        for event in events:
+            answer = requests.post(sharded["api"] + "/v1/notifications", json=event, headers=auth, timeout=30)
+            assert answer.status_code == 202, answer.text
+        # Then every delivery's `sent` reaches the producer, signed, drained from each shard's outbox
+        wanted = {e["notification_id"] for e in events}
+        got = wait_until(lambda: wanted <= {e["notification_id"] for e in receiver.accepted_events()}
+                         and receiver.accepted_events(), timeout_s=60, interval_s=0.5)
+        assert {e["status"] for e in got if e["notification_id"] in wanted} == {"sent"}
+        assert all(p["verified"] for p in receiver.posts)
+        shown = requests.get(sharded["api"] + "/v1/callbacks", headers=auth, timeout=30).json()
+        assert shown["url"] == receiver.url
+    finally:
+        receiver.close()
