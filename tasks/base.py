@@ -85,7 +85,9 @@ class NotifierTask(Task):
         head = ",".join(str(i) for i in ids[:5])
         more = f",…+{len(ids) - 5}" if len(ids) > 5 else ""
         lane = args[1] if len(args) > 1 else kwargs.get("lane")
-        return f"deliveries=[{head}{more}] n={len(ids)}" + (f" lane={lane}" if lane else "")
+        shard = kwargs.get("shard")  # only when sharded and not 0 (tasks.pipeline.on_shard_kwargs)
+        return (f"deliveries=[{head}{more}] n={len(ids)}" + (f" lane={lane}" if lane else "")
+                + (f" shard={shard}" if shard else ""))
 
 
 class DeliveriesNotSent(Exception):

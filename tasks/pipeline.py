@@ -3,6 +3,10 @@
 Each task opens a transaction, calls one function in notifier/, commits, and only then
 enqueues the next stage on the same lane (high or low), so a queued message never
 points at rows that are not there.
+
+Delivery ids are per shard (docs/sharding.md): every stage after intake carries its shard as a
+`shard` keyword, sent only when it is not 0, so an unsharded setup's messages are what they
+were and a message queued by an older version (no `shard`) means shard 0.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from notifier.queues import QUEUES, queue_for
 from notifier.ops import counters, exporter
 from notifier.pipeline import broker_epoch, digests
 from notifier.intake import accept as intake
-from notifier.store.db import transaction
+from notifier.store.db import on_shard, shards, transaction
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent, describe_errors, parse_event
 from notifier.pipeline.filtering import filter_deliveries
@@ -87,11 +91,20 @@ def accept(events: list[NotificationEvent], producer: str | None = None, **optio
     (a repeat, or every delivery suppressed). A broker that refuses the filter task does not undo
     the acceptance: the rows are stored, and the sweeper re-drives them. `producer`: who sent them
     (the HTTP API's key, "key:<id>"), for callbacks; else each event's app."""
-    result = intake.store(events, producer=producer)
-    return _queue_filter(result.queued, events, **options)
+    last = None
+    # Shard by shard: each part's filter stage is queued as soon as its own transaction commits.
+    for shard, part in intake.split_by_shard(events).items():
+        result = intake.store_on_shard(shard, part, producer=producer)
+        last = _queue_filter(result.queued, part, shard, **options) or last
+    return last
 
 
-def _queue_filter(queued: dict[str, list[int]], events: list[NotificationEvent], **options: Any):
+def on_shard_kwargs(shard: int) -> dict[str, int]:
+    """The task keywords that name a shard: none for shard 0, as every message before sharding."""
+    return {"shard": shard} if shard else {}
+
+
+def _queue_filter(queued: dict[str, list[int]], events: list[NotificationEvent], shard: int = 0, **options: Any):
     options.pop("queue", None)
     last = None
     for lane, ids in queued.items():
@@ -99,9 +112,9 @@ def _queue_filter(queued: dict[str, list[int]], events: list[NotificationEvent],
             continue
         try:
             # Flower shows the deliveries and the events they came from: staff search by notification id.
-            argsrepr = f"{filter_stage.describe((ids, lane), {})} {_describe_events(events)}"
-            last = filter_stage.apply_async((ids, lane), queue=queue_for("pipeline", lane), argsrepr=argsrepr,
-                                            **options)
+            argsrepr = f"{filter_stage.describe((ids, lane), on_shard_kwargs(shard))} {_describe_events(events)}"
+            last = filter_stage.apply_async((ids, lane), on_shard_kwargs(shard), queue=queue_for("pipeline", lane),
+                                            argsrepr=argsrepr, **options)
         except Exception as exc:  # noqa: BLE001 - stored is accepted; the sweeper re-drives the rows
             log.warning("intake: %d stored %s-lane deliveries not queued (%s: %s); the sweeper re-drives them",
                         len(ids), lane, type(exc).__name__, exc)
@@ -120,20 +133,25 @@ def _route_and_continue(raw_events: Iterable[dict]) -> None:
         _record_invalid(invalid)
     if not events:
         return
+    for shard, part in intake.split_by_shard(events).items():
+        _route_on_shard(shard, part)
+
+
+def _route_on_shard(shard: int, events: list[NotificationEvent]) -> None:
     try:
-        result = intake.store(events)
+        result = intake.store_on_shard(shard, events)
     except INFRASTRUCTURE_ERRORS:
         raise  # retried whole by the task (autoretry_for)
     except Exception as exc:
         # A bug of ours must not lose accepted events silently: each gets a terminal row saying so.
         log.exception("route: %d event(s) could not be routed", len(events))
-        with transaction() as session:
+        with transaction(shard=shard) as session:
             insert_ignoring_duplicates(session, [
                 event_row(e, Status.FAILED, f"could not be routed: {type(exc).__name__} (see worker log)")
                 for e in events
             ])
         raise
-    _queue_filter(result.queued, events)
+    _queue_filter(result.queued, events, shard)
 
 
 def _record_invalid(invalid: list[tuple[object, str]]) -> None:
@@ -145,7 +163,8 @@ def _record_invalid(invalid: list[tuple[object, str]]) -> None:
             continue
         log.error("route: invalid event notification_id=%r refused: %s", row["notification_id"], problem)
         rows.append(row)
-    with transaction() as session:
+    # An invalid event has no trustworthy user: its row lives on shard 0 (get_status asks every shard).
+    with transaction(shard=0) as session:
         insert_ignoring_duplicates(session, rows)
 
 
@@ -162,31 +181,33 @@ def send_notifications(events: list[dict]) -> None:
 
 
 @app.task(base=NotifierTask, name="notifier.filter")
-def filter_stage(ids: list[int], lane: str) -> None:
+def filter_stage(ids: list[int], lane: str, shard: int = 0) -> None:
     """Apply preferences and schedules; pass on what may be sent now."""
     limits = parse_limits(get_settings().rate_limits)
-    with transaction() as session:
+    with on_shard(shard), transaction() as session:
         proceed = filter_deliveries(session, get_redis(), ids, utcnow(), limits, get_settings().digest_windows())
     if proceed:
-        dedup_stage.apply_async((proceed, lane), queue=queue_for("pipeline", lane))
+        dedup_stage.apply_async((proceed, lane), on_shard_kwargs(shard), queue=queue_for("pipeline", lane))
 
 
 @app.task(base=NotifierTask, name="notifier.dedup", bind=True)
-def dedup_stage(self, ids: list[int], lane: str) -> None:
+def dedup_stage(self, ids: list[int], lane: str, shard: int = 0) -> None:
     """Claim each delivery's lease; hand what we hold to its channel's send queue."""
     claim_id = self.request.id or "local"
-    with transaction() as session:
+    with on_shard(shard), transaction() as session:
         claimed = claim_deliveries(session, get_redis(), ids, claim_id, get_settings().lease_ttl_s)
     for channel, channel_ids in claimed.by_channel.items():
         send = SEND_TASKS[channel]
         # Flower's search looks at arguments and results, not at a failure's text: the notifications go here.
         argsrepr = f"{send.describe((channel_ids, lane), {})} {shown_in_args(claimed.notification_ids[channel])}"
-        send.apply_async((channel_ids, lane, claim_id), queue=queue_for(channel, lane), argsrepr=argsrepr)
+        send.apply_async((channel_ids, lane, claim_id), on_shard_kwargs(shard), queue=queue_for(channel, lane),
+                         argsrepr=argsrepr)
 
 
-def _send(ids: list[int], lane: str, claim_id: str) -> dict:
-    # Opens its own short transactions: none is held across the provider call.
-    report = send_deliveries(get_redis(), ids, claim_id, get_settings())
+def _send(ids: list[int], lane: str, claim_id: str, shard: int) -> dict:
+    # Opens its own short transactions (on this shard): none is held across the provider call.
+    with on_shard(shard):
+        report = send_deliveries(get_redis(), ids, claim_id, get_settings())
     # Retries wait as `scheduled` rows; release_due puts them back on the queue when due.
     if report.changed_users:
         invalidate(get_redis(), report.changed_users)
@@ -194,57 +215,64 @@ def _send(ids: list[int], lane: str, claim_id: str) -> dict:
 
 
 @app.task(base=SendTask, name="notifier.send_push")
-def send_push(ids: list[int], lane: str, claim_id: str) -> dict:
+def send_push(ids: list[int], lane: str, claim_id: str, shard: int = 0) -> dict:
     """Send push deliveries (APNs, FCM)."""
-    return _send(ids, lane, claim_id)
+    return _send(ids, lane, claim_id, shard)
 
 
 @app.task(base=SendTask, name="notifier.send_email")
-def send_email(ids: list[int], lane: str, claim_id: str) -> dict:
+def send_email(ids: list[int], lane: str, claim_id: str, shard: int = 0) -> dict:
     """Send email deliveries (SendGrid, SMTP)."""
-    return _send(ids, lane, claim_id)
+    return _send(ids, lane, claim_id, shard)
 
 
 @app.task(base=SendTask, name="notifier.send_sms")
-def send_sms(ids: list[int], lane: str, claim_id: str) -> dict:
+def send_sms(ids: list[int], lane: str, claim_id: str, shard: int = 0) -> dict:
     """Send SMS deliveries (Twilio)."""
-    return _send(ids, lane, claim_id)
+    return _send(ids, lane, claim_id, shard)
 
 
 SEND_TASKS = {"push": send_push, "email": send_email, "sms": send_sms}
 
 
-def _enqueue(ready: list[Ready]) -> None:
-    """Put released or re-driven deliveries back on their stage's queue, batched by lane and ETA."""
+def _enqueue(ready: list[Ready], shard: int = 0) -> None:
+    """Put one shard's released or re-driven deliveries back on their stage's queue, batched by lane and ETA."""
     groups: dict[tuple, list[int]] = {}
     for item in ready:
         groups.setdefault((item.stage, item.lane, item.eta), []).append(item.id)
     for (stage, lane, eta), ids in groups.items():
         task = filter_stage if stage == "filter" else dedup_stage
-        task.apply_async((ids, lane), queue=queue_for("pipeline", lane), eta=eta)
+        task.apply_async((ids, lane), on_shard_kwargs(shard), queue=queue_for("pipeline", lane), eta=eta)
 
 
 @app.task(base=NotifierTask, name="notifier.release_due")
 def release_due_task() -> int:
-    """Release scheduled deliveries that fall due before the next beat (ETA covers the rest)."""
+    """Release scheduled deliveries that fall due before the next beat (ETA covers the rest), on every shard."""
+    return sum(_release_on_shard(shard) for shard in shards())
+
+
+def _release_on_shard(shard: int) -> int:
     settings = get_settings()
     released = 0
     while True:
-        with transaction() as session:
+        with on_shard(shard), transaction() as session:
             ready = release_due(session, utcnow(), settings.release_interval_s, r=get_redis())
-        _enqueue(ready)
+        _enqueue(ready, shard)
         released += len(ready)
         if len(ready) < BATCH:
-            return released + close_digest_windows()
+            return released + close_digest_windows(shard)
 
 
-def close_digest_windows() -> int:
-    """Close the digest windows that are due: each becomes its digest's deliveries, queued after the commit."""
+def close_digest_windows(shard: int | None = None) -> int:
+    """Close the digest windows that are due (on `shard`, or every shard): each becomes its digest's
+    deliveries, queued after the commit."""
+    if shard is None:
+        return sum(close_digest_windows(s) for s in shards())
     closed = 0
     while True:
-        with transaction() as session:
+        with on_shard(shard), transaction() as session:
             done = digests.close_due(session, get_redis(), utcnow())
-        _enqueue(done.ready)
+        _enqueue(done.ready, shard)
         closed += done.windows
         if done.windows < digests.BATCH:
             return closed
@@ -265,18 +293,19 @@ def sweep(older_than_s: float | None = None) -> int:
     lost = broker_epoch.went_back(broker)
     busy = set() if lost or broker is None else _busy_queues(broker)
     now, total = utcnow(), 0
-    while True:
-        with transaction() as session:
-            swept = sweep_stuck(session, now, settings.stuck_after_s if older_than_s is None else older_than_s,
-                                max_redrives=settings.max_redrives, busy_queues=busy, everything=lost)
-        _enqueue(swept.ready)
-        done = len(swept.ready) + swept.failed
-        total += done
-        if swept.failed:
-            log.error("sweep: %d deliveries re-driven %d times without finishing ended failed",
-                      swept.failed, settings.max_redrives)
-        if done < BATCH:
-            break
+    for shard in shards():
+        while True:
+            with on_shard(shard), transaction() as session:
+                swept = sweep_stuck(session, now, settings.stuck_after_s if older_than_s is None else older_than_s,
+                                    max_redrives=settings.max_redrives, busy_queues=busy, everything=lost)
+            _enqueue(swept.ready, shard)
+            done = len(swept.ready) + swept.failed
+            total += done
+            if swept.failed:
+                log.error("sweep: %d deliveries on shard %d re-driven %d times without finishing ended failed",
+                          swept.failed, shard, settings.max_redrives)
+            if done < BATCH:
+                break
     counters.count_stuck(get_redis(), total)
     return total
 

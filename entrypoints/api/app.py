@@ -29,7 +29,7 @@ from notifier.intake import validation
 from entrypoints.api import admin, auth, callbacks, docs, webhooks
 from entrypoints.api.docs import AUTH, errors, example
 from notifier.accounts.api_keys import KeyInfo
-from notifier.store.db import get_engine, transaction
+from notifier.store.db import database_urls, get_engine, shards, transaction
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
 from notifier.accounts.preferences import get_preferences, shown_to, update_preferences
 from notifier.store.redis_conn import broker_redis, redis_url
@@ -65,6 +65,7 @@ class Delivery(BaseModel):
     """One delivery of a notification: a channel and target, where it stands and why."""
 
     delivery_id: int
+    shard: int = Field(0, description="The database shard holding it (delivery ids are per shard); 0 unsharded.")
     notification_id: str
     user_id: str
     channel: str
@@ -214,8 +215,9 @@ def _health_broker() -> redis.Redis | None:
 
 
 def _check_database() -> None:
-    with get_engine().connect() as conn:
-        conn.execute(text("SELECT 1"))
+    for url in database_urls():  # every shard: a user on a shard that is down cannot be served
+        with get_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
 
 
 def _check_broker() -> None:
@@ -252,10 +254,13 @@ def create_app() -> FastAPI:
         """Queue one notification event; repeating a notification_id delivers it once."""
         from tasks.pipeline import accept
 
-        with transaction() as session:
-            if routing.conflicts(session, event):
-                raise HTTPException(status.HTTP_409_CONFLICT, "notification_id: already accepted for a different "
-                                    "event (another user or content); use a new id")
+        # Every shard: the same id under another user would live on that user's shard.
+        for shard in shards():
+            with transaction(shard=shard) as session:
+                if not routing.conflicts(session, event):
+                    continue
+            raise HTTPException(status.HTTP_409_CONFLICT, "notification_id: already accepted for a different "
+                                "event (another user or content); use a new id")
         # Its deliveries' callbacks go to this key's endpoint (PUT /v1/callbacks), if it has one.
         accept([event], producer=f"key:{key.id}")
         return {"notification_id": event.notification_id}

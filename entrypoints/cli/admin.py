@@ -21,7 +21,7 @@ def _migrate(args: argparse.Namespace) -> int:
             ScriptDirectory.from_config(migrate.alembic_config()).get_revision(revision)
         except CommandError as exc:
             raise CliError(f"unknown revision {revision!r} ({exc}); see alembic/versions/", usage=True) from None
-    (migrate.downgrade if args.down else migrate.upgrade)(None, revision)
+    (migrate.downgrade_every_shard if args.down else migrate.upgrade_every_shard)(revision)
     return 0
 
 
@@ -54,7 +54,8 @@ def _keys(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add this group's subcommands."""
-    p = command(sub, "migrate", help="apply database migrations (Alembic) to NOTIFIER_DATABASE_URL")
+    p = command(sub, "migrate", help="apply database migrations (Alembic) to NOTIFIER_DATABASE_URL "
+                                              "(or every shard of NOTIFIER_DATABASE_URLS)")
     p.add_argument("--down", action="store_true", help="migrate down instead (to base unless a revision is given)")
     p.add_argument("revision", nargs="?", help="target revision, e.g. 0003 (default: head, or base with --down)")
     p.set_defaults(func=_migrate)

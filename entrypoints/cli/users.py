@@ -15,7 +15,7 @@ def _devices(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from notifier.accounts import devices
-    from notifier.store.db import transaction
+    from notifier.store.db import shard_for, transaction
     from notifier.store.models import DeviceToken
     from notifier.accounts.status import redact
 
@@ -43,7 +43,7 @@ def _devices(args: argparse.Namespace) -> int:
             raise CliError(f"user {args.user_id} has no such device token")
         print(f"unregistered {shown(args.token)} of user {args.user_id}")
     else:
-        with transaction() as session:
+        with transaction(shard=shard_for(args.user_id)) as session:
             devices = session.scalars(
                 select(DeviceToken).where(DeviceToken.user_id == args.user_id).order_by(DeviceToken.id)
             ).all()

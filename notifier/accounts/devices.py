@@ -5,7 +5,7 @@ from sqlalchemy import delete, select
 
 from notifier.store import delivery_log
 from notifier.intake import validation
-from notifier.store.db import transaction
+from notifier.store.db import shard_for, shards, transaction
 from notifier.store.models import DeviceToken
 from notifier.store.recipients import invalidate
 from notifier.store.redis_conn import get_redis
@@ -26,7 +26,15 @@ def register_device(user_id: str, token: str, platform: str, app: str | None = N
     user_id, token, platform, app = device.user_id, device.token, device.platform, device.app
     web_push_keys = device.keys.model_dump() if device.keys is not None else None
     affected = {user_id}
-    with transaction() as session:
+    home = shard_for(user_id)
+    # A token moved from a user on another shard: that shard must forget it (one device, one owner).
+    for shard in shards():
+        if shard != home:
+            with transaction(shard=shard) as session:
+                moved = session.scalars(delete(DeviceToken).where(DeviceToken.token == token)
+                                        .returning(DeviceToken.user_id)).all()
+                affected.update(moved)
+    with transaction(shard=home) as session:
         existing = session.scalar(select(DeviceToken).where(DeviceToken.token == token))
         if existing is None:
             session.add(DeviceToken(user_id=user_id, token=token, platform=platform, app=app,
@@ -51,7 +59,7 @@ def register_web_push(user_id: str, subscription: dict, app: str | None = None) 
 
 def unregister_device(user_id: str, token: str) -> bool:
     """Forget a user's device token; True if there was one."""
-    with transaction() as session:
+    with transaction(shard=shard_for(user_id)) as session:
         result = session.execute(
             delete(DeviceToken).where(DeviceToken.user_id == user_id, DeviceToken.token == token)
         )

@@ -8,7 +8,7 @@ from notifier.accounts.api_keys import KeyInfo
 from notifier.intake import validation
 from notifier.ops.redaction import redact_target, redact_text
 from notifier.store import delivery_log
-from notifier.store.db import transaction
+from notifier.store.db import shard_for, transaction
 from notifier.store.models import ApiKeyScope, UserPreferences
 from notifier.store.recipients import Recipient, invalidate
 from notifier.store.redis_conn import get_redis
@@ -33,7 +33,7 @@ def set_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
     valid = validation.PreferencesChange.model_validate({**changes, "user_id": user_id})
     changes = valid.model_dump(exclude_unset=True)
     user_id = changes.pop("user_id")
-    with transaction() as session:
+    with transaction(shard=shard_for(user_id)) as session:
         prefs = session.get(UserPreferences, user_id)
         if prefs is None:
             prefs = UserPreferences(user_id=user_id, **copy.deepcopy(DEFAULTS))
@@ -51,7 +51,7 @@ def set_preferences(user_id: str, **changes: Any) -> dict[str, Any]:
 
 def get_preferences(user_id: str) -> dict[str, Any]:
     """A user's preferences, with whether the provider reported their email address dead."""
-    with transaction() as session:
+    with transaction(shard=shard_for(user_id)) as session:
         prefs = session.get(UserPreferences, user_id)
         if prefs is None:
             return {"user_id": user_id, **DEFAULTS, **dict.fromkeys(UNDELIVERABLE_FIELDS)}

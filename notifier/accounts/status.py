@@ -10,7 +10,7 @@ from notifier.pipeline.routing import CANCEL_PREFIX, NO_TARGET
 from notifier.pipeline.sending import cancel_stranded
 from notifier.settings import get_settings
 from notifier.store import delivery_log
-from notifier.store.db import transaction
+from notifier.store.db import on_shard, shards, transaction
 from notifier.store.models import NotificationLog, Status
 from notifier.store.redis_conn import get_redis
 
@@ -20,14 +20,24 @@ redact = redact_target  # the name other modules know
 
 def get_status(notification_id: str) -> list[dict[str, Any]]:
     """Every delivery of a notification: channel, status, reason, attempts, timestamps, the task that last
-    handled it (and its page in Flower)."""
-    with transaction() as session:
+    handled it (and its page in Flower).
+
+    Sharded, every shard is asked: the deliveries live on their user's shard, and the id alone
+    does not name the user (one indexed look-up per shard)."""
+    found: list[dict[str, Any]] = []
+    for shard in shards():
+        found += _status_on_shard(shard, notification_id)
+    return found
+
+
+def _status_on_shard(shard: int, notification_id: str) -> list[dict[str, Any]]:
+    with transaction(shard=shard) as session:
         rows = session.scalars(
             select(NotificationLog).where(NotificationLog.notification_id == notification_id).order_by(NotificationLog.id)
         )
         return [
             {
-                "delivery_id": r.id, "notification_id": r.notification_id, "user_id": r.user_id, "channel": r.channel, "provider": r.provider, "status": r.status,
+                "delivery_id": r.id, "shard": shard, "notification_id": r.notification_id, "user_id": r.user_id, "channel": r.channel, "provider": r.provider, "status": r.status,
                 "reason": r.reason, "attempts": r.attempts, "last_error": r.last_error,
                 "provider_message_id": r.provider_message_id, "created_at": r.created_at,
                 "scheduled_at": r.scheduled_at, "sent_at": r.sent_at, "delivered_at": r.delivered_at,
@@ -60,14 +70,24 @@ def cancel_notification(notification_id: str, *, only_known: bool = False) -> in
     so the event is routed straight to `suppressed`. With `only_known` (the HTTP API, where
     anyone with the cancel scope could fill Redis with week-long marks for made-up ids) a
     notification with no row yet is neither cancelled nor remembered: None.
+
+    Sharded, every shard is asked (the id alone does not name the user, so not the shard).
     """
-    with transaction() as session:
-        known = session.scalar(
-            select(NotificationLog.id).where(NotificationLog.notification_id == notification_id).limit(1)
-        )
-        if known is None and only_known:
-            return None
-        get_redis().set(CANCEL_PREFIX + notification_id, 1, ex=CANCEL_TTL_S)
+    known_on = []
+    for shard in shards():
+        with transaction(shard=shard) as session:
+            if session.scalar(
+                select(NotificationLog.id).where(NotificationLog.notification_id == notification_id).limit(1)
+            ) is not None:
+                known_on.append(shard)
+    if not known_on and only_known:
+        return None
+    get_redis().set(CANCEL_PREFIX + notification_id, 1, ex=CANCEL_TTL_S)
+    return sum(_cancel_on_shard(shard, notification_id) for shard in known_on)
+
+
+def _cancel_on_shard(shard: int, notification_id: str) -> int:
+    with on_shard(shard), transaction() as session:
         ids = session.scalars(
             select(NotificationLog.id).where(
                 NotificationLog.notification_id == notification_id,
@@ -87,15 +107,15 @@ def notification_status(notification_id: str) -> list[dict[str, Any]]:
     deliveries = get_status(notification_id)
     if not deliveries:
         return []
-    with transaction() as session:
-        targets = dict(
-            session.execute(
+    targets: dict[tuple[int, int], str] = {}
+    for shard in {d["shard"] for d in deliveries}:
+        with transaction(shard=shard) as session:
+            targets.update(((shard, id_), target) for id_, target in session.execute(
                 select(NotificationLog.id, NotificationLog.target).where(
                     NotificationLog.notification_id == notification_id
                 )
-            ).all()
-        )
-    return [_redacted(d, targets.get(d["delivery_id"])) for d in deliveries]
+            ).all())
+    return [_redacted(d, targets.get((d["shard"], d["delivery_id"]))) for d in deliveries]
 
 
 def _redacted(delivery: dict[str, Any], target: str | None) -> dict[str, Any]:

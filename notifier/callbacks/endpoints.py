@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select
 
 from notifier.callbacks import signing, urls
 from notifier.settings import get_settings
-from notifier.store.db import transaction
+from notifier.store.db import shards, transaction
 from notifier.store.delivery_log import utcnow
 from notifier.apps import APP_NAME, known_app
 from notifier.store.models import CallbackEndpoint, CallbackOutbox
@@ -75,33 +75,42 @@ def register(producer: str, url: str) -> Endpoint:
     url = urls.check_url(url, get_settings().callback_allow_loopback)
     secret = signing.new_secret()
     now = utcnow()
-    with transaction() as session:
-        row = session.get(CallbackEndpoint, producer)
-        if row is None:
-            row = CallbackEndpoint(producer=producer, url=url, secret=secret, created_at=now, updated_at=now)
-            session.add(row)
-        else:
-            row.url, row.secret, row.updated_at = url, secret, now
-        session.flush()
-        return Endpoint(producer, url, row.created_at, row.updated_at, secret=secret)
+    # On every shard: each shard's terminal-status transaction joins its own copy to write the outbox
+    # (notifier.store.callback_outbox). Shard 0's copy is the one read back; the others follow it.
+    for shard in reversed(shards()):
+        with transaction(shard=shard) as session:
+            row = session.get(CallbackEndpoint, producer)
+            if row is None:
+                row = CallbackEndpoint(producer=producer, url=url, secret=secret, created_at=now, updated_at=now)
+                session.add(row)
+            else:
+                row.url, row.secret, row.updated_at = url, secret, now
+            session.flush()
+            endpoint = Endpoint(producer, url, row.created_at, row.updated_at, secret=secret)
+    return endpoint
 
 
 def get(producer: str) -> Endpoint | None:
     """A producer's registration with its outbox figures, or None."""
-    with transaction() as session:
+    with transaction(shard=0) as session:
         row = session.get(CallbackEndpoint, producer)
-        if row is None:
-            return None
-        pending, given_up = session.execute(
-            select(func.count().filter(CallbackOutbox.given_up_at.is_(None)),
-                   func.count().filter(CallbackOutbox.given_up_at.is_not(None)))
-            .where(CallbackOutbox.producer == producer)
-        ).one()
-        last_error = session.scalar(
-            select(CallbackOutbox.last_error).where(CallbackOutbox.producer == producer,
-                                                    CallbackOutbox.last_error.is_not(None))
-            .order_by(CallbackOutbox.id.desc()).limit(1))
-        return Endpoint(producer, row.url, row.created_at, row.updated_at, pending, given_up, last_error)
+    if row is None:
+        return None
+    pending = given_up = 0
+    last_error = None
+    for shard in shards():  # each shard's outbox holds the events of its users' deliveries
+        with transaction(shard=shard) as session:
+            waiting, dropped = session.execute(
+                select(func.count().filter(CallbackOutbox.given_up_at.is_(None)),
+                       func.count().filter(CallbackOutbox.given_up_at.is_not(None)))
+                .where(CallbackOutbox.producer == producer)
+            ).one()
+            pending, given_up = pending + waiting, given_up + dropped
+            last_error = last_error or session.scalar(
+                select(CallbackOutbox.last_error).where(CallbackOutbox.producer == producer,
+                                                        CallbackOutbox.last_error.is_not(None))
+                .order_by(CallbackOutbox.id.desc()).limit(1))
+    return Endpoint(producer, row.url, row.created_at, row.updated_at, pending, given_up, last_error)
 
 
 def list_all() -> list[Endpoint]:
@@ -111,8 +120,10 @@ def list_all() -> list[Endpoint]:
 
 
 def remove(producer: str) -> bool:
-    """Forget a producer's registration and its waiting events; False if it had none."""
-    with transaction() as session:
-        gone = session.execute(delete(CallbackEndpoint).where(CallbackEndpoint.producer == producer)).rowcount
-        session.execute(delete(CallbackOutbox).where(CallbackOutbox.producer == producer))
+    """Forget a producer's registration and its waiting events (on every shard); False if it had none."""
+    gone = 0
+    for shard in shards():
+        with transaction(shard=shard) as session:
+            gone += session.execute(delete(CallbackEndpoint).where(CallbackEndpoint.producer == producer)).rowcount
+            session.execute(delete(CallbackOutbox).where(CallbackOutbox.producer == producer))
     return bool(gone)

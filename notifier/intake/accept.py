@@ -6,6 +6,11 @@ producer (returns, answers 202, commits the Kafka offset). From then on a Celery
 is lost (a worker killed between the broker handing it out and acking it, a broker that
 restarts empty) costs time, not the notification: the rows exist, and the sweeper re-drives
 any that stay `queued` (notifier.pipeline.scheduling.sweep_stuck).
+
+Sharded (NOTIFIER_DATABASE_URLS), a batch is split by its users' shards and each part is stored
+in a durable transaction of its own on its shard; the producer is acknowledged once every part
+is. A part stored before another shard failed is not undone: the producer's retry finds it a
+repeat, and its rows are re-driven like any other (docs/sharding.md).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import redis
 from sqlalchemy import exc as sa_exc
 
 from notifier.ops import stage_cpu
-from notifier.store.db import transaction
+from notifier.store.db import on_shard, shard_count, shard_for, transaction
 from notifier.intake.events import NotificationEvent
 from notifier.store.redis_conn import get_redis
 from notifier.pipeline.routing import RouteResult, route
@@ -29,13 +34,30 @@ log = logging.getLogger(__name__)
 DEADLOCK_ATTEMPTS = 3
 
 
-def store(events: Sequence[NotificationEvent], producer: str | None = None) -> RouteResult:
-    """Route `events` and commit their delivery rows durably; return what is queued, per lane.
+def split_by_shard(events: Sequence[NotificationEvent]) -> dict[int, list[NotificationEvent]]:
+    """The events grouped by their user's shard (one group, shard 0, when unsharded)."""
+    count = shard_count()
+    if count == 1:
+        return {0: list(events)} if events else {}
+    parts: dict[int, list[NotificationEvent]] = {}
+    for event in events:
+        parts.setdefault(shard_for(event.user_id, count), []).append(event)
+    return parts
+
+
+def store(events: Sequence[NotificationEvent], producer: str | None = None) -> dict[int, RouteResult]:
+    """Route `events` and commit their delivery rows durably, one transaction per shard; return what
+    is queued, per shard and lane (delivery ids are per shard).
 
     `producer` names who sent them ("key:<id>" for the HTTP API), for callbacks; else each event's app."""
+    return {shard: store_on_shard(shard, part, producer) for shard, part in split_by_shard(events).items()}
+
+
+def store_on_shard(shard: int, events: Sequence[NotificationEvent], producer: str | None = None) -> RouteResult:
+    """Route events whose users all live on `shard` and commit their rows there durably."""
     if not events:
         return RouteResult()
-    with stage_cpu.measure("route"):
+    with stage_cpu.measure("route"), on_shard(shard):
         return _store(events, producer)
 
 

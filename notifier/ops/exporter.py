@@ -126,12 +126,23 @@ def _broker_gauges(broker: redis.Redis, queues: Sequence[str], key_prefix: str,
                             "(running, or prefetched; acks are late).", value=broker.hlen(key_prefix + "unacked"))
 
 
+def _summed_over_shards(stmt: Any) -> tuple[int, ...]:
+    """One row of counts, added up over every shard (each gauge is the fleet's, not one shard's)."""
+    from notifier.store.db import database_urls, get_engine
+
+    totals: list[int] = []
+    for url in database_urls():
+        with get_engine(url).connect() as conn:
+            row = conn.execute(stmt).one()
+        totals = [a + b for a, b in zip(totals, row)] if totals else list(row)
+    return tuple(totals)
+
+
 def _scheduled_gauges(now: float) -> Iterator[Any]:
     from datetime import datetime, timezone
 
     from sqlalchemy import case, func, select
 
-    from notifier.store.db import get_engine
     from notifier.store.delivery_log import LOG
     from notifier.store.models import Status
 
@@ -140,8 +151,7 @@ def _scheduled_gauges(now: float) -> Iterator[Any]:
     stmt = select(func.count(), func.count(case((LOG.c.scheduled_at <= due_before, 1)))).where(
         LOG.c.status == Status.SCHEDULED.value
     )
-    with get_engine().connect() as conn:
-        backlog, due = conn.execute(stmt).one()
+    backlog, due = _summed_over_shards(stmt)
     yield GaugeMetricFamily("notifier_scheduled_deliveries", "Deliveries waiting in `scheduled` (quiet hours, "
                             "send_at, retry backoff).", value=backlog)
     yield GaugeMetricFamily("notifier_scheduled_due_deliveries", "Scheduled deliveries already due and not yet "
@@ -153,13 +163,11 @@ def _scheduled_gauges(now: float) -> Iterator[Any]:
 def _digest_gauges(due_before) -> Iterator[Any]:
     from sqlalchemy import case, func, select
 
-    from notifier.store.db import get_engine
     from notifier.store.models import DigestWindow
 
     windows = DigestWindow.__table__
-    with get_engine().connect() as conn:
-        open_, overdue = conn.execute(select(func.count(), func.count(case((windows.c.closes_at <= due_before, 1))))
-                                      .select_from(windows)).one()
+    open_, overdue = _summed_over_shards(select(func.count(), func.count(case((windows.c.closes_at <= due_before, 1))))
+                                         .select_from(windows))
     yield GaugeMetricFamily("notifier_digest_windows", "Digest windows open (members held for a digest).",
                             value=open_)
     yield GaugeMetricFamily("notifier_digest_windows_due", "Digest windows past their close and not yet sent as "
@@ -169,13 +177,11 @@ def _digest_gauges(due_before) -> Iterator[Any]:
 def _callback_outbox_gauge() -> Iterator[Any]:
     from sqlalchemy import func, select
 
-    from notifier.store.db import get_engine
     from notifier.store.models import CallbackOutbox
 
     stmt = select(func.count().filter(CallbackOutbox.given_up_at.is_(None)),
                   func.count().filter(CallbackOutbox.given_up_at.is_not(None)))
-    with get_engine().connect() as conn:
-        pending, given_up = conn.execute(stmt).one()
+    pending, given_up = _summed_over_shards(stmt)
     family = GaugeMetricFamily("notifier_callback_outbox_events", "Callback events in the outbox: pending (not "
                                "accepted yet) and given_up (kept for inspection).", labels=["state"])
     family.add_metric(["pending"], pending)

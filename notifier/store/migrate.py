@@ -27,3 +27,19 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
 def downgrade(url: str | None = None, revision: str = "base") -> None:
     """Migrate the database at `url` down to `revision`."""
     command.downgrade(alembic_config(url), revision)
+
+
+def upgrade_every_shard(revision: str = "head") -> None:
+    """Migrate every shard (NOTIFIER_DATABASE_URLS, else the one database) up to `revision`, in shard order."""
+    from notifier.store.db import database_urls
+
+    for url in database_urls():
+        upgrade(url, revision)
+
+
+def downgrade_every_shard(revision: str = "base") -> None:
+    """Migrate every shard down to `revision`."""
+    from notifier.store.db import database_urls
+
+    for url in database_urls():
+        downgrade(url, revision)

@@ -258,7 +258,7 @@ def test_holds_and_closes_racing_lose_no_member_and_make_one_digest_per_window(d
 
     user, _token = _ios_user(unique)
     events = [parse_event(_liked(unique, user, f"actor{i}")) for i in range(200)]
-    ids = intake.store(events).queued["low"]
+    ids = intake.store(events)[0].queued["low"]
     assert len(ids) == 200
     holding = True
     errors: list[BaseException] = []
@@ -325,7 +325,7 @@ def test_a_digest_that_cannot_be_made_ends_failed_and_the_other_windows_go_on(da
 
     (broken_user, _), (fine_user, _) = _ios_user(unique), _ios_user(unique)
     broken, fine = parse_event(_liked(unique, broken_user, "Anna")), parse_event(_liked(unique, fine_user, "Ben"))
-    ids = intake.store([broken, fine]).queued["low"]
+    ids = intake.store([broken, fine])[0].queued["low"]
     with transaction() as session:
         # An hour's window: only this test's close (two hours on) is due to close it, not the stack's beat.
         filter_deliveries(session, get_redis(), ids, utcnow(), (), {"social": 3600})

@@ -109,6 +109,43 @@ def test_postgres_commits_synchronously(private_services):
     assert show.split() == ["fsync|on", "full_page_writes|on", "synchronous_commit|on"]
 
 
+@needs_root
+@pytest.mark.skipif(not Path("/usr/sbin/pgbouncer").exists(), reason="needs Debian's pgbouncer")
+def test_pg_shards_start_a_pgbouncer_in_transaction_pooling_in_front_of_each_shard(private_services):
+    import psycopg2
+
+    # When the script starts PostgreSQL with --pg-shards
+    private_services.run("start", "--pg-shards", "postgres")
+    try:
+        # Then `env` names both shards through their PgBouncers (beside the unchanged single URL)
+        env = private_services.run("env")
+        [line] = [x for x in env.splitlines() if x.startswith("export NOTIFIER_DATABASE_URLS_SHARDED=")]
+        urls = line.split("=", 1)[1].split(",")
+        assert [u.rsplit("/", 1)[1] for u in urls] == ["notifier_shard0", "notifier_shard1"]
+        assert "export NOTIFIER_DATABASE_URL=" in env
+        for url in urls:
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            assert port != 15432 + private_services.offset  # through PgBouncer, not to the server
+            with psycopg2.connect(host="127.0.0.1", port=port, dbname=url.rsplit("/", 1)[1], user="notifier",
+                                  password="notifier") as conn, conn.cursor() as cur:
+                cur.execute("SELECT current_database()")
+                assert cur.fetchone()[0] == url.rsplit("/", 1)[1]
+            console = psycopg2.connect(host="127.0.0.1", port=port, dbname="pgbouncer", user="notifier")
+            console.autocommit = True
+            try:
+                with console.cursor() as cur:
+                    cur.execute("SHOW CONFIG")
+                    config = {row[0]: row[1] for row in cur.fetchall()}
+            finally:
+                console.close()
+            assert config["pool_mode"] == "transaction"
+        assert "pgbouncer shard 1: running" in private_services.run("status", "--pg-shards", "postgres")
+    finally:
+        # And `stop --pg-shards` stops the PgBouncers only
+        private_services.run("stop", "--pg-shards")
+    assert "postgres: running" in private_services.run("status", "postgres")
+
+
 def test_compose_runs_redis_with_the_same_append_only_file():
     compose = yaml.safe_load(COMPOSE.read_text())
     command = " ".join(compose["services"]["redis"]["command"])

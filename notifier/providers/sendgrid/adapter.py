@@ -19,6 +19,7 @@ import requests
 from notifier.providers.base import Delivery, Outcome, OutcomeKind
 from notifier.providers.http1 import HttpClient, RequestPerDelivery, send_one
 from notifier.settings import Settings, get_settings
+from notifier.store.db import current_shard
 
 RESPONSES_DOC = "https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors"
 MAIL_SEND_PATH = "/v3/mail/send"
@@ -47,7 +48,9 @@ def build_request(d: Delivery, s: Settings) -> dict[str, Any]:
     return {
         "personalizations": [{
             "to": [{"email": d.target}],
-            "custom_args": {"delivery_id": str(d.id), "notification_id": d.notification_id},
+            # Delivery ids are per shard: a sharded delivery names its shard too (reports find the row by both).
+            "custom_args": {"delivery_id": str(d.id), "notification_id": d.notification_id}
+            | ({"shard": str(current_shard())} if current_shard() else {}),
         }],
         "from": {"email": s.email_from, "name": s.email_from_name} if s.email_from_name else {"email": s.email_from},
         "subject": d.title or d.body[:78] or "(no subject)",

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from notifier.intake.validation import make_storable
 from notifier.providers.reports import Effect, Report, after_commit, apply_effect
 from notifier.store import delivery_log
-from notifier.store.db import transaction
+from notifier.store.db import on_shard, shards, transaction
 from notifier.store.models import NotificationLog, UserPreferences
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,21 @@ def apply_sendgrid_events(events: Iterable[Mapping[str, Any]], now: datetime | N
     now = now or delivery_log.utcnow()
     events = [e for e in events if isinstance(e, Mapping)]
     report = Report()
+    by_shard: dict[int, list[Mapping[str, Any]]] = {}
+    for event in events:  # the shard the send named in its custom args (none: shard 0, or unsharded)
+        by_shard.setdefault(_delivery_id(event.get("shard")) or 0, []).append(event)
+    for shard, part in by_shard.items():
+        if shard not in shards():
+            report.unknown += len(part)
+            log.info("sendgrid: %d event(s) for unknown shard %r ignored", len(part), shard)
+            continue
+        with on_shard(shard):
+            _apply_on_shard(part, now, report)
+    report.count("sendgrid")
+    return report
+
+
+def _apply_on_shard(events: list[Mapping[str, Any]], now: datetime, report: Report) -> None:
     with transaction() as session:
         ids = {i for i in (_delivery_id(e.get("delivery_id")) for e in events) if i is not None}
         rows = {
@@ -104,8 +119,6 @@ def apply_sendgrid_events(events: Iterable[Mapping[str, Any]], now: datetime | N
             report.ignored += not changed
         confirmed = _current_address_holders(session, opt_outs)
     after_commit(report, confirmed)
-    report.count("sendgrid")
-    return report
 
 
 def _is_ours(row: NotificationLog, event: Mapping[str, Any]) -> bool:
