@@ -215,10 +215,7 @@ redis_cluster_node_up() {
 
 redis_cluster_start() {
     redis_ensure_installed
-    if redis_cluster_ok; then
-        log "redis cluster already running on $HOST:$REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + REDIS_CLUSTER_NODES - 1))"
-        return
-    fi
+    # Every node not answering is started (a node killed in a failover test rejoins as a replica).
     local port dir addresses=()
     for port in $(redis_cluster_ports); do
         dir="$REDIS_CLUSTER_DIR/$port"
