@@ -130,7 +130,7 @@ def broker_url(settings: Settings | None = None) -> str:
     url = redis_url(settings)
     if is_cluster_url(url):
         # kombu's Redis transport speaks to one server: a cluster cannot hold Celery's queues.
-        raise RuntimeError("NOTIFIER_BROKER_URL must be set when NOTIFIER_REDIS_URL is a Redis Cluster: "
+        raise ValueError("NOTIFIER_BROKER_URL must be set when NOTIFIER_REDIS_URL is a Redis Cluster: "
                            "the Celery broker is one Redis server (or RabbitMQ), not a cluster")
     if url.startswith("unix://"):
         return "redis+socket://" + url[len("unix://"):]

@@ -74,3 +74,13 @@ def test_a_bad_cluster_url_says_what_is_wrong(url, says):
 
 def test_a_plain_url_is_no_cluster():
     assert not is_cluster_url("redis://127.0.0.1:16379/0")
+
+
+def test_a_cluster_data_redis_needs_a_broker_of_its_own():
+    from notifier.settings import Settings
+    from notifier.store.redis_conn import broker_url
+
+    cluster = "redis+cluster://127.0.0.1:17000/"
+    with pytest.raises(ValueError, match="NOTIFIER_BROKER_URL must be set"):
+        broker_url(Settings(redis_url=cluster, broker_url=""))
+    assert broker_url(Settings(redis_url=cluster, broker_url="redis://127.0.0.1:16379/1")) == "redis://127.0.0.1:16379/1"
