@@ -74,14 +74,23 @@ ATTEMPT_PREFIX = "dedup-attempt:"
 RECLAIMED = "reclaimed"  # ours now, but an earlier attempt's request may have reached the provider
 
 
+def _split(key: str) -> tuple[str, str]:
+    # A delivery key is notification_id:channel:target-hash (routing.idempotency_key); the
+    # notification id is the hash tag on a cluster, so one event's deliveries (its channels and
+    # targets, a cancel's whole claim) share a slot and a script call.
+    parts = key.rsplit(":", 2)
+    return (parts[0], f":{parts[1]}:{parts[2]}") if len(parts) == 3 else (key, "")
+
+
 def lease_key(r: redis.Redis, key: str) -> str:
     """The Redis key of a delivery's lease (and sent marker)."""
-    return tagged(r, PREFIX, key)
+    return tagged(r, PREFIX, *_split(key))
 
 
 def _run(r: redis.Redis, source: str, keys: Sequence[str], *args) -> list:
-    # A lease and its attempt flag share the delivery key as hash tag: one slot per delivery.
-    return run_script(r, source, [(tagged(r, PREFIX, k), tagged(r, ATTEMPT_PREFIX, k)) for k in keys], args)
+    # A lease and its attempt flag carry the same hash tag: one slot.
+    return run_script(r, source, [(tagged(r, PREFIX, *_split(k)), tagged(r, ATTEMPT_PREFIX, *_split(k)))
+                                  for k in keys], args)
 
 
 def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[str]:

@@ -1,8 +1,9 @@
 """The data Redis as one server or a Redis Cluster: hash tags, and batches split by slot.
 
 In a cluster a Lua script may only touch keys of one hash slot, and MGET likewise. So the keys
-a script reads together carry the same hash tag (`dedup:{K}` and `dedup-attempt:{K}`; a user's
-rate counters `rl:{user}:...`), and a batch is grouped by slot: one script call per group, all
+a script reads together carry the same hash tag (a delivery's lease and attempt flag
+`dedup:{notification}:channel:target` and `dedup-attempt:{notification}:…`; a user's rate counters
+`rl:{user}:...`), and a batch is grouped by slot: one script call per group, all
 sent in one pipelined round trip per node (EVAL, not EVALSHA: a replica promoted after a
 failover has no script cache, and EVAL needs none).
 

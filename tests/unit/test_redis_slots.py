@@ -26,10 +26,17 @@ def test_a_single_server_keeps_its_key_names():
 
 
 def test_a_lease_and_its_attempt_flag_share_a_slot_on_a_cluster():
-    for key in ("n1:push:ab", "order-42:email:0f", "weird}{id:sms:1", "x"):
-        lease, attempt = tagged(CLUSTER, dedup.PREFIX, key), tagged(CLUSTER, dedup.ATTEMPT_PREFIX, key)
-        assert lease == f"dedup:{{{key}}}"
+    assert dedup.lease_key(CLUSTER, "order-42:email:0f") == "dedup:{order-42}:email:0f"
+    for key in ("n1:push:ab", "order:42:email:0f", "weird}{id:sms:1", "x"):
+        lease = dedup.lease_key(CLUSTER, key)
+        attempt = lease.replace(dedup.PREFIX, dedup.ATTEMPT_PREFIX, 1)
         assert slot(lease) == slot(attempt)
+
+
+def test_one_notifications_deliveries_share_a_slot_and_notifications_spread():
+    keys = [f"n-1:{channel}:{target}" for channel in ("push", "email", "sms") for target in ("a1", "b2")]
+    assert len({slot(dedup.lease_key(CLUSTER, k)) for k in keys}) == 1
+    assert len({slot(dedup.lease_key(CLUSTER, f"n-{i}:push:a1")) for i in range(200)}) > 150
 
 
 def test_a_users_rate_counters_share_a_slot_and_users_spread():
