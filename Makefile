@@ -4,12 +4,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo dev test test-rabbitmq services services-stop services-status install tools bench clean flower chaos
+.PHONY: demo dev test test-rabbitmq test-redis-cluster services services-stop services-status install tools bench clean flower chaos
 
 # Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/integration/environment.py).
 TEST_ENV := . .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test
 # The modules that run a second time with RabbitMQ as the broker.
 RABBITMQ_TESTS := tests/integration/test_pipeline.py tests/integration/test_rabbitmq_broker.py
+# The modules that run with the data Redis a Redis Cluster (3 masters + 3 replicas; the broker stays one Redis).
+REDIS_CLUSTER_TESTS := tests/integration/test_redis_cluster.py tests/integration/test_pipeline.py \
+	tests/integration/test_redis_cluster_failover.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +35,13 @@ dev: $(STAMP)
 test: $(STAMP) services tools
 	$(TEST_ENV) && $(PY) -m pytest $(PYTEST_ARGS)
 	$(TEST_ENV) && export NOTIFIER_BROKER_URL=$$NOTIFIER_RABBITMQ_URL && $(PY) -m pytest $(RABBITMQ_TESTS)
+	$(MAKE) test-redis-cluster PYTEST_ARGS=
+
+## Only the Redis Cluster pass: starts the cluster (scripts/services.sh start redis-cluster), then the cluster's
+## own tests, the pipeline's module and the failover run (a master SIGKILLed mid-run) against it; about a minute.
+test-redis-cluster: $(STAMP) services
+	PYTHON=$(PY) bash scripts/services.sh start redis-cluster
+	$(TEST_ENV) && export NOTIFIER_TEST_REDIS_CLUSTER=1 && $(PY) -m pytest $(REDIS_CLUSTER_TESTS) $(PYTEST_ARGS)
 
 ## Only the RabbitMQ pass.
 test-rabbitmq: $(STAMP) services

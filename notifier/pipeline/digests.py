@@ -38,6 +38,7 @@ from notifier.pipeline.scheduling import Ready
 from notifier.store import delivery_log
 from notifier.store.models import DigestMember, DigestWindow, Status
 from notifier.store.recipients import load_recipients
+from notifier.store.redis_slots import mget
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def close_due(session: Session, r: redis.Redis | None, now: datetime, limit: int
     # A cancel of the digest's id (shown to the producer by its members' reasons) that came before the close.
     cancelled = set()
     if r is not None:
-        flags = r.mget([CANCEL_PREFIX + w.notification_id for w in due])
+        flags = mget(r, [CANCEL_PREFIX + w.notification_id for w in due])
         cancelled = {w.notification_id for w, flag in zip(due, flags) if flag}
     for window in due:
         reason = digested_reason(window.notification_id)

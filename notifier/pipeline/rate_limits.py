@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Sequence
 
 import redis
 
 from notifier.intake.events import Priority
+from notifier.store.redis_slots import run_script, tagged
 
 DAY = 86_400
 WEEK = 7 * DAY
@@ -83,10 +83,13 @@ def applicable_limit(limits: Sequence[Limit], req: Request) -> Limit | None:
     return limit_for(limits, req.channel, req.category)
 
 
-def window_key(req: Request, limit: Limit, now_s: float) -> tuple[str, int]:
-    """The counter of the fixed window `now_s` falls in, and its expiry (the window plus a minute)."""
+def window_key(req: Request, limit: Limit, now_s: float, r: redis.Redis | None = None) -> tuple[str, int]:
+    """The counter of the fixed window `now_s` falls in, and its expiry (the window plus a minute).
+
+    On a Redis Cluster the user id is the hash tag: a user's counters share a slot."""
     window = int(now_s // limit.window_s)
-    return f"rl:{req.user_id}:{req.channel}:{limit.category}:{limit.window_s}:{window}", limit.window_s + 60
+    return tagged(r, "rl:", req.user_id, f":{req.channel}:{limit.category}:{limit.window_s}:{window}"), \
+        limit.window_s + 60
 
 
 def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], now_s: float) -> list[bool]:
@@ -98,13 +101,9 @@ def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], 
         plan.append(limit)
         if limit is None:
             continue
-        key, ttl = window_key(req, limit, now_s)
+        key, ttl = window_key(req, limit, now_s, r)
         keys.append(key)
         ttls.append(ttl)
-    counts = iter(_counter(r)(keys=keys, args=ttls) if keys else ())
+    counts = iter(run_script(r, _COUNT, [(k,) for k in keys], per_item_args=ttls))
     return [True if limit is None else next(counts) <= limit.max_count for limit in plan]
 
-
-@lru_cache(maxsize=8)
-def _counter(r: redis.Redis):
-    return r.register_script(_COUNT)

@@ -24,6 +24,7 @@ from notifier.intake.validation import is_storable
 from notifier.store.models import IdempotencyKey, Status
 from notifier.queues import LANES
 from notifier.store.recipients import Recipient, load_recipients
+from notifier.store.redis_slots import mget
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def route(session: Session, events: Sequence[NotificationEvent], r: redis.Redis 
     recipients = load_recipients(session, (e.user_id for e, _ in fresh), r)
     cancelled = set()
     if r is not None and fresh:
-        flags = r.mget([CANCEL_PREFIX + e.notification_id for e, _ in fresh])
+        flags = mget(r, [CANCEL_PREFIX + e.notification_id for e, _ in fresh])
         cancelled = {e.notification_id for (e, _), flag in zip(fresh, flags) if flag}
     rows: list[dict] = []
     lane_of_key: dict[str, str] = {}

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from notifier.store.models import DeviceToken, UserPreferences
+from notifier.store.redis_slots import mget
 
 
 @dataclass(slots=True)
@@ -51,7 +52,7 @@ def load_recipients(session: Session, user_ids: Iterable[str], r: redis.Redis | 
     ids = sorted(set(user_ids))
     if r is None or not ids:
         return _from_database(session, ids)
-    cached = r.mget([CACHE_PREFIX + uid for uid in ids])
+    cached = mget(r, [CACHE_PREFIX + uid for uid in ids])
     out = {uid: _decode(raw) for uid, raw in zip(ids, cached) if raw is not None}
     missing = [uid for uid in ids if uid not in out]
     if missing:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote
 
 import redis
 
@@ -96,24 +97,67 @@ def redis_url(settings: Settings | None = None) -> str:
     return settings.redis_url or f"unix://{embedded_socket(settings)}"
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether a Redis URL names a Redis Cluster: redis+cluster://host:port,host:port/ (rediss+ for TLS)."""
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The (host, port) startup nodes a cluster URL names; any one that answers finds the rest."""
+    rest = url.split("://", 1)[1]
+    netloc = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    nodes = []
+    for part in filter(None, netloc.split(",")):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"NOTIFIER_REDIS_URL: cluster node {part!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError("NOTIFIER_REDIS_URL: a redis+cluster:// URL names no node")
+    if rest.split("/", 1)[1:] not in ([], [""], ["0"]):
+        raise ValueError("NOTIFIER_REDIS_URL: a Redis Cluster has only database 0")
+    return nodes
+
+
 def broker_url(settings: Settings | None = None) -> str:
     """Return the Celery broker URL (kombu spelling)."""
     settings = settings or get_settings()
     if settings.broker_url:
         return settings.broker_url
     url = redis_url(settings)
+    if is_cluster_url(url):
+        # kombu's Redis transport speaks to one server: a cluster cannot hold Celery's queues.
+        raise ValueError("NOTIFIER_BROKER_URL must be set when NOTIFIER_REDIS_URL is a Redis Cluster: "
+                           "the Celery broker is one Redis server (or RabbitMQ), not a cluster")
     if url.startswith("unix://"):
         return "redis+socket://" + url[len("unix://"):]
     return url
 
 
+def connect(url: str, timeout_s: float = 5) -> redis.Redis:
+    """A client for a data Redis URL: one server, or a RedisCluster for a redis+cluster:// URL."""
+    if is_cluster_url(url):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        # Reads go to masters only (the default): a lease read from a lagging replica could say free.
+        netloc = url.split("://", 1)[1].split("/", 1)[0]
+        user, _, password = unquote(netloc.rsplit("@", 1)[0]).partition(":") if "@" in netloc else ("", "", "")
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)],
+                            username=user or None, password=password or None, ssl=url.startswith("rediss+"),
+                            socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
 @lru_cache(maxsize=1)
 def _client(url: str, pid: int) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return connect(url)
 
 
 def get_redis() -> redis.Redis:
-    """Return this process's Redis client (a new pool after fork)."""
+    """Return this process's Redis client (a new pool after fork): a RedisCluster for a redis+cluster:// URL."""
     return _client(redis_url(), os.getpid())
 
 

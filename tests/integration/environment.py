@@ -106,6 +106,32 @@ def _private_rabbitmq_vhost(url: str) -> str:
     return f"{url.rsplit('/', 1)[0]}/{vhost}"
 
 
+def _use_redis_cluster() -> None:
+    """Make the data Redis the cluster from `scripts/services.sh start redis-cluster` (make test-redis-cluster).
+
+    The broker stays this run's database on the single Redis (kombu cannot use a cluster). A
+    cluster has only database 0, so a run holds the whole cluster: a key on the single Redis
+    names the run that holds it, and the session starts by flushing it (conftest.clean_redis)."""
+    import atexit
+
+    import redis
+
+    url = os.environ.get("NOTIFIER_REDIS_CLUSTER_URL", "")
+    if not url:
+        raise RuntimeError("NOTIFIER_TEST_REDIS_CLUSTER=1 needs NOTIFIER_REDIS_CLUSTER_URL: "
+                           "scripts/services.sh start redis-cluster, then eval \"$(scripts/services.sh env)\"")
+    base = os.environ.get("NOTIFIER_BROKER_URL", "").rsplit("/", 1)[0]
+    if base.startswith("redis://"):
+        r, key, me = redis.Redis.from_url(f"{base}/0"), "notifier-test:redis-cluster", str(os.getpid())
+        if not r.set(key, me, nx=True, ex=6 * 3600):
+            holder = (r.get(key) or b"").decode()
+            if holder.isdigit() and Path(f"/proc/{holder}").exists():
+                raise RuntimeError(f"the test Redis Cluster is held by the live test run {holder}")
+            r.set(key, me, ex=6 * 3600)
+        atexit.register(lambda: r.get(key) == me.encode() and r.delete(key))
+    os.environ["NOTIFIER_REDIS_URL"] = url
+
+
 def _private_services() -> str | None:
     """Give this run its own PostgreSQL database and Redis databases (or RabbitMQ vhost) on the shared servers."""
     db_url = os.environ.get("NOTIFIER_DATABASE_URL", "")
@@ -119,6 +145,8 @@ def _private_services() -> str | None:
             os.environ["NOTIFIER_BROKER_URL"] = f"{base}/{pair + 1}"
     if broker_url_.startswith("amqp"):
         os.environ["NOTIFIER_BROKER_URL"] = _private_rabbitmq_vhost(broker_url_)
+    if os.environ.get("NOTIFIER_TEST_REDIS_CLUSTER") == "1":
+        _use_redis_cluster()
     if not db_url.startswith("postgresql"):
         return None
     from sqlalchemy import create_engine, text

@@ -186,7 +186,7 @@ def test_the_limit_holds_and_the_api_replays_with_an_admin_key(worker, sandbox, 
 def test_a_failed_delivery_whose_key_says_sent_is_never_replayed(worker, sandbox, wait_until, unique):
     # Given a failed delivery whose dedup key says a provider accepted it (its record was lost)
     [(nid, token)] = _outage(sandbox, unique, wait_until, 1)
-    get_redis().set(dedup.PREFIX + _row(nid).idempotency_key, dedup.SENT, ex=60)
+    get_redis().set(dedup.lease_key(get_redis(), _row(nid).idempotency_key), dedup.SENT, ex=60)
 
     result = replay_failed(Selection(notification_ids=[nid], why="outage over"), by="test")
 
