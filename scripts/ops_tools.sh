@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Install the command-line checker the ops tests run (tests/integration/test_monitoring.py) from
-# Debian's packages: promtool (package prometheus) checks and unit-tests docker/prometheus/*.yml.
+# Install the tools the tests run from Debian's packages: promtool (package prometheus) checks and
+# unit-tests docker/prometheus/*.yml (tests/integration/test_monitoring.py); pgbouncer pools the
+# PostgreSQL shards of tests/integration/test_shards.py in transaction mode (each run starts its own).
 # (docker/compose.yaml is checked by scripts/composecheck, Compose's own loader, built with Go.)
-# Only the tool is wanted: the prometheus package's own daemon must not start, so service starts
+# Only the tools are wanted: the packages' own daemons must not start, so service starts
 # are refused while it installs (policy-rc.d, as in Docker images). Idempotent; `make test` runs it.
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
+[[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
 ((${#missing[@]})) || exit 0
 [[ $(id -u) == 0 ]] || { echo "ops_tools.sh: run as root to install ${missing[*]}" >&2; exit 1; }
 
