@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo dev test test-rabbitmq test-redis-cluster services services-stop services-status install tools bench clean flower chaos
+.PHONY: demo dev test test-rabbitmq test-redis-cluster services services-stop services-status install tools bench bench-cluster clean flower chaos
 
 # Each test run gets its own database (and Redis databases or RabbitMQ vhost: tests/integration/environment.py).
 TEST_ENV := . .services/env && export NOTIFIER_DATABASE_URL=$${NOTIFIER_DATABASE_URL%/notifier}/notifier_test
@@ -67,6 +67,13 @@ flower: $(STAMP)
 
 bench: $(STAMP) services
 	. .services/env && $(PY) -m bench $(BENCH_ARGS)
+
+## The same benchmark on the scale-out topology, all on loopback: the data Redis a Redis Cluster (3 masters,
+## 3 replicas), PostgreSQL as 2 shards each behind PgBouncer (transaction pooling), Kafka topics of
+## 6 partitions, 2 bridges per lane (docs/scaling.md). Ends with one JSON line.
+bench-cluster: $(STAMP) services
+	PYTHON=$(PY) bash scripts/services.sh start --pg-shards redis-cluster
+	. .services/env && $(PY) -m bench --topology cluster $(BENCH_ARGS)
 
 ## The fault campaign (docs/chaos.md): private Redis, PostgreSQL and Kafka on loopback ports of its own
 ## (never the shared ones), one fault per scenario; e.g. CHAOS_ARGS='--scenario baseline'.

@@ -18,8 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def _configure_env(work: Path) -> dict[str, str]:
-    """Point everything at bench-only databases, so runs never mix with dev or test data."""
+def _configure_env(work: Path, topology: str = "single") -> dict[str, str]:
+    """Point everything at bench-only databases, so runs never mix with dev or test data.
+
+    topology "cluster": the data Redis is the Redis Cluster and PostgreSQL the two shards behind
+    PgBouncer that `make bench-cluster` starts (scripts/services.sh start redis-cluster --pg-shards);
+    the broker stays the single Redis (kombu does not speak Redis Cluster)."""
     base_db = os.environ.get("NOTIFIER_DATABASE_URL", "")
     redis_base = os.environ.get("NOTIFIER_REDIS_URL", "")
     if not base_db.startswith("postgresql") or not redis_base.startswith("redis://"):
@@ -33,10 +37,17 @@ def _configure_env(work: Path) -> dict[str, str]:
         "NOTIFIER_REDIS_URL": f"{host}/14",
         "NOTIFIER_BROKER_URL": f"{host}/15",
         "NOTIFIER_VAR_DIR": str(work),
-        "NOTIFIER_STAGE_CPU": "1",  # notifier.ops.stage_cpu: each stage's CPU, for the report
         "NOTIFIER_APNS_KEY_PATH": str(work / "sandbox" / "apns_key.p8"),
         "NOTIFIER_APNS_CA_FILE": str(work / "sandbox" / "tls-cert.pem"),
+        "NOTIFIER_STAGE_CPU": "1",  # notifier.ops.stage_cpu: each stage's CPU, for the report
     })
+    if topology == "cluster":
+        cluster, shards = os.environ.get("NOTIFIER_REDIS_CLUSTER_URL"), os.environ.get("NOTIFIER_DATABASE_URLS_SHARDED")
+        if not cluster or not shards:
+            sys.exit("bench: --topology cluster needs the Redis Cluster and the PostgreSQL shards: run it through "
+                     "`make bench-cluster` (scripts/services.sh start redis-cluster --pg-shards)")
+        os.environ.update({"NOTIFIER_REDIS_URL": cluster, "NOTIFIER_DATABASE_URLS": shards,
+                           "NOTIFIER_DATABASE_URL": shards.split(",")[0]})
     return dict(os.environ)
 
 
@@ -52,15 +63,17 @@ def _create_database() -> None:
 
 
 def _reset_state() -> None:
-    """Empty tables, caches, counters and queues: each phase starts from the same place."""
+    """Empty tables (on every shard), caches, counters and queues: each phase starts from the same place."""
     from sqlalchemy import text
 
-    from notifier.store.db import get_engine
+    from notifier.store.db import get_engine, on_shard, shards
     from notifier.store.redis_conn import broker_redis, get_redis
 
-    with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE notification_log, idempotency_keys, device_tokens, user_preferences RESTART IDENTITY"))
-    get_redis().flushdb()
+    for shard in shards():
+        with on_shard(shard), get_engine().begin() as conn:
+            conn.execute(text("TRUNCATE notification_log, idempotency_keys, device_tokens, user_preferences "
+                              "RESTART IDENTITY"))
+    get_redis().flushdb()  # on a Redis Cluster: every master
     broker_redis().flushdb()
 
 
@@ -131,16 +144,18 @@ def _wait_settled(expected_events: set[str], timeout_s: float, prefix: str) -> f
     """Wait until every event has rows and none is queued or sending; return when that was."""
     from sqlalchemy import func, select
 
-    from notifier.store.db import session_factory
+    from notifier.store.db import on_shard, session_factory, shards
     from notifier.store.models import NotificationLog
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with session_factory()() as s:
-            busy = s.scalar(select(func.count()).where(NotificationLog.status.in_(["queued", "sending"]),
-                                                       NotificationLog.notification_id.like(prefix + "%")))
-            seen = s.scalar(select(func.count(func.distinct(NotificationLog.notification_id)))
-                            .where(NotificationLog.notification_id.like(prefix + "%")))
+        busy = seen = 0
+        for shard in shards():  # an event's rows are all on its user's shard
+            with on_shard(shard), session_factory()() as s:
+                busy += s.scalar(select(func.count()).where(NotificationLog.status.in_(["queued", "sending"]),
+                                                            NotificationLog.notification_id.like(prefix + "%")))
+                seen += s.scalar(select(func.count(func.distinct(NotificationLog.notification_id)))
+                                 .where(NotificationLog.notification_id.like(prefix + "%")))
         if busy == 0 and seen >= len(expected_events):
             return time.time()
         time.sleep(0.25)
@@ -151,15 +166,22 @@ def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu: dict
     """Figures of one phase, from the database and what the sandbox accepted."""
     from sqlalchemy import func, select
 
-    from notifier.store.db import session_factory
+    from notifier.store.db import on_shard, session_factory, shards
     from notifier.store.models import NotificationLog
 
-    with session_factory()() as s:
-        by_status = dict(s.execute(select(NotificationLog.status, func.count())
-                                   .where(NotificationLog.notification_id.like(prefix + "%"))
-                                   .group_by(NotificationLog.status)).all())
-        with_rows = set(s.scalars(select(NotificationLog.notification_id)
-                                  .where(NotificationLog.notification_id.like(prefix + "%")).distinct()))
+    by_status: dict[str, int] = {}
+    with_rows: set[str] = set()
+    sent_per_shard = []
+    for shard in shards():
+        with on_shard(shard), session_factory()() as s:
+            counts = dict(s.execute(select(NotificationLog.status, func.count())
+                                    .where(NotificationLog.notification_id.like(prefix + "%"))
+                                    .group_by(NotificationLog.status)).all())
+            with_rows |= set(s.scalars(select(NotificationLog.notification_id)
+                                       .where(NotificationLog.notification_id.like(prefix + "%")).distinct()))
+        for status, n in counts.items():
+            by_status[status] = by_status.get(status, 0) + n
+        sent_per_shard.append(counts.get("sent", 0))
     messages = [m for m in sandbox.messages(provider="apns") if m["payload"].get("bench_phase") == prefix]
     per_id: dict[str, int] = {}
     for m in messages:
@@ -189,6 +211,7 @@ def _outcome(prefix: str, events: list[dict], sandbox, started: float, cpu: dict
         "duplicates": sum(n - 1 for n in per_id.values() if n > 1),
         "lost": len({e["notification_id"] for e in events} - with_rows) + by_status.get("queued", 0)
         + by_status.get("sending", 0),
+        "sent_per_shard": sent_per_shard,
     }
 
 
@@ -199,12 +222,21 @@ def _stamp(event: dict, phase: str) -> dict:
 
 def _prepare(sandbox, n_events: int, prefix: str, high_share: float):
     """Fresh state, the users and events of one phase, and their dead tokens armed at the sandbox."""
+    from sqlalchemy import insert
+
     from bench.workload import build
-    from notifier.store.db import session_factory
+    from notifier.store.db import shard_for, transaction
+    from notifier.store.models import DeviceToken, UserPreferences
 
     _reset_state()
-    with session_factory()() as s, s.begin():
-        workload = build(s, n_events, prefix=prefix, high_share=high_share)
+    workload = build(None, n_events, prefix=prefix, high_share=high_share)
+    for model, rows in ((UserPreferences, workload.prefs), (DeviceToken, workload.devices)):
+        by_shard: dict[int, list[dict]] = {}
+        for row in rows:  # a user's rows live on the shard of their id
+            by_shard.setdefault(shard_for(row["user_id"]), []).append(row)
+        for shard, part in by_shard.items():
+            with transaction(shard=shard) as s:
+                s.execute(insert(model), part)
     for token in workload.dead_tokens:
         sandbox.unregister(token)
     return workload
@@ -236,14 +268,19 @@ def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms:
                                                             name=lane, **kw)
     import subprocess
 
-    # One bridge per lane, as deployed: a low-lane flood never queues in front of high-lane events.
+    _create_topics(topics.values(), args.partitions)
+    # Bridges per lane, as deployed: a low-lane flood never queues in front of high-lane events; a
+    # lane's bridges share one consumer group, so its partitions are spread over them.
     for lane, nice in (("high", 0), ("low", args.low_nice)):
-        procs[f"bridge_{lane}"] = subprocess.Popen(
-            ["nice", "-n", str(nice), sys.executable, "-m", "entrypoints.cli", "bridge", "--topics", topics[lane],
-             "--group", f"bench-{lane}-{int(time.time())}", "--batch-size", str(args.batch_size),
-             "--batch-ms", str(args.batch_ms), *[x for opt in args.kafka for x in ("-X", opt)]],
-            env=env, cwd=ROOT, stdout=(logs / f"bridge-{lane}.log").open("ab"), stderr=subprocess.STDOUT,
-        )
+        group = f"bench-{lane}-{int(time.time())}"
+        for i in range(args.bridges_per_lane):
+            name = f"bridge_{lane}" if args.bridges_per_lane == 1 else f"bridge_{lane}{i}"
+            procs[name] = subprocess.Popen(
+                ["nice", "-n", str(nice), sys.executable, "-m", "entrypoints.cli", "bridge", "--topics", topics[lane],
+                 "--group", group, "--batch-size", str(args.batch_size),
+                 "--batch-ms", str(args.batch_ms), *[x for opt in args.kafka for x in ("-X", opt)]],
+                env=env, cwd=ROOT, stdout=(logs / f"{name}.log").open("ab"), stderr=subprocess.STDOUT,
+            )
     time.sleep(args.warmup_s)  # bridge joins its group, workers warm up
     meter = CpuMeter(procs)
     sandbox_meter = CpuMeter({"sandbox": sandbox_proc})
@@ -252,6 +289,7 @@ def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms:
         meter.start()
         sandbox_meter.start()
         requests_before = sandbox.request_count()
+        stores_before = _store_counters()
         started = time.time()
 
         def produce(event: dict) -> None:
@@ -283,11 +321,56 @@ def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms:
         outcome["stages_cpu_us_per_delivery"] = _stages(cpu, outcome["deliveries"])
         outcome["peak_rss_mb"] = _by_kind(rss, max)
         outcome["sandbox_requests"] = requests
+        outcome["stores"] = _store_rates(stores_before, _store_counters(), outcome["wall_s"])
         outcome["sandbox_cpu_us_per_request"] = round(sandbox_cpu / max(requests, 1) * 1e6, 1)
         return outcome
     finally:
         for proc in procs.values():
             devstack.stop(proc)
+
+
+def _create_topics(topics, partitions: int) -> None:
+    """Create the run's topics with `partitions` partitions each (Kafka would make them with one)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": os.environ["NOTIFIER_KAFKA_BOOTSTRAP_SERVERS"]})
+    for future in admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1)
+                                       for t in topics]).values():
+        future.result(30)
+
+
+def _store_counters() -> dict:
+    """Row writes per shard (pg_stat_database) and commands per Redis master (INFO), as counted so far."""
+    from sqlalchemy import text
+
+    from notifier.store.db import get_engine, on_shard, shards
+    from notifier.store.redis_conn import get_redis
+
+    rows = []
+    for shard in shards():
+        with on_shard(shard), get_engine().connect() as conn:
+            rows.append(conn.execute(text("SELECT tup_inserted + tup_updated + tup_deleted, xact_commit "
+                                          "FROM pg_stat_database WHERE datname = current_database()")).one())
+    from redis.cluster import RedisCluster
+
+    r = get_redis()
+    if isinstance(r, RedisCluster):  # the masters' own figures, per node ({"host:port": {...}})
+        per_node = r.info("stats", target_nodes=RedisCluster.PRIMARIES)
+    else:
+        per_node = {"redis": r.info("stats")}
+    return {"rows": [(int(w), int(c)) for w, c in rows],
+            "commands": {node: int(v["total_commands_processed"]) for node, v in per_node.items()}}
+
+
+def _store_rates(before: dict, after: dict, wall_s: float) -> dict:
+    """Per shard: row writes/s and commits/s; per Redis node: commands/s, over the run's wall time."""
+    wall = max(wall_s, 1e-9)
+    return {
+        "pg_row_writes_per_s": [round((a[0] - b[0]) / wall) for a, b in zip(after["rows"], before["rows"])],
+        "pg_commits_per_s": [round((a[1] - b[1]) / wall) for a, b in zip(after["rows"], before["rows"])],
+        "redis_commands_per_s": {node: round((n - before["commands"].get(node, 0)) / wall)
+                                 for node, n in sorted(after["commands"].items())},
+    }
 
 
 def _by_kind(per_process: dict[str, float], combine) -> dict[str, float]:
@@ -377,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=4.0)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--topology", choices=["single", "cluster"], default="single",
+                        help="single: one Redis, one PostgreSQL (make bench); cluster: the Redis Cluster and the "
+                             "PostgreSQL shards behind PgBouncer (make bench-cluster), 2 bridges per lane and "
+                             "6 partitions per topic unless given")
+    parser.add_argument("--bridges-per-lane", type=int, default=None, help="bridge processes per lane (1; cluster 2)")
+    parser.add_argument("--partitions", type=int, default=None, help="partitions per Kafka topic (1; cluster 6)")
     parser.add_argument("--runs", type=int, default=1,
                         help="runs of the pipeline phase; the JSON line gives the median, min and max (default 1)")
     parser.add_argument("--latency-ms", type=int, default=200,
@@ -385,16 +474,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests of the bare HTTP/2 send measured for overhead_ratio (0 = skip)")
     args = parser.parse_args(argv)
 
+    cluster = args.topology == "cluster"
+    args.bridges_per_lane = args.bridges_per_lane or (2 if cluster else 1)
+    args.partitions = args.partitions or (6 if cluster else 1)
     work = (ROOT / "var" / "bench").resolve()
-    env = _configure_env(work)
-    _create_database()
+    env = _configure_env(work, args.topology)
+    if not cluster:
+        _create_database()
     from sandbox import devstack
     from notifier.store import migrate
     from sandbox.client import SandboxClient
     from sandbox.keys import ensure_dev_keys
     from notifier.settings import get_settings
 
-    migrate.upgrade()
+    migrate.upgrade_every_shard()
     settings = get_settings()
     ensure_dev_keys(settings.apns_key_path.parent)
     logs = work / "logs"
@@ -410,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             sandbox.reset()
             slow = run_pipeline(env, args, sandbox, logs, sandbox_proc, latency_ms=args.latency_ms)
         sandbox.reset()
-        naive = None if args.skip_naive else run_naive(env, args, sandbox, logs)
+        # The naive design is measured on the single topology only: it is the baseline, not a deployment.
+        naive = None if args.skip_naive or cluster else run_naive(env, args, sandbox, logs)
     finally:
         devstack.stop(sandbox_proc)
     # The bare multiplexed send, on the same machine in the same run: what overhead_ratio divides by.
@@ -429,12 +523,13 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"bench-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(report, indent=2))
 
-    rows = [k for k in product if k not in ("by_status", "stages_cpu_us_per_delivery", "peak_rss_mb")]
+    rows = [k for k in product if k not in ("by_status", "stages_cpu_us_per_delivery", "peak_rss_mb", "stores")]
     print(f"\n{'figure':<28} {'pipeline':>12} {'+latency':>12} {'naive':>12}")
     for key in rows:
         print(f"{key:<28} {product[key]!s:>12} {(slow or {}).get(key, '-')!s:>12} {(naive or {}).get(key, '-')!s:>12}")
     print(f"CPU per delivery by stage (µs): {product['stages_cpu_us_per_delivery']}")
     print(f"peak RSS per process kind (MiB): {product['peak_rss_mb']}")
+    print(f"stores: {product['stores']}")
     print(f"statuses (pipeline): {product['by_status']}")
     if naive:
         print(f"statuses (naive):    {naive['by_status']}")
@@ -464,6 +559,13 @@ def main(argv: list[str] | None = None) -> int:
         "p99_low_ms": product["p99_low_ms"],
         "duplicates": sum(r["duplicates"] for r in runs) + (slow["duplicates"] if slow else 0),
         "lost": sum(r["lost"] for r in runs) + (slow["lost"] if slow else 0),
+        "topology": args.topology,
+        "redis_nodes": len(product["stores"]["redis_commands_per_s"]),
+        "pg_shards": len(product["sent_per_shard"]),
+        "kafka_partitions": args.partitions,
+        "bridges_per_lane": args.bridges_per_lane,
+        "sent_per_shard": product["sent_per_shard"],
+        **product["stores"],
     }))
     return 0
 

@@ -21,6 +21,8 @@ class Workload:
     dead_tokens: list[str] = field(default_factory=list)
     users: int = 0
     expect: dict[str, int] = field(default_factory=dict)
+    prefs: list[dict] = field(default_factory=list)  # the users' rows, for a caller that places them (shards)
+    devices: list[dict] = field(default_factory=list)
 
 
 def _quiet_window_now() -> tuple[str, str]:
@@ -31,8 +33,9 @@ def _quiet_window_now() -> tuple[str, str]:
     return start.isoformat(), end.isoformat()
 
 
-def build(session: Session, n_events: int, *, prefix: str, seed: int = 7, high_share: float = 0.2) -> Workload:
-    """Create users (bulk insert) and return n_events events over them.
+def build(session: Session | None, n_events: int, *, prefix: str, seed: int = 7, high_share: float = 0.2) -> Workload:
+    """Create users (bulk insert into `session`; None: left to the caller in .prefs and .devices) and
+    return n_events events over them.
 
     Mix: 5% of users have push off, 10% opted out of marketing, 5% are in quiet hours,
     2% have a token APNs says is dead; 20% of events are high priority, 3% are duplicates.
@@ -58,8 +61,9 @@ def build(session: Session, n_events: int, *, prefix: str, seed: int = 7, high_s
         devices.append({"user_id": user, "token": token, "platform": "ios"})
         if rng.random() < 0.02:
             dead.append(token)
-    session.execute(insert(UserPreferences), prefs)
-    session.execute(insert(DeviceToken), devices)
+    if session is not None:
+        session.execute(insert(UserPreferences), prefs)
+        session.execute(insert(DeviceToken), devices)
 
     events = []
     for i in range(n_events):
@@ -80,4 +84,5 @@ def build(session: Session, n_events: int, *, prefix: str, seed: int = 7, high_s
     duplicates = [dict(e) for e in rng.sample(events, k=int(n_events * 0.03))]
     for d in duplicates:
         events.insert(rng.randrange(len(events)), d)
-    return Workload(events=events, dead_tokens=dead, users=n_users, expect={"duplicates": len(duplicates)})
+    return Workload(events=events, dead_tokens=dead, users=n_users, expect={"duplicates": len(duplicates)},
+                    prefs=prefs, devices=devices)
