@@ -242,6 +242,19 @@ def _prepare(sandbox, n_events: int, prefix: str, high_share: float):
     return workload
 
 
+def _wait_for_assignment(logs: dict, starts: dict, timeout_s: float) -> None:
+    """Wait until each bridge's log (past `starts`) says it was assigned its partitions."""
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(logs)
+    while waiting and time.monotonic() < deadline:
+        for lane, path in list(waiting.items()):
+            with path.open("rb") as f:
+                f.seek(starts[lane])
+                if b"bridge: assigned" in f.read():
+                    del waiting[lane]
+        time.sleep(0.2)
+
+
 def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms: int = 0) -> dict:
     """The product: Kafka -> bridge -> lane workers -> sandbox (answering `latency_ms` late)."""
     from notifier.queues import QUEUES
@@ -271,16 +284,21 @@ def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms:
     _create_topics(topics.values(), args.partitions)
     # Bridges per lane, as deployed: a low-lane flood never queues in front of high-lane events; a
     # lane's bridges share one consumer group, so its partitions are spread over them.
-    for lane, nice in (("high", 0), ("low", args.low_nice)):
-        group = f"bench-{lane}-{int(time.time())}"
-        for i in range(args.bridges_per_lane):
-            name = f"bridge_{lane}" if args.bridges_per_lane == 1 else f"bridge_{lane}{i}"
-            procs[name] = subprocess.Popen(
-                ["nice", "-n", str(nice), sys.executable, "-m", "entrypoints.cli", "bridge", "--topics", topics[lane],
-                 "--group", group, "--batch-size", str(args.batch_size),
-                 "--batch-ms", str(args.batch_ms), *[x for opt in args.kafka for x in ("-X", opt)]],
-                env=env, cwd=ROOT, stdout=(logs / f"{name}.log").open("ab"), stderr=subprocess.STDOUT,
-            )
+    names = [(lane, nice, f"bridge_{lane}" if args.bridges_per_lane == 1 else f"bridge_{lane}{i}")
+             for lane, nice in (("high", 0), ("low", args.low_nice)) for i in range(args.bridges_per_lane)]
+    bridge_logs = {name: logs / f"{name}.log" for _, _, name in names}
+    log_starts = {name: path.stat().st_size if path.exists() else 0 for name, path in bridge_logs.items()}
+    groups = {lane: f"bench-{lane}-{int(time.time())}" for lane in ("high", "low")}
+    for lane, nice, name in names:
+        procs[name] = subprocess.Popen(
+            ["nice", "-n", str(nice), sys.executable, "-m", "entrypoints.cli", "bridge", "--topics", topics[lane],
+             "--group", groups[lane], "--batch-size", str(args.batch_size),
+             "--batch-ms", str(args.batch_ms), *[x for opt in args.kafka for x in ("-X", opt)]],
+            env=env, cwd=ROOT, stdout=bridge_logs[name].open("ab"), stderr=subprocess.STDOUT,
+        )
+    # A bridge's start (imports, joining the group) is not per-delivery work: the meter starts only
+    # once each bridge has its partitions, however long a loaded machine takes to get there.
+    _wait_for_assignment(bridge_logs, log_starts, timeout_s=120)
     time.sleep(args.warmup_s)  # bridge joins its group, workers warm up
     meter = CpuMeter(procs)
     sandbox_meter = CpuMeter({"sandbox": sandbox_proc})

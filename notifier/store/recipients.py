@@ -1,11 +1,11 @@
 """Who a user is to us: preferences, addresses and device tokens, read in batches."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Iterable
 
+import orjson
 import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -72,9 +72,10 @@ def invalidate(r: redis.Redis, user_ids: Iterable[str]) -> None:
         r.delete(*keys)
 
 
-def _encode(rec: Recipient) -> str:
-    # Field by field: dataclasses.asdict deep-copies, and this runs once per cache miss.
-    return json.dumps({
+def _encode(rec: Recipient) -> bytes:
+    # Field by field: dataclasses.asdict deep-copies, and this runs once per cache miss. orjson: the
+    # same JSON values as json.dumps (compact) at a fraction of the CPU; either library reads them.
+    return orjson.dumps({
         "user_id": rec.user_id,
         "push_enabled": rec.push_enabled,
         "email_enabled": rec.email_enabled,
@@ -88,11 +89,11 @@ def _encode(rec: Recipient) -> str:
         "email_undeliverable": rec.email_undeliverable,
         "locale": rec.locale,
         "devices": [[dv.token, dv.platform, dv.app] for dv in rec.devices],
-    }, separators=(",", ":"))
+    })
 
 
 def _decode(raw: bytes) -> Recipient:
-    d = json.loads(raw)
+    d = orjson.loads(raw)
     d["quiet_start"] = time.fromisoformat(d["quiet_start"]) if d["quiet_start"] else None
     d["quiet_end"] = time.fromisoformat(d["quiet_end"]) if d["quiet_end"] else None
     d["opted_out_categories"] = frozenset(d["opted_out_categories"])
