@@ -21,7 +21,7 @@ import jwt
 
 from notifier.intake.events import Priority
 from notifier.providers.base import (
-    Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
+    Delivery, OnOutcome, Outcome, OutcomeKind, classify_safely, printable_ascii, report_outcome, retry_after_s,
 )
 from notifier.settings import Settings, get_settings
 from notifier.providers.expiry import apns_expiration
@@ -205,12 +205,6 @@ def _invalid_since(timestamp: object) -> datetime | None:
         return None
 
 
-def _classify_safely(resp: HttpResponse) -> Outcome:
-    try:
-        return classify(resp)
-    except Exception as exc:  # noqa: BLE001 - one unreadable answer never fails the batch
-        return Outcome.failed(f"apns {resp.status}: the answer could not be read ({type(exc).__name__})")
-
 
 class ApnsProvider:
     """Send pushes to APNs over one multiplexed HTTP/2 connection per process."""
@@ -279,7 +273,7 @@ class ApnsProvider:
         expired: list[int] = []
 
         def first_answer(resp: HttpResponse) -> None:
-            outcome = _classify_safely(resp)
+            outcome = classify_safely(classify, "apns", resp)
             if _asks_for_new_token(resp):
                 outcomes[resp.request.tag] = outcome  # not final: resent below with a new JWT
                 expired.append(resp.request.tag)
@@ -291,7 +285,7 @@ class ApnsProvider:
             expired.sort()
             bearer = self._token.get(force=True)
             self._send_all(deliveries, expired, bearer, settle,
-                           lambda resp: settle(resp.request.tag, _classify_safely(resp)))
+                           lambda resp: settle(resp.request.tag, classify_safely(classify, "apns", resp)))
         return outcomes  # type: ignore[return-value]
 
     def _send_all(

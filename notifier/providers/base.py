@@ -99,6 +99,15 @@ class Provider(Protocol):
         ...
 
 
+def classify_safely(classify: Callable[[Any], Outcome], provider: str, resp: Any) -> Outcome:
+    """`classify(resp)`, or `failed` naming the provider and status when the answer cannot be read:
+    one unreadable answer never fails the batch."""
+    try:
+        return classify(resp)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        return Outcome.failed(f"{provider} {resp.status}: the answer could not be read ({type(exc).__name__})")
+
+
 def report_outcome(on_outcome: OnOutcome | None, index: int, outcome: Outcome) -> None:
     """Call on_outcome as Provider.send_batch documents: an exception from it is logged and ignored."""
     if on_outcome is None:

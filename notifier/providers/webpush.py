@@ -36,7 +36,7 @@ from sqlalchemy import select
 from notifier.intake.events import Priority
 from notifier.providers.expiry import remaining_ttl_s
 from notifier.providers.base import (
-    Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
+    Delivery, OnOutcome, Outcome, OutcomeKind, classify_safely, printable_ascii, report_outcome, retry_after_s,
 )
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 from notifier.settings import Settings, get_settings
@@ -197,12 +197,6 @@ def _detail(resp: HttpResponse) -> str:
     return ""
 
 
-def _classify_safely(resp: HttpResponse) -> Outcome:
-    try:
-        return classify(resp)
-    except Exception as exc:  # noqa: BLE001 - one unreadable answer never fails the batch
-        return Outcome.failed(f"webpush {resp.status}: the answer could not be read ({type(exc).__name__})")
-
 
 class VapidTokens:
     """One signed VAPID JWT per push service origin, reused by the whole process for 6 hours."""
@@ -300,7 +294,7 @@ class WebPushProvider:
                 settle(i, built)
             else:
                 requests.append(built)
-        self._transport.send_each(requests, lambda resp: settle(resp.request.tag, _classify_safely(resp)))
+        self._transport.send_each(requests, lambda resp: settle(resp.request.tag, classify_safely(classify, "webpush", resp)))
         return outcomes  # type: ignore[return-value]
 
     def close(self) -> None:
