@@ -8,7 +8,6 @@ import functools
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -31,9 +30,9 @@ from notifier.intake.bridge.topics import ensure_topics
 from notifier.store.db import session_factory
 from notifier.intake.events import MAX_EVENT_BYTES
 from notifier.store.models import NotificationLog
-from notifier.accounts.devices import register_device
 from tests.integration.environment import TEST_VAR, child_env
 from tests.integration.isolation import TcpGate
+from tests.integration.users import ios_user
 
 BOOTSTRAP = os.environ.get("NOTIFIER_KAFKA_BOOTSTRAP_SERVERS")
 needs_kafka = pytest.mark.skipif(not BOOTSTRAP, reason="Kafka comes from `make services` (make test starts it)")
@@ -175,12 +174,6 @@ def _all_committed(topics: Topics) -> bool:
     return _committed(topics.group, topics.consumed) == _end_offsets(topics.consumed)
 
 
-def _ios_user(unique) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    register_device(user, token, "ios")
-    return user, token
-
-
 def _event(unique, user: str, **extra) -> dict:
     return {"notification_id": unique("n"), "user_id": user, "type": "message", "category": "social",
             "channels": ["push"], "title": "New message", "body": "You have a new message"} | extra
@@ -238,7 +231,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_valid_ones_around_t
     from notifier.intake.publish import flush
 
     # Given valid events (published like a producer would) with poison interleaved on the same partitions
-    users = [_ios_user(unique) for _ in range(4)]
+    users = [ios_user(unique) for _ in range(4)]
     valid = [
         (topics.high, _event(unique, users[0][0])),  # no priority: the high topic makes it high
         (topics.high, _event(unique, users[1][0], priority="low")),  # the event's own priority wins
@@ -290,7 +283,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_valid_ones_around_t
 @needs_kafka
 def test_a_killed_bridge_loses_nothing_and_delivers_nothing_twice(worker, sandbox, topics, bridges, wait_until, unique):
     # Given 300 users with an iOS device each, and a stream of one event per user
-    users = [_ios_user(unique) for _ in range(300)]
+    users = [ios_user(unique) for _ in range(300)]
     events = [(topics.high if i % 2 else topics.low, _event(unique, user)) for i, (user, _) in enumerate(users)]
 
     def stream() -> None:
@@ -330,7 +323,7 @@ def test_a_killed_bridge_loses_nothing_and_delivers_nothing_twice(worker, sandbo
 def test_events_consumed_again_are_recorded_as_duplicates_not_sent_again(worker, sandbox, topics, bridges,
                                                                          wait_until, unique):
     # Given 50 events the bridge has handed over and committed
-    users = [_ios_user(unique) for _ in range(50)]
+    users = [ios_user(unique) for _ in range(50)]
     events = [_event(unique, user) for user, _ in users]
     _produce(topics.low, [(e["user_id"].encode(), json.dumps(e).encode()) for e in events])
     first = bridges(topics, "--batch-ms", "50")
@@ -359,7 +352,7 @@ def test_events_consumed_again_are_recorded_as_duplicates_not_sent_again(worker,
 def test_sigterm_hands_over_the_batch_in_flight_commits_and_exits_0(worker, sandbox, topics, bridges, wait_until,
                                                                     unique):
     # Given 40 events consumed into batches that would wait a minute to be handed over
-    users = [_ios_user(unique) for _ in range(40)]
+    users = [ios_user(unique) for _ in range(40)]
     events = [_event(unique, user) for user, _ in users]
     for topic, part in ((topics.high, events[:20]), (topics.low, events[20:])):
         _produce(topic, [(e["user_id"].encode(), json.dumps(e).encode()) for e in part])
@@ -435,7 +428,7 @@ def test_a_celery_broker_outage_loses_nothing_the_rows_are_stored(topics, bridge
     port = _free_port()
     env = child_env() | {"NOTIFIER_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
     bridge = bridges(topics, "--batch-ms", "50", env=env)
-    events = [_event(unique, _ios_user(unique)[0]) for _ in range(10)]
+    events = [_event(unique, ios_user(unique)[0]) for _ in range(10)]
 
     # When events arrive
     _produce(topics.high, [(e["user_id"].encode(), json.dumps(e).encode()) for e in events])

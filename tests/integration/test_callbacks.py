@@ -18,11 +18,11 @@ import pytest
 import requests
 
 import notifier
-from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
 from notifier.callbacks import signing
 from tests.integration.api_fixture import api  # noqa: F401 (fixture)
+from tests.integration.users import ios_user
 
 
 class Receiver:
@@ -89,14 +89,6 @@ def receiver():
     r.close()
 
 
-def _ios_user(unique, app: str | None = None, **prefs) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    if prefs:
-        set_preferences(user, **prefs)
-    register_device(user, token, "ios", app=app)
-    return user, token
-
-
 # An event's app is one of the registry's (tests/integration/apps_setup.py): its devices get the push.
 APP = "courier"
 
@@ -134,8 +126,8 @@ def test_terminal_statuses_and_webhook_reports_reach_the_key_s_endpoint_signed(w
     assert shown["url"] == receiver.url and "secret" not in shown
 
     # When it sends a push that goes out, one to a user who turned push off, and two emails
-    sent_user, token = _ios_user(unique)
-    off_user, _ = _ios_user(unique, push_enabled=False)
+    sent_user, token = ios_user(unique)
+    off_user, _ = ios_user(unique, push_enabled=False)
     mail_user = unique("user")
     address = f"{mail_user}@example.com"
     set_preferences(mail_user, email=address)
@@ -191,7 +183,7 @@ def test_an_endpoint_failing_for_a_while_gets_the_events_after_retries_batched(w
 
     # When ten notifications of the app are sent at once
     nids = [unique("n") for _ in range(10)]
-    notifier.send_notifications.delay([_event(nid, _ios_user(unique, app)[0], app=app) for nid in nids])
+    notifier.send_notifications.delay([_event(nid, ios_user(unique, app)[0], app=app) for nid in nids])
 
     # Then they are delivered while the endpoint fails: callbacks never hold up delivery
     wait_until(lambda: all(get_status(nid) and get_status(nid)[0]["status"] == "sent" for nid in nids),
@@ -226,7 +218,7 @@ def test_an_endpoint_that_never_accepts_is_given_up_counted_and_visible_and_no_r
                               headers=api.auth(api.admin_key), timeout=10)
         receiver.secret = answer.json()["secret"]
         nid = unique("n")
-        notifier.send_notification.delay(_event(nid, _ios_user(unique, app)[0], app=app))
+        notifier.send_notification.delay(_event(nid, ios_user(unique, app)[0], app=app))
 
         # Then after the retry window the event is given up: kept, counted, shown with the last error
         def given_up():

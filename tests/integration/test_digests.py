@@ -6,7 +6,6 @@ workers hold `social` events in a digest window of a few seconds.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import time
 from datetime import datetime, timedelta, timezone
@@ -14,8 +13,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from notifier.accounts.devices import register_device
-from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
 from notifier.store import models
 from notifier.store.redis_conn import broker_redis
@@ -23,6 +20,7 @@ from sandbox import devstack
 from tasks.pipeline import send_notification, send_notifications
 from tests.integration.environment import TEST_VAR, child_env
 from tests.integration.isolation import isolated_broker, produce
+from tests.integration.users import ios_user
 
 TERMINAL = {status.value for status in models.TERMINAL}
 WINDOW_S = 5
@@ -49,14 +47,6 @@ def stack(sandbox, database):
         finally:
             devstack.stop(beat)
             devstack.stop(worker)
-
-
-def _ios_user(unique, **prefs) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    if prefs:
-        set_preferences(user, **prefs)
-    register_device(user, token, "ios")
-    return user, token
 
 
 def _liked(unique, user: str, actor: str, **extra) -> dict:
@@ -104,7 +94,7 @@ def test_the_window_survives_the_worker_killed_and_the_broker_emptied_inside_it(
         beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
         second = None
         try:
-            user, token = _ios_user(unique)
+            user, token = ios_user(unique)
             events = [_liked(unique, user, actor) for actor in ACTORS[:3]]
             produce(broker, send_notifications, events)
             nids = [e["notification_id"] for e in events]
@@ -141,7 +131,7 @@ def test_the_window_survives_the_worker_killed_and_the_broker_emptied_inside_it(
 
 def test_five_social_events_become_one_push_with_the_summary(stack, sandbox, wait_until, unique):
     # Given a user with one iPhone, and five "liked your post" events within the window
-    user, token = _ios_user(unique)
+    user, token = ios_user(unique)
     events = [_liked(unique, user, actor) for actor in ACTORS]
     produce(stack, send_notifications, events)
     nids = [e["notification_id"] for e in events]
@@ -172,7 +162,7 @@ def test_five_social_events_become_one_push_with_the_summary(stack, sandbox, wai
 
 def test_a_critical_social_event_bypasses_the_window(stack, sandbox, wait_until, unique):
     # Given a window open with two held members
-    user, token = _ios_user(unique)
+    user, token = ios_user(unique)
     held = [_liked(unique, user, actor) for actor in ACTORS[:2]]
     produce(stack, send_notifications, held)
     digest_id = wait_until(lambda: _digested_into([e["notification_id"] for e in held]), timeout_s=20)
@@ -201,7 +191,7 @@ def test_quiet_hours_defer_the_digest_not_the_members(stack, sandbox, wait_until
     now = datetime.now(timezone.utc)
     local = now.astimezone(ZoneInfo(tz))
     quiet_end = now + timedelta(seconds=WINDOW_S + 6)
-    user, token = _ios_user(unique, quiet_start=(local - timedelta(hours=1)).time(),
+    user, token = ios_user(unique, quiet_start=(local - timedelta(hours=1)).time(),
                             quiet_end=quiet_end.astimezone(ZoneInfo(tz)).time(), timezone=tz)
     events = [_liked(unique, user, actor) for actor in ACTORS[:3]]
     produce(stack, send_notifications, events)
@@ -226,7 +216,7 @@ def test_quiet_hours_defer_the_digest_not_the_members(stack, sandbox, wait_until
 
 def test_a_single_member_goes_out_as_it_came(stack, sandbox, wait_until, unique):
     # Given one social event alone in its window
-    user, token = _ios_user(unique)
+    user, token = ios_user(unique)
     event = _liked(unique, user, "Anna")
     produce(stack, send_notification, event)
     digest_id = wait_until(lambda: _digested_into([event["notification_id"]]), timeout_s=20)
@@ -256,7 +246,7 @@ def test_holds_and_closes_racing_lose_no_member_and_make_one_digest_per_window(d
     from notifier.store.models import NotificationLog
     from notifier.store.redis_conn import get_redis
 
-    user, _token = _ios_user(unique)
+    user, _token = ios_user(unique)
     events = [parse_event(_liked(unique, user, f"actor{i}")) for i in range(200)]
     ids = intake.store(events)[0].queued["low"]
     assert len(ids) == 200
@@ -323,7 +313,7 @@ def test_a_digest_that_cannot_be_made_ends_failed_and_the_other_windows_go_on(da
     from notifier.store.delivery_log import LOG, utcnow
     from notifier.store.redis_conn import get_redis
 
-    (broken_user, _), (fine_user, _) = _ios_user(unique), _ios_user(unique)
+    (broken_user, _), (fine_user, _) = ios_user(unique), ios_user(unique)
     broken, fine = parse_event(_liked(unique, broken_user, "Anna")), parse_event(_liked(unique, fine_user, "Ben"))
     ids = intake.store([broken, fine])[0].queued["low"]
     with transaction() as session:

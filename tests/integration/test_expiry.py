@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 
 import notifier
 from notifier.accounts.devices import register_device
-from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
 from notifier.ops import counters
 from notifier.queues import QUEUES
@@ -17,16 +16,9 @@ from sandbox import devstack
 from tasks.pipeline import send_notification
 from tests.integration.environment import TEST_VAR, child_env
 from tests.integration.isolation import isolated_broker, produce
+from tests.integration.users import ios_user
 
 TERMINAL = {status.value for status in models.TERMINAL}
-
-
-def _ios_user(unique, **prefs) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    if prefs:
-        set_preferences(user, **prefs)
-    register_device(user, token, "ios")
-    return user, token
 
 
 def _event(unique, user: str, **extra) -> dict:
@@ -50,7 +42,7 @@ def _expired_count(waited: str) -> int:
 def test_expires_while_scheduled_in_quiet_hours(worker, sandbox, wait_until, unique):
     before = _expired_count("quiet_hours")
     # Given a user in quiet hours all day, and an event that is worthless in 2 seconds
-    user, token = _ios_user(unique, quiet_start="00:00", quiet_end="23:59:59", timezone="UTC")
+    user, token = ios_user(unique, quiet_start="00:00", quiet_end="23:59:59", timezone="UTC")
     event = _event(unique, user, ttl_s=2)
     notifier.send_notification.delay(event)
 
@@ -69,7 +61,7 @@ def test_expires_while_scheduled_in_quiet_hours(worker, sandbox, wait_until, uni
 
 def test_expires_while_retrying(worker, sandbox, wait_until, unique):
     # Given APNs answering 503 (Retry-After 30 s) for this device, and an event worthless in 2 seconds
-    user, token = _ios_user(unique)
+    user, token = ios_user(unique)
     fault = sandbox.add_fault("apns", token, status=503, reason="ServiceUnavailable", retry_after=30, count=None)
     event = _event(unique, user, priority="high", ttl_s=2)
     notifier.send_notification.delay(event)
@@ -90,7 +82,7 @@ def test_expires_in_the_queue_behind_a_backlog(sandbox, database, wait_until, un
     with isolated_broker("expiry-backlog") as broker:
         env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
         # Given no worker for the queues yet (a backlog nobody drains), and an event worthless in 2 seconds
-        user, token = _ios_user(unique)
+        user, token = ios_user(unique)
         event = _event(unique, user, priority="high", ttl_s=2)
         produce(broker, send_notification, event)
         [row] = get_status(event["notification_id"])
@@ -114,7 +106,7 @@ def test_expires_in_the_queue_behind_a_backlog(sandbox, database, wait_until, un
 
 def test_the_expiry_travels_to_the_providers(worker, sandbox, wait_until, unique):
     # Given a user with an iOS and an Android device, and an event that expires in ten minutes
-    user, ios = _ios_user(unique)
+    user, ios = ios_user(unique)
     android = f"{secrets.token_urlsafe(16)}:APA91b{secrets.token_urlsafe(100)}"
     register_device(user, android, "android")
     expires_at = (datetime.now(timezone.utc) + timedelta(minutes=10)).replace(microsecond=0)
@@ -135,7 +127,7 @@ def test_the_expiry_travels_to_the_providers(worker, sandbox, wait_until, unique
 
 
 def test_an_event_without_an_expiry_never_expires_and_says_so_to_apns(worker, sandbox, wait_until, unique):
-    user, token = _ios_user(unique)
+    user, token = ios_user(unique)
     event = _event(unique, user, priority="high")
     notifier.send_notification.delay(event)
     [row] = wait_until(lambda: _final(event["notification_id"]))

@@ -10,7 +10,6 @@ from sqlalchemy import create_engine, text
 
 import notifier
 from notifier.accounts.devices import register_device
-from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import get_status
 from notifier.intake.events import parse_event
 from notifier.pipeline import routing
@@ -20,6 +19,7 @@ from notifier.store.db import get_engine, transaction
 from notifier.store.delivery_log import insert_ignoring_duplicates, set_status
 from notifier.store.recipients import load_recipients
 from tests.integration import environment
+from tests.integration.users import ios_user
 
 pytestmark = pytest.mark.skipif(not environment.ADMIN_DB_URL, reason="daily partitions exist on PostgreSQL only")
 
@@ -44,13 +44,6 @@ def _show(title: str) -> None:
 def _event(unique, user: str, **extra) -> dict:
     return {"notification_id": unique("n"), "user_id": user, "type": "order_shipped", "category": "transactional",
             "priority": "high", "channels": ["push"], "title": "Shipped", "body": "On its way"} | extra
-
-
-def _user_with_ios(unique) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    set_preferences(user)
-    register_device(user, token, "ios")
-    return user, token
 
 
 def _rows(nid: str) -> list[tuple[str, str, str]]:
@@ -115,7 +108,7 @@ def test_beat_task_makes_partitions_ahead_and_drops_expired_ones_whole(worker, w
 
 def test_repeat_across_a_day_boundary_is_never_delivered_again(worker, sandbox, wait_until, unique):
     # Given an event accepted and sent yesterday: its rows are in yesterday's partition
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     event = _event(unique, user)
     nid = event["notification_id"]
     yesterday = partitions.day_start(_today()) - timedelta(seconds=30)
@@ -145,7 +138,7 @@ def test_repeat_across_a_day_boundary_is_never_delivered_again(worker, sandbox, 
 
 def test_a_replay_of_many_repeats_adds_one_row_not_one_per_repeat(database, unique):
     # Given an accepted event
-    user, _ = _user_with_ios(unique)
+    user, _ = ios_user(unique)
     event = parse_event(_event(unique, user))
     with transaction() as session:
         assert len(routing.route(session, [event]).queued["high"]) == 1

@@ -1,7 +1,6 @@
 """Every terminal status, through a real worker, real PostgreSQL/Redis and the APNs sandbox."""
 from __future__ import annotations
 
-import secrets
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -14,15 +13,9 @@ from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import set_preferences
 from notifier.accounts.status import cancel_notification, get_status
 from notifier.store import models
+from tests.integration.users import ios_user
 
 TERMINAL = {status.value for status in models.TERMINAL}
-
-
-def _user_with_ios(unique, **prefs) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    set_preferences(user, **prefs)
-    register_device(user, token, "ios")
-    return user, token
 
 
 def _event(unique, user: str, **extra) -> dict:
@@ -36,7 +29,7 @@ def _settled(nid: str, n: int = 1):
 
 
 def test_channel_switched_off_is_suppressed_and_never_sent(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique, push_enabled=False)
+    user, token = ios_user(unique, push_enabled=False)
     event = _event(unique, user)
     notifier.send_notification.delay(event)
     [row] = wait_until(lambda: _settled(event["notification_id"]))
@@ -45,7 +38,7 @@ def test_channel_switched_off_is_suppressed_and_never_sent(worker, sandbox, wait
 
 
 def test_category_opt_out_is_suppressed(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique, opted_out_categories=["marketing"])
+    user, token = ios_user(unique, opted_out_categories=["marketing"])
     event = _event(unique, user, category="marketing", priority="low")
     notifier.send_notification.delay(event)
     [row] = wait_until(lambda: _settled(event["notification_id"]))
@@ -59,7 +52,7 @@ def test_quiet_hours_schedule_then_send_when_the_window_ends(worker, sandbox, wa
     tz = "America/New_York"
     local = now.astimezone(__import__("zoneinfo").ZoneInfo(tz))
     end = (local + timedelta(seconds=3)).time()
-    user, token = _user_with_ios(unique, quiet_start=(local - timedelta(hours=1)).time(), quiet_end=end, timezone=tz)
+    user, token = ios_user(unique, quiet_start=(local - timedelta(hours=1)).time(), quiet_end=end, timezone=tz)
     event = _event(unique, user, priority="normal")
     notifier.send_notification.delay(event)
 
@@ -77,7 +70,7 @@ def test_quiet_hours_schedule_then_send_when_the_window_ends(worker, sandbox, wa
 
 
 def test_critical_bypasses_quiet_hours(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique, quiet_start="00:00", quiet_end="23:59:59", timezone="UTC")
+    user, token = ios_user(unique, quiet_start="00:00", quiet_end="23:59:59", timezone="UTC")
     event = _event(unique, user, priority="critical", category="security", type="new_login")
     notifier.send_notification.delay(event)
     [row] = wait_until(lambda: _settled(event["notification_id"]))
@@ -85,7 +78,7 @@ def test_critical_bypasses_quiet_hours(worker, sandbox, wait_until, unique):
 
 
 def test_send_at_defers_and_cancel_stops_it(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
     event = _event(unique, user, send_at=later)
     notifier.send_notification.delay(event)
@@ -97,7 +90,7 @@ def test_send_at_defers_and_cancel_stops_it(worker, sandbox, wait_until, unique)
 
 
 def test_rate_limit_caps_push_per_day_and_security_is_exempt(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     events = [_event(unique, user, priority="low") for _ in range(52)]
     notifier.send_notifications.delay(events)
     rows = wait_until(lambda: all(_settled(e["notification_id"]) for e in events) and
@@ -113,7 +106,7 @@ def test_rate_limit_caps_push_per_day_and_security_is_exempt(worker, sandbox, wa
 
 
 def test_same_event_twice_concurrently_is_one_request(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     event = _event(unique, user)
     notifier.send_notification.delay(event)
     notifier.send_notification.delay(event)
@@ -123,7 +116,7 @@ def test_same_event_twice_concurrently_is_one_request(worker, sandbox, wait_unti
 
 
 def test_transient_failures_retry_then_send(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     sandbox.add_fault("apns", token, status=503, reason="ServiceUnavailable", count=1)
     event = _event(unique, user)
     notifier.send_notification.delay(event)
@@ -133,7 +126,7 @@ def test_transient_failures_retry_then_send(worker, sandbox, wait_until, unique)
 
 
 def test_retries_are_bounded_then_failed_with_the_last_reason(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     sandbox.add_fault("apns", token, status=500, reason="InternalServerError", count=None)
     before = sandbox.request_count("apns")
     event = _event(unique, user)
@@ -145,7 +138,7 @@ def test_retries_are_bounded_then_failed_with_the_last_reason(worker, sandbox, w
 
 
 def test_permanent_failure_is_not_retried(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     sandbox.add_fault("apns", token, status=400, reason="BadTopic", count=None)
     event = _event(unique, user)
     notifier.send_notification.delay(event)
@@ -155,7 +148,7 @@ def test_permanent_failure_is_not_retried(worker, sandbox, wait_until, unique):
 
 
 def test_unregistered_token_fails_and_is_deleted(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     sandbox.unregister(token)
     event = _event(unique, user)
     notifier.send_notification.delay(event)
@@ -172,7 +165,7 @@ def test_unregistered_token_fails_and_is_deleted(worker, sandbox, wait_until, un
 
 def test_a_token_registered_again_after_the_410_timestamp_is_kept(worker, sandbox, wait_until, unique):
     # Given a token APNs reports dead since now, which the app then registers again
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     sandbox.unregister(token)
     time.sleep(0.01)  # the 410's timestamp has millisecond precision
     register_device(user, token, "ios")
@@ -191,7 +184,7 @@ def test_two_workers_given_the_same_delivery_make_one_request(worker, sandbox, w
     from notifier.pipeline.routing import route
     from tasks.pipeline import dedup_stage
 
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     event = _event(unique, user)
     with session_factory()() as session, session.begin():
         ids = route(session, [parse_event(event)]).queued["high"]
@@ -213,7 +206,7 @@ def test_a_deadlock_while_routing_is_retried_not_failed(worker, sandbox, wait_un
     from notifier.store.recipients import Device, Recipient
     from notifier.pipeline.routing import plan
 
-    users = [_user_with_ios(unique) for _ in range(2)]
+    users = [ios_user(unique) for _ in range(2)]
     events = [_event(unique, user) for user, _ in users]
     rows = [plan(parse_event(e), Recipient(user, devices=[Device(token, "ios")]))[0]
             for e, (user, token) in zip(events, users)]
@@ -247,7 +240,7 @@ def test_a_deadlock_while_routing_is_retried_not_failed(worker, sandbox, wait_un
 
 
 def test_cancel_that_overtakes_its_event_suppresses_it(worker, sandbox, wait_until, unique):
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     event = _event(unique, user)
     assert cancel_notification(event["notification_id"]) == 0  # nothing routed yet
     notifier.send_notification.delay(event)
@@ -258,7 +251,7 @@ def test_cancel_that_overtakes_its_event_suppresses_it(worker, sandbox, wait_unt
 
 def test_a_preference_change_takes_effect_at_once_despite_the_cache(worker, sandbox, wait_until, unique):
     # Given a user whose record the pipeline has just cached (an event went through)
-    user, token = _user_with_ios(unique)
+    user, token = ios_user(unique)
     first = _event(unique, user)
     notifier.send_notification.delay(first)
     assert wait_until(lambda: _settled(first["notification_id"]))[0]["status"] == "sent"

@@ -7,7 +7,6 @@ its idempotency key; a delivery that was sent is never sent again.
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import threading
@@ -18,7 +17,6 @@ import requests
 from sqlalchemy import select
 
 import notifier
-from notifier.accounts.devices import register_device
 from notifier.accounts.status import get_status
 from notifier.pipeline import dedup
 from notifier.pipeline.replay import Selection
@@ -29,6 +27,7 @@ from notifier.store.redis_conn import get_redis
 from tasks.replay import replay_failed
 from tests.integration.api_fixture import api  # noqa: F401 (fixture)
 from tests.integration.environment import child_env
+from tests.integration.users import ios_user
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,12 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def _notifier(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "entrypoints.cli", *argv], env=child_env(), capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
-
-
-def _ios_user(unique) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    register_device(user, token, "ios")
-    return user, token
 
 
 def _send(unique, user: str) -> str:
@@ -67,7 +60,7 @@ def _outage(sandbox, unique, wait_until, n: int) -> list[tuple[str, str]]:
     attempts = get_settings().max_attempts
     sent = []
     for _ in range(n):
-        user, token = _ios_user(unique)
+        user, token = ios_user(unique)
         # Exactly as many 503s as a delivery has attempts: it fails, and the fault is then used up.
         sandbox.add_fault("apns", token, status=503, reason="ServiceUnavailable", count=attempts)
         sent.append((_send(unique, user), token))
@@ -82,7 +75,7 @@ def _outage(sandbox, unique, wait_until, n: int) -> list[tuple[str, str]]:
 def test_replay_after_an_outage_sends_each_failed_delivery_once_and_never_a_sent_one(worker, sandbox, wait_until,
                                                                                      unique):
     # Given three deliveries failed by an APNs outage, and one sent before it
-    user, ok_token = _ios_user(unique)
+    user, ok_token = ios_user(unique)
     ok_nid = _send(unique, user)
     wait_until(lambda: _status(ok_nid) == "sent")
     failed = _outage(sandbox, unique, wait_until, 3)

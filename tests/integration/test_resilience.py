@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import statistics
@@ -11,12 +10,12 @@ import time
 from notifier.queues import QUEUES
 from sandbox import devstack
 from notifier.store.redis_conn import broker_redis
-from notifier.accounts.devices import register_device
 from notifier.accounts.status import get_status
 from notifier.store import models
 from tasks.pipeline import send_notification, send_notifications
 from tests.integration.environment import TEST_VAR, child_env
 from tests.integration.isolation import TcpGate, isolated_broker, produce
+from tests.integration.users import ios_user
 
 TERMINAL = {status.value for status in models.TERMINAL}
 BACKLOG = 2000
@@ -25,15 +24,6 @@ BACKLOG = 2000
 def _terminal(nid: str) -> bool:
     rows = get_status(nid)
     return bool(rows) and all(r["status"] in TERMINAL for r in rows)
-
-
-
-
-
-def _ios_user(unique) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    register_device(user, token, "ios")
-    return user, token
 
 
 def _event(nid: str, user: str, priority: str) -> dict:
@@ -56,7 +46,7 @@ def test_worker_killed_between_claim_and_send_is_recovered_by_the_sweeper(sandbo
         beat = devstack.start_beat(env, logs / "beat.log", logs / "beat")
         healthy = None
         try:
-            user, token = _ios_user(unique)
+            user, token = ios_user(unique)
             nid = unique("n")
             produce(broker, send_notification, _event(nid, user, "high"))
 
@@ -90,7 +80,7 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
         high = devstack.start_worker(env, logs / "high.log", queues=high_queues, concurrency=1, name="high")
         low = None
         try:
-            users = [_ios_user(unique) for _ in range(100)]
+            users = [ios_user(unique) for _ in range(100)]
             backlog = [_event(unique("low"), users[i % 100][0], "low") for i in range(BACKLOG)]
             # Accepted (stored) first, then the low lane's worker starts on the whole backlog: producing
             # it now takes longer than draining a part of it would.
@@ -101,7 +91,7 @@ def test_high_priority_is_not_delayed_by_a_low_priority_backlog(sandbox, databas
             # When high-priority events arrive behind it
             latencies = []
             for _ in range(5):
-                user, _token = _ios_user(unique)
+                user, _token = ios_user(unique)
                 nid = unique("high")
                 started = time.monotonic()
                 produce(broker, send_notification, _event(nid, user, "high"))
@@ -142,7 +132,7 @@ def test_database_outage_in_the_workers_loses_nothing(sandbox, database, wait_un
                              "NOTIFIER_DATABASE_URL": database.replace(f":{url.port}/", f":{gate.port}/")}
         worker = devstack.start_worker(env, logs / "worker.log")
         try:
-            user, token = _ios_user(unique)
+            user, token = ios_user(unique)
             nid = unique("n")
             # When an event is accepted (stored by the producer) during the workers' outage
             produce(broker, send_notification, _event(nid, user, "high"))
@@ -168,7 +158,7 @@ def test_scheduled_delivery_survives_losing_workers_beat_and_the_broker_queues(s
         env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
         worker = devstack.start_worker(env, logs / "worker-1.log", new_session=True)
         beat = devstack.start_beat(env, logs / "beat-1.log", logs / "beat-1")
-        user, token = _ios_user(unique)
+        user, token = ios_user(unique)
         nid = unique("n")
         send_at = datetime.now(timezone.utc) + timedelta(seconds=6)
         produce(broker, send_notification, _event(nid, user, "high") | {"send_at": send_at.isoformat()})
@@ -200,7 +190,7 @@ def test_scheduled_delivery_survives_losing_workers_beat_and_the_broker_queues(s
 def test_push_worker_killed_mid_batch_sends_nothing_twice(sandbox, database, wait_until, unique):
     # Given a batch of 20 pushes in one send task, of which APNs answers 15 at once and holds 5 unanswered
     logs = TEST_VAR / "logs" / "mid-batch"
-    users = [_ios_user(unique) for _ in range(20)]
+    users = [ios_user(unique) for _ in range(20)]
     slow = [token for _, token in users[15:]]
     for token in slow:
         # Dropped unanswered after 30 s: never accepted, so resending these is no duplicate.
@@ -271,7 +261,7 @@ def test_broker_redis_killed_and_restarted_empty_loses_nothing(sandbox, database
     logs = TEST_VAR / "logs" / "redis-kill"
     worker = beat = None
     try:
-        users = [_ios_user(unique) for _ in range(20)]
+        users = [ios_user(unique) for _ in range(20)]
         events = [_event(unique("n"), users[i % 20][0], "high" if i % 2 else "low") for i in range(200)]
         with app.connection_for_write(env["NOTIFIER_BROKER_URL"]) as conn:
             for i in range(0, len(events), 50):

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 import notifier
-from notifier.accounts.devices import register_device
 from notifier.accounts.preferences import get_preferences, set_preferences
 from notifier.accounts.status import get_status
 from notifier.pipeline.rendering import preview
@@ -26,16 +25,10 @@ from notifier.store.db import session_factory
 from notifier.store.models import NotificationLog
 from tests.integration.api_fixture import api  # noqa: F401  (fixture)
 from tests.integration.test_bridge import _produce, _read, bridges, needs_kafka, topics  # noqa: F401  (fixtures)
+from tests.integration.users import ios_user
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {"order_id": "A-1042", "courier": "Posten", "eta": "2026-12-24", "items": 3}
-
-
-def _ios_user(unique, **prefs) -> tuple[str, str]:
-    user, token = unique("user"), secrets.token_hex(32)
-    set_preferences(user, **prefs)
-    register_device(user, token, "ios")
-    return user, token
 
 
 def _event(unique, user: str, channels: list[str], **extra) -> dict:
@@ -56,7 +49,7 @@ def _sent(wait_until, nid: str) -> list[dict]:
 def test_one_template_reaches_three_users_each_in_their_language_with_the_plural_and_the_chain_recorded(
         worker, sandbox, wait_until, unique):
     # Given three users whose preferred locales are en, nb-NO (no variant: falls back to nb) and de
-    users = {locale: _ios_user(unique, locale=locale) for locale in ("en", "nb-NO", "de")}
+    users = {locale: ios_user(unique, locale=locale) for locale in ("en", "nb-NO", "de")}
     counts = {"en": 1, "nb-NO": 3, "de": 3}
 
     # When a producer sends each the same template with params, not text
@@ -90,7 +83,7 @@ def test_one_template_reaches_three_users_each_in_their_language_with_the_plural
 
 
 def test_the_events_own_locale_wins_and_an_unknown_one_falls_back_to_the_default(worker, sandbox, wait_until, unique):
-    user, token = _ios_user(unique, locale="de")
+    user, token = ios_user(unique, locale="de")
     first = _event(unique, user, ["push"], locale="nb")
     second = _event(unique, user, ["push"], locale="fr-CA")
     notifier.send_notification.delay(first)
@@ -108,7 +101,7 @@ def test_the_events_own_locale_wins_and_an_unknown_one_falls_back_to_the_default
 def test_email_html_is_autoescaped_and_a_sandbox_escape_in_params_arrives_as_text(worker, sandbox, wait_until, unique):
     # Given a German-speaking user with an email address and an iPhone
     address = f"{unique('kari').lower()}@example.com"
-    user, token = _ios_user(unique, locale="de", email=address)
+    user, token = ios_user(unique, locale="de", email=address)
     attack = "<script>alert(1)</script>{{ ''.__class__.__mro__ }}"
 
     # When params carry markup and template syntax
@@ -218,7 +211,7 @@ def test_the_http_api_refuses_a_bad_template_with_422_naming_it_and_previews_a_g
 @needs_kafka
 def test_a_kafka_message_with_a_bad_template_is_dead_lettered_with_the_reason(worker, sandbox, topics, bridges,  # noqa: F811
                                                                            wait_until, unique):
-    user, token = _ios_user(unique, locale="nb")
+    user, token = ios_user(unique, locale="nb")
     good = _event(unique, user, ["push"])
     lacking = _event(unique, user, ["push"], params={"order_id": "A-1", "items": 2})
     unknown = _event(unique, user, ["push"], template="order_cancelled")
