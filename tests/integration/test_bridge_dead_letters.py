@@ -10,9 +10,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from tests.integration.test_bridge import (  # noqa: F401 - fixtures
-    BOOTSTRAP, _all_committed, _all_sent, _committed, _end_offsets, _event, _ios_user, _produce, _read, bridges,
+    BOOTSTRAP, _all_committed, _all_sent, _committed, _end_offsets, _event, _produce, _read, bridges,
     needs_kafka, topics,
 )
+from tests.integration.users import ios_user
 from tests.integration.test_bridge_hand_over import running  # noqa: F401 - fixture
 
 # What a producer can put on the broker: its default message.max.bytes (1,000,000) and the broker's
@@ -46,7 +47,7 @@ def test_two_thousand_malformed_messages_five_of_them_1mb_all_reach_the_dead_let
 ):
     # Given 2,000 malformed messages (5 of them ~1 MB, at the producer's and the broker's limits)
     # and 40 valid events between them, on both lanes and on the same partitions (one key each lane)
-    users = [_ios_user(unique) for _ in range(40)]
+    users = [ios_user(unique) for _ in range(40)]
     valid = [_event(unique, user) for user, _ in users]
     large = {100: NEAR_PRODUCER_LIMIT, 500: NEAR_PRODUCER_LIMIT, 900: NEAR_PRODUCER_LIMIT}
     larger = {1300: NEAR_BROKER_LIMIT, 1700: NEAR_BROKER_LIMIT}

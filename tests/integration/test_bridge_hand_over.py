@@ -13,9 +13,10 @@ import pytest
 from notifier.intake.bridge.consumer import Bridge
 from notifier.intake.events import NotificationEvent
 from tests.integration.test_bridge import (  # noqa: F401 - fixtures
-    BOOTSTRAP, Topics, _all_committed, _all_sent, _committed, _end_offsets, _event, _ios_user, _produce, _read,
+    BOOTSTRAP, Topics, _all_committed, _all_sent, _committed, _end_offsets, _event, _produce, _read,
     bridges, needs_kafka, topics,
 )
+from tests.integration.users import ios_user
 
 
 def _nested(depth: int) -> dict:
@@ -66,7 +67,7 @@ def test_an_event_nested_too_deep_to_enqueue_is_dead_lettered_and_its_lane_moves
 ):
     # Given a lane partition holding valid events around one whose data is nested 300 deep
     # (it passes decode_event; the real hand-over cannot serialize it)
-    users = [_ios_user(unique) for _ in range(3)]
+    users = [ios_user(unique) for _ in range(3)]
     before, after = _event(unique, users[0][0]), [_event(unique, u) for u, _ in users[1:]]
     deep = _event(unique, users[0][0], data=_nested(300))
     [*_, (partition, deep_offset), _, _] = _produce(
