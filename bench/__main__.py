@@ -255,8 +255,10 @@ def _wait_for_assignment(logs: dict, starts: dict, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms: int = 0) -> dict:
-    """The product: Kafka -> bridge -> lane workers -> sandbox (answering `latency_ms` late)."""
+def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms: int = 0,
+                 profile_dir: Path | None = None) -> dict:
+    """The product: Kafka -> bridge -> lane workers -> sandbox (answering `latency_ms` late);
+    with `profile_dir`, py-spy samples every process of it meanwhile (bench/profile.py)."""
     from notifier.queues import QUEUES
     from sandbox import devstack
     from notifier.intake.publish import flush, get_producer
@@ -302,8 +304,14 @@ def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms:
     time.sleep(args.warmup_s)  # bridge joins its group, workers warm up
     meter = CpuMeter(procs)
     sandbox_meter = CpuMeter({"sandbox": sandbox_proc})
+    profiler = None
     try:
         producer = get_producer()
+        if profile_dir is not None:
+            from bench.profile import Profiler
+
+            profiler = Profiler(procs, profile_dir)
+            profiler.start()
         meter.start()
         sandbox_meter.start()
         requests_before = sandbox.request_count()
@@ -332,6 +340,8 @@ def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms:
         flush(60)
         _wait_settled({e["notification_id"] for e in workload.events}, args.timeout_s, prefix)
         cpu = meter.stop()
+        if profiler is not None:
+            profiler.stop()
         sandbox_cpu = sum(sandbox_meter.stop().values())
         requests = sandbox.request_count() - requests_before
         rss = meter.peak_rss_mb()
@@ -490,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="then one run with every provider answer this late (0 = skip; default 200)")
     parser.add_argument("--bare-requests", type=int, default=10_000,
                         help="requests of the bare HTTP/2 send measured for overhead_ratio (0 = skip)")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more run with py-spy sampling every process (not counted in the figures); "
+                             "writes <report>.profile.txt: where each process kind spends its CPU")
     args = parser.parse_args(argv)
 
     cluster = args.topology == "cluster"
@@ -520,6 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.latency_ms:
             sandbox.reset()
             slow = run_pipeline(env, args, sandbox, logs, sandbox_proc, latency_ms=args.latency_ms)
+        profile_dir = None
+        if args.profile:
+            # Its own run: the samplers' CPU shares the machine, so its figures are not among the runs'.
+            profile_dir = work / "profile" / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+            sandbox.reset()
+            run_pipeline(env, args, sandbox, logs, sandbox_proc, profile_dir=profile_dir)
         sandbox.reset()
         # The naive design is measured on the single topology only: it is the baseline, not a deployment.
         naive = None if args.skip_naive or cluster else run_naive(env, args, sandbox, logs)
@@ -540,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(report, indent=2))
+    if profile_dir is not None:
+        from bench.profile import summarise
+
+        out.with_suffix(".profile.txt").write_text(summarise(profile_dir) + "\n")
+        print(f"profile: {out.with_suffix('.profile.txt')} (raw stacks: {profile_dir})")
 
     rows = [k for k in product if k not in ("by_status", "stages_cpu_us_per_delivery", "peak_rss_mb", "stores")]
     print(f"\n{'figure':<28} {'pipeline':>12} {'+latency':>12} {'naive':>12}")
