@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import zoneinfo
 from datetime import datetime, time, timedelta, timezone
@@ -19,6 +18,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from email_validator import EmailNotValidError, validate_email
@@ -132,7 +132,9 @@ def json_data(value: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(cid, str) or not COLLAPSE_ID.fullmatch(cid):
             raise invalid("data.collapse_id: at most 64 bytes of printable ASCII (no control characters, "
                              "no space at either end)")
-    size = len(json.dumps(clean, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode())
+    # orjson: compact UTF-8, what json.dumps(ensure_ascii=False, separators=(",", ":")) writes, at a fifth of
+    # its CPU; every value is plain JSON by now (64-bit integers, no NaN).
+    size = len(orjson.dumps(clean))
     if size > MAX_DATA_BYTES:
         raise invalid(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES}")
     return clean
