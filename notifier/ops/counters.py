@@ -32,7 +32,7 @@ SEP = "\x1f"  # between label values in a hash field; never in a channel, provid
 SUM = "sum"  # a histogram's hash field holding the sum of its observations, beside one field per bucket
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # one object per family: hashed by identity, cheaply
 class Family:
     """One metric family kept in one Redis hash: field = label values (SEP-joined), plus a bucket for a histogram."""
 
@@ -178,30 +178,35 @@ class Tally:
     __slots__ = ("_ints", "_floats")
 
     def __init__(self) -> None:
-        self._ints: Counter[tuple[str, str]] = Counter()
-        self._floats: Counter[tuple[str, str]] = Counter()
+        self._ints: Counter[tuple[Family, tuple]] = Counter()
+        self._floats: Counter[tuple[Family, tuple]] = Counter()
 
     def __bool__(self) -> bool:
         return bool(self._ints or self._floats)
 
+    # Counted under (family, label values) and turned into hash fields once, when written: a batch
+    # counts each delivery (twice or three times), and joining the fields per count cost ~5 µs each.
     def add(self, family: Family, *labels: Any, n: int = 1) -> None:
         """Count `n` in a counter family under these label values."""
+        if len(labels) != len(family.labels):
+            family.field(labels)  # raises, naming the labels expected
         if n:
-            self._ints[family.key, family.field(labels)] += n
+            self._ints[family, labels] += n
 
     def observe(self, family: Family, seconds: float, *labels: Any) -> None:
         """Observe one value in a histogram family."""
         assert family.buckets is not None, f"{family.name} is not a histogram"
-        base = family.field(labels)
-        self._ints[family.key, f"{base}{SEP}{bisect.bisect_left(family.buckets, seconds)}"] += 1
-        self._floats[family.key, f"{base}{SEP}{SUM}"] += seconds
+        if len(labels) != len(family.labels):
+            family.field(labels)  # raises, naming the labels expected
+        self._ints[family, (*labels, bisect.bisect_left(family.buckets, seconds))] += 1
+        self._floats[family, (*labels, SUM)] += seconds
 
     def into(self, pipe: Any) -> Any:
         """Queue the increments on a pipeline (to share a round trip with other writes)."""
-        for (key, field), n in self._ints.items():
-            pipe.hincrby(key, field, n)
-        for (key, field), x in self._floats.items():
-            pipe.hincrbyfloat(key, field, x)
+        for (family, labels), n in self._ints.items():
+            pipe.hincrby(family.key, _labelled(family, labels), n)
+        for (family, labels), x in self._floats.items():
+            pipe.hincrbyfloat(family.key, _labelled(family, labels), x)
         return pipe
 
     def write(self, r: redis.Redis, what: str = "counts") -> None:
@@ -224,6 +229,13 @@ class Tally:
                 log.warning("metrics: %s not recorded: %s", what, exc)
 
         event.listen(session, "after_commit", write, once=True)
+
+
+def _labelled(family: Family, labels: tuple[Any, ...]) -> str:
+    """The hash field of a count (label values) or of a histogram's bucket or sum (label values, then it)."""
+    if family.buckets is not None:
+        return family.field(labels[:-1]) + SEP + str(labels[-1])
+    return family.field(labels)
 
 
 def _field(*parts: Any) -> str:
