@@ -17,7 +17,7 @@ from typing import Sequence
 
 import redis
 
-from notifier.store.redis_slots import mget, run_script, tagged
+from notifier.store.redis_slots import is_cluster, mget, run_script, tagged
 
 PREFIX = "dedup:"
 SENT = b"sent"
@@ -84,13 +84,16 @@ def _split(key: str) -> tuple[str, str]:
 
 def lease_key(r: redis.Redis, key: str) -> str:
     """The Redis key of a delivery's lease (and sent marker)."""
-    return tagged(r, PREFIX, *_split(key))
+    return tagged(r, PREFIX, *_split(key)) if is_cluster(r) else PREFIX + key
 
 
 def _run(r: redis.Redis, source: str, keys: Sequence[str], *args) -> list:
     # A lease and its attempt flag carry the same hash tag: one slot.
-    return run_script(r, source, [(tagged(r, PREFIX, *_split(k)), tagged(r, ATTEMPT_PREFIX, *_split(k)))
-                                  for k in keys], args)
+    if is_cluster(r):
+        pairs = [(tagged(r, PREFIX, *_split(k)), tagged(r, ATTEMPT_PREFIX, *_split(k))) for k in keys]
+    else:  # untagged, tagged() is the prefix and the key: spelled out, as this runs per delivery three times
+        pairs = [(PREFIX + k, ATTEMPT_PREFIX + k) for k in keys]
+    return run_script(r, source, pairs, args)
 
 
 def claim(r: redis.Redis, keys: Sequence[str], claim_id: str, ttl_s: int) -> list[str]:
