@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Protocol, Sequence
+
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +133,13 @@ def retry_after_s(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+def compact_json(value: Any) -> bytes:
+    """A request body as compact UTF-8 JSON, what json.dumps(separators=(",", ":"), ensure_ascii=False)
+    writes: orjson (an eighth of its CPU, once per delivery), json for what orjson refuses (an integer
+    beyond 64 bits, a lone surrogate: json writes it and the provider call refuses it, per delivery)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
