@@ -21,23 +21,26 @@ log = logging.getLogger(__name__)
 
 KEY = "bench:stage_cpu"  # field <stage> -> CPU seconds, <stage>:n -> steps measured
 ENABLED = os.environ.get("NOTIFIER_STAGE_CPU") == "1"
-_depth = 0  # a stage inside another (routing inside a retried route task) is counted once, by the outer
+# A stage inside another (routing inside a retried route task, the claim inside the filter task) is
+# charged its own time; the outer stage is charged the rest. Each entry: CPU its inner stages spent.
+_inner: list[float] = []
 
 
 @contextmanager
 def measure(stage: str) -> Iterator[None]:
-    global _depth
-    if not ENABLED or _depth:
+    if not ENABLED:
         yield
         return
-    _depth += 1
+    _inner.append(0.0)
     started = time.thread_time()
     try:
         yield
     finally:
         spent = time.thread_time() - started
-        _depth -= 1
-        _flush(stage, spent)
+        inner = _inner.pop()
+        _flush(stage, spent - inner)
+        if _inner:  # its own time and its flush: none of it is the outer stage's
+            _inner[-1] += time.thread_time() - started
 
 
 def _flush(stage: str, spent: float) -> None:

@@ -20,9 +20,10 @@ from notifier.store.recipients import Recipient, load_recipients
 EARLY_TOLERANCE = timedelta(seconds=1)
 
 
-# notification_id: the filter task's result names the notifications it handled (store.task_context).
+# notification_id: the filter task's result names the notifications it handled (store.task_context);
+# idempotency_key: the filter task claims what proceeds (sending.claim_rows) from these same rows.
 FILTER_COLUMNS = ("id", "notification_id", "user_id", "type", "channel", "category", "priority", "scheduled_at",
-                  "expires_at")
+                  "expires_at", "idempotency_key")
 
 
 def suppression_reason(row: Row, recipient: Recipient) -> str | None:
@@ -57,10 +58,18 @@ def filter_deliveries(
     digest_windows: Mapping[str, float] | None = None,
 ) -> list[int]:
     """Suppress what the user opted out of, hold what a digest takes (digest_windows: category -> seconds),
-    defer what is not due, limit the rest; return what proceeds."""
+    defer what is not due, limit the rest; return the ids of what proceeds."""
+    return [row.id for row in filter_rows(session, r, ids, now, limits, digest_windows)]
+
+
+def filter_rows(
+    session: Session, r: redis.Redis, ids: Sequence[int], now: datetime, limits: Sequence[rate_limits.Limit],
+    digest_windows: Mapping[str, float] | None = None,
+) -> list[Row]:
+    """filter_deliveries, returning the rows (FILTER_COLUMNS) of what proceeds, still `queued`."""
     rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=FILTER_COLUMNS)
     recipients = load_recipients(session, (row.user_id for row in rows), r)
-    proceed: list[int] = []
+    proceed: list[Row] = []
     changes, candidates, held = [], [], []
     tally = counters.Tally()
     for row in rows:
@@ -91,7 +100,7 @@ def filter_deliveries(
     )
     for (row, note), ok in zip(candidates, allowed):
         if ok:
-            proceed.append(row.id)
+            proceed.append(row)
             if note:
                 changes.append({"_id": row.id, "reason": note})
         else:

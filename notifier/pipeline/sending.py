@@ -37,12 +37,19 @@ class Claimed:
     notification_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # per channel, for Flower
 
 
+CLAIM_COLUMNS = ("id", "idempotency_key", "channel", "notification_id", "expires_at")
+
+
 def claim_deliveries(session: Session, r: redis.Redis, ids: Sequence[int], claim_id: str, ttl_s: int) -> Claimed:
     """Take the dedup lease of each queued delivery; move those we hold to `sending`.
 
     A delivery past its expiry (it waited in a backlog) ends `expired` instead."""
-    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value],
-                             columns=("id", "idempotency_key", "channel", "notification_id", "expires_at"))
+    rows = delivery_log.load(session, ids, statuses=[Status.QUEUED.value], columns=CLAIM_COLUMNS)
+    return claim_rows(session, r, rows, claim_id, ttl_s)
+
+
+def claim_rows(session: Session, r: redis.Redis, rows: Sequence[Row], claim_id: str, ttl_s: int) -> Claimed:
+    """claim_deliveries for rows read in this transaction, still `queued` (any with CLAIM_COLUMNS)."""
     states = dedup.claim(r, [row.idempotency_key for row in rows], claim_id, ttl_s)
     now = datetime.now(timezone.utc)
     # Only what we hold can expire here: a key marked sent was accepted in time (recorded below).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from notifier.ops.redaction import redact_text
 from notifier.providers import OutcomeKind
@@ -57,6 +57,13 @@ def shown_in_args(notification_ids: Iterable[str]) -> str:
     shown = notifications(notification_ids)
     more = f",…+{shown['notifications_more']}" if "notifications_more" in shown else ""
     return f"notifications=[{','.join(shown['notifications'])}{more}]"
+
+
+def claim_summary(handed: int, claimed: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """A filter or dedup task's result: of the `handed` deliveries, how many its dedup stage claimed
+    and handed to each channel's send queue (the rest was suppressed, deferred, limited, expired, or
+    held elsewhere: each row says which)."""
+    return {"deliveries": handed, "claimed": {channel: len(ids) for channel, ids in sorted(claimed.items())}}
 
 
 def send_summary(handed: int, outcomes: Sequence[tuple[str, str]]) -> dict[str, Any]:
