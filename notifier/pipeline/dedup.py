@@ -70,6 +70,15 @@ for i = 1, n do
 end
 return out
 """
+# Mark each key sent (its lease becomes the sent marker, kept ARGV[1] seconds).
+_MARK_SENT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, 'sent', 'EX', ARGV[1])
+  out[i] = 1
+end
+return out
+"""
 ATTEMPT_PREFIX = "dedup-attempt:"
 RECLAIMED = "reclaimed"  # ours now, but an earlier attempt's request may have reached the provider
 
@@ -121,7 +130,7 @@ class SentMarks:
     """Marks keys sent in Redis from a thread of its own, as fast as acceptances arrive.
 
     The send loop hands each accepted key over (a queue put, microseconds) and goes on reading
-    answers; the writer takes everything waiting and writes it in one pipelined round trip. The
+    answers; the writer takes everything waiting and writes it in one round trip (one script call). The
     send loop never waits on Redis (a synchronous SET per answer cost a round trip per delivery),
     and a worker killed mid-batch has lost at most the marks of about one round trip's answers.
 
@@ -168,10 +177,9 @@ class SentMarks:
             if not keys or self.failed is not None:
                 continue
             try:
-                pipe = self._r.pipeline(transaction=False)
-                for key in keys:
-                    pipe.set(lease_key(self._r, key), SENT, ex=self._ttl_s)
-                pipe.execute()
+                # One script call for what arrived (per slot on a cluster): a pipelined SET per key cost
+                # the writer ~10 µs of client CPU per delivery in redis-py's command building.
+                run_script(self._r, _MARK_SENT, [(lease_key(self._r, key),) for key in keys], [self._ttl_s])
             except redis.RedisError as exc:
                 self.failed = exc
 
