@@ -21,6 +21,7 @@ from sqlalchemy import event, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from notifier.store.db import pg_execute
 from notifier.store.models import TERMINAL, CallbackEndpoint, CallbackOutbox, NotificationLog
 
 _PENDING = "callback_outbox.terminal_ids"
@@ -53,11 +54,7 @@ def write(session: Session, ids: Iterable[int]) -> None:
     if session.get_bind().dialect.name == "postgresql":
         # On the DBAPI cursor with one array parameter: this runs in every transaction that ends a
         # delivery, and SQLAlchemy's compilation of an IN list cost more CPU than the statement.
-        cursor = session.connection().connection.dbapi_connection.cursor()
-        try:
-            cursor.execute(_PG_SQL, (ids,))
-        finally:
-            cursor.close()
+        pg_execute(session, _PG_SQL, (ids,))
         return
     log = NotificationLog
     rows = (

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from notifier.store import callback_outbox, task_context
+from notifier.store.db import pg_execute
 from notifier.store.models import IdempotencyKey, NotificationLog, Status
 
 LOG = NotificationLog.__table__
@@ -141,12 +142,7 @@ _INSERT_SQL = (
 
 def _insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
     """PostgreSQL: one statement for the whole batch, its rows one JSON parameter (no per-row ORM work)."""
-    cursor = session.connection().connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(_INSERT_SQL, {"rows": _rows_json(rows), "now": utcnow()})
-        return [tuple(r) for r in cursor.fetchall()]
-    finally:
-        cursor.close()
+    return [tuple(r) for r in pg_execute(session, _INSERT_SQL, {"rows": _rows_json(rows), "now": utcnow()}, fetch=True)]
 
 
 def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
@@ -225,11 +221,7 @@ def _update_from_values(
 ) -> None:
     """PostgreSQL: one UPDATE ... FROM json_to_recordset(...) for the whole group, not a statement per row."""
     sql = _update_sql(tuple(cols), tuple(only_from) if only_from is not None else None)
-    cursor = session.connection().connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(sql, {"rows": _rows_json(group)})
-    finally:
-        cursor.close()
+    pg_execute(session, sql, {"rows": _rows_json(group)})
 
 
 @lru_cache(maxsize=128)
@@ -287,12 +279,8 @@ def _load_sql(columns: tuple[str, ...], by_status: bool) -> tuple[str, type]:
 def _load_pg(session: Session, ids: list[int], statuses: Iterable[str] | None,
              columns: tuple[str, ...]) -> list[Any]:
     sql, row_type = _load_sql(columns, statuses is not None)
-    cursor = session.connection().connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(sql, {"ids": ids, "statuses": list(statuses) if statuses is not None else None})
-        return [row_type._make(r) for r in cursor.fetchall()]
-    finally:
-        cursor.close()
+    params = {"ids": ids, "statuses": list(statuses) if statuses is not None else None}
+    return [row_type._make(r) for r in pg_execute(session, sql, params, fetch=True)]
 
 
 def _set_status_pg(session: Session, ids: list[int], status: str, only_from: Iterable[str] | None,
@@ -305,9 +293,4 @@ def _set_status_pg(session: Session, ids: list[int], status: str, only_from: Ite
         sql += " AND status = ANY(%(_from)s)"
     params = {**values, "_status": status, "_now": utcnow(), "_ids": ids,
               "_from": list(only_from) if only_from is not None else None}
-    cursor = session.connection().connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(sql + " RETURNING id", params)
-        return [r[0] for r in cursor.fetchall()]
-    finally:
-        cursor.close()
+    return [r[0] for r in pg_execute(session, sql + " RETURNING id", params, fetch=True)]
