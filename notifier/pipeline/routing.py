@@ -10,7 +10,6 @@ from typing import Sequence
 
 import redis
 from sqlalchemy import select
-from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from notifier.apps import DEFAULT_APP
@@ -18,6 +17,7 @@ from notifier.ops import counters
 from notifier.pipeline import rendering
 from notifier.pipeline.expiry import BEFORE_INTAKE, expired_reason, expiry_of
 from notifier.settings import get_settings
+from notifier.store.db import pg_execute
 from notifier.store.delivery_log import insert_ignoring_duplicates, utcnow
 from notifier.intake.events import NotificationEvent
 from notifier.intake.validation import is_storable
@@ -81,13 +81,20 @@ def accepted_fingerprints(session: Session, notification_ids: Sequence[str]) -> 
     stay for the whole dedup window (docs/guarantees.md)."""
     if not notification_ids:
         return {}
+    ids = sorted(set(notification_ids))
+    if session.get_bind().dialect.name == "postgresql":  # every intake batch: one array parameter
+        return dict(pg_execute(session, _PG_FINGERPRINTS, (ids,), fetch=True))
     rows = session.execute(
         select(IdempotencyKey.notification_id, IdempotencyKey.fingerprint).where(
-            IdempotencyKey.notification_id.in_(sorted(set(notification_ids))),
+            IdempotencyKey.notification_id.in_(ids),
             IdempotencyKey.fingerprint.is_not(None),  # whole-event rows (duplicate, invalid) were not accepted
         )
     )
     return {nid: mark for nid, mark in rows}
+
+
+_PG_FINGERPRINTS = ("SELECT notification_id, fingerprint FROM idempotency_keys "
+                    "WHERE notification_id = ANY(%s) AND fingerprint IS NOT NULL")
 
 
 def conflicts(session: Session, event: NotificationEvent) -> bool:
@@ -199,11 +206,9 @@ def _lock_notification_ids(session: Session, notification_ids: Sequence[str]) ->
     SQLite runs one writer at a time and needs none."""
     if session.get_bind().dialect.name != "postgresql" or not notification_ids:
         return
-    session.execute(
-        sql("SELECT pg_advisory_xact_lock(:c, h) FROM (SELECT DISTINCT hashtext(n) AS h "
-             "FROM unnest(CAST(:ids AS text[])) AS n) AS ids ORDER BY h"),
-        {"c": LOCK_CLASS, "ids": sorted(set(notification_ids))},
-    )
+    pg_execute(session, "SELECT pg_advisory_xact_lock(%(c)s, h) FROM (SELECT DISTINCT hashtext(n) AS h "
+                        "FROM unnest(CAST(%(ids)s AS text[])) AS n) AS ids ORDER BY h",
+               {"c": LOCK_CLASS, "ids": sorted(set(notification_ids))})
 
 
 def producer_of(event: NotificationEvent, producer: str | None = None) -> str | None:

@@ -1,6 +1,7 @@
 """Who a user is to us: preferences, addresses and device tokens, read in batches."""
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Iterable
@@ -10,6 +11,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from notifier.store.db import pg_execute
 from notifier.store.models import DeviceToken, UserPreferences
 from notifier.store.redis_slots import mget
 
@@ -101,18 +103,26 @@ def _decode(raw: bytes) -> Recipient:
     return Recipient(**d)
 
 
+_PREF_COLUMNS = ("user_id", "push_enabled", "email_enabled", "sms_enabled", "email", "phone", "quiet_start",
+                 "quiet_end", "timezone", "opted_out_categories", "email_undeliverable_at",
+                 "email_undeliverable_reason", "locale")
+_PrefRow = namedtuple("_PrefRow", _PREF_COLUMNS)
+_PG_PREFS = f"SELECT {', '.join(_PREF_COLUMNS)} FROM user_preferences WHERE user_id = ANY(%s)"
+_PG_DEVICES = "SELECT user_id, token, platform, app FROM device_tokens WHERE user_id = ANY(%s) ORDER BY id"
+
+
 def _from_database(session: Session, ids: list[str]) -> dict[str, Recipient]:
     """Load every given user's recipient record in two queries."""
     out = {uid: Recipient(uid) for uid in ids}
     if not ids:
         return out
     prefs = UserPreferences
-    # Rows of the columns needed, not ORM objects: this runs for every cache miss.
-    for p in session.execute(select(
-        prefs.user_id, prefs.push_enabled, prefs.email_enabled, prefs.sms_enabled, prefs.email, prefs.phone,
-        prefs.quiet_start, prefs.quiet_end, prefs.timezone, prefs.opted_out_categories,
-        prefs.email_undeliverable_at, prefs.email_undeliverable_reason, prefs.locale,
-    ).where(prefs.user_id.in_(ids))):
+    postgres = session.get_bind().dialect.name == "postgresql"
+    # Rows of the columns needed, not ORM objects: this runs for every cache miss (on PostgreSQL the
+    # statements are written once, with one array parameter: db.pg_execute says why).
+    rows = [_PrefRow._make(row) for row in pg_execute(session, _PG_PREFS, (ids,), fetch=True)] if postgres \
+        else session.execute(select(*[getattr(prefs, c) for c in _PREF_COLUMNS]).where(prefs.user_id.in_(ids)))
+    for p in rows:
         out[p.user_id] = Recipient(
             p.user_id,
             push_enabled=p.push_enabled,
@@ -127,11 +137,14 @@ def _from_database(session: Session, ids: list[str]) -> dict[str, Recipient]:
             email_undeliverable=(p.email_undeliverable_reason or "bounced") if p.email_undeliverable_at else None,
             locale=p.locale,
         )
-    rows = session.execute(
-        select(DeviceToken.user_id, DeviceToken.token, DeviceToken.platform, DeviceToken.app)
-        .where(DeviceToken.user_id.in_(ids))
-        .order_by(DeviceToken.id)
-    )
-    for user_id, token, platform, app in rows:
+    if postgres:
+        devices = pg_execute(session, _PG_DEVICES, (ids,), fetch=True)
+    else:
+        devices = session.execute(
+            select(DeviceToken.user_id, DeviceToken.token, DeviceToken.platform, DeviceToken.app)
+            .where(DeviceToken.user_id.in_(ids))
+            .order_by(DeviceToken.id)
+        )
+    for user_id, token, platform, app in devices:
         out[user_id].devices.append(Device(token, platform, app))
     return out
