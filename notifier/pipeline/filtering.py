@@ -44,6 +44,8 @@ def deferral(row: Row, recipient: Recipient, now: datetime) -> tuple[datetime | 
         return due, f"send_at {due.isoformat()}"
     if Priority.of(row.priority).bypasses_user_limits:
         return None, None
+    if recipient.quiet_end is None and recipient.timezone is None:
+        return None, None  # no quiet hours and no zone to note: what quiet_hours_release would say, sooner
     decision = quiet_hours_release(now, recipient.quiet_start, recipient.quiet_end, recipient.timezone)
     if decision.deliver_at is not None:
         tz = recipient.timezone or "UTC"

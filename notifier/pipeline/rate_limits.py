@@ -12,7 +12,7 @@ from typing import Sequence
 import redis
 
 from notifier.intake.events import Priority
-from notifier.store.redis_slots import run_script, tagged
+from notifier.store.redis_slots import is_cluster, run_script, tagged
 
 DAY = 86_400
 WEEK = 7 * DAY
@@ -96,12 +96,23 @@ def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], 
     """Count each request against its limit in one round trip; True where it is allowed."""
     plan: list[Limit | None] = []
     keys, ttls = [], []
+    # A batch asks about a handful of (channel, category, priority) combinations, each delivery once:
+    # the limit of each combination is looked up once, and on one server the key is written out here
+    # (window_key's tagged() form is the same string, at ten times the CPU per delivery).
+    found: dict[tuple[str, str, str], Limit | None] = {}
+    cluster = is_cluster(r)
     for req in requests:
-        limit = applicable_limit(limits, req)
+        combination = (req.channel, req.category, req.priority)
+        limit = found[combination] if combination in found else found.setdefault(
+            combination, applicable_limit(limits, req))
         plan.append(limit)
         if limit is None:
             continue
-        key, ttl = window_key(req, limit, now_s, r)
+        if cluster:
+            key, ttl = window_key(req, limit, now_s, r)
+        else:
+            key = f"rl:{req.user_id}:{req.channel}:{limit.category}:{limit.window_s}:{int(now_s // limit.window_s)}"
+            ttl = limit.window_s + 60
         keys.append(key)
         ttls.append(ttl)
     counts = iter(run_script(r, _COUNT, [(k,) for k in keys], per_item_args=ttls))
