@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 KEY = "bench:stage_cpu"  # field <stage> -> CPU seconds, <stage>:n -> steps measured
 ENABLED = os.environ.get("NOTIFIER_STAGE_CPU") == "1"
 # A stage inside another (routing inside a retried route task, the claim inside the filter task) is
-# charged its own time; the outer stage is charged the rest. Each entry: CPU its inner stages spent.
-_inner: list[float] = []
+# charged its own time; the outer stage is charged the rest. Per thread (a threads-pool worker runs
+# several tasks at once), each entry: CPU its inner stages spent.
+_local = threading.local()
 
 
 @contextmanager
@@ -31,6 +33,7 @@ def measure(stage: str) -> Iterator[None]:
     if not ENABLED:
         yield
         return
+    _inner = _local.__dict__.setdefault("inner", [])
     _inner.append(0.0)
     started = time.thread_time()
     try:

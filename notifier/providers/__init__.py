@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 
 from notifier.apps import DEFAULT_APP, get_app
 from notifier.providers.base import Delivery, OnOutcome, Outcome, OutcomeKind, Provider
@@ -18,10 +19,13 @@ REGISTRY: dict[str, str] = {
     "webpush": "notifier.providers.webpush:WebPushProvider",
 }
 
-# (provider, app) -> adapter. Each app's adapter holds its own credentials: its own HTTP/2
-# connection, its own APNs JWT or FCM access token, so apps never sign for each other.
-_instances: dict[tuple[str, str], Provider] = {}
+# (provider, app, thread) -> adapter. Each app's adapter holds its own credentials: its own HTTP/2
+# connection, its own APNs JWT or FCM access token, so apps never sign for each other. And each
+# thread its own adapter: a transport is not thread-safe, and a worker on Celery's threads pool
+# (`-P threads -c N`) keeps N batches in flight per process, each on its thread's connection.
+_instances: dict[tuple[str, str, int], Provider] = {}
 _pid = os.getpid()
+_lock = threading.Lock()
 
 
 def get_provider(name: str, app: str | None = None) -> Provider:
@@ -33,7 +37,7 @@ def get_provider(name: str, app: str | None = None) -> Provider:
     if _pid != os.getpid():  # forked: the parent's connections are not ours
         _instances.clear()
         _pid = os.getpid()
-    key = (name, app or DEFAULT_APP)
+    key = (name, app or DEFAULT_APP, threading.get_ident())
     provider = _instances.get(key)
     if provider is None:
         try:
@@ -46,15 +50,18 @@ def get_provider(name: str, app: str | None = None) -> Provider:
         else:
             settings = get_settings()
             provider = adapter(get_app(key[1], settings).settings_for(name, settings))
-        _instances[key] = provider
+        with _lock:
+            _instances[key] = provider
     return provider
 
 
 def close_all() -> None:
-    """Close every adapter this process opened."""
-    for provider in _instances.values():
+    """Close every adapter this process opened (in any of its threads)."""
+    with _lock:
+        providers = list(_instances.values())
+        _instances.clear()
+    for provider in providers:
         provider.close()
-    _instances.clear()
 
 
 __all__ = ["Delivery", "OnOutcome", "Outcome", "OutcomeKind", "Provider", "REGISTRY", "get_provider", "close_all"]

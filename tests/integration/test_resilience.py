@@ -295,3 +295,42 @@ def _answers(port: int) -> bool:
         return bool(redis.Redis(port=port, socket_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def test_a_threads_pool_worker_keeps_several_slow_batches_in_flight_each_sent_once(
+        sandbox, database, wait_until, unique):
+    # Given every APNs answer 300 ms late, and one worker process on Celery's threads pool with 4
+    # threads (`notifier worker --pool threads -c 4`): each thread sends on an HTTP/2 connection of its own
+    logs = TEST_VAR / "logs" / "resilience"
+    sandbox.add_fault(latency_ms=300, fraction=1.0)
+    with isolated_broker("threads") as broker:
+        env = child_env() | {"NOTIFIER_BROKER_KEY_PREFIX": broker}
+        open_before = sandbox.connections()["open"]
+        proc = devstack.start_worker(env, logs / "threads.log", pool="threads", concurrency=4)
+        try:
+            # When 8 batches of 25 users' events arrive at once
+            batches = []
+            for b in range(8):
+                users = [ios_user(unique) for _ in range(25)]
+                batches.append([(unique("n"), user, token) for user, token in users])
+            started = time.monotonic()
+            for batch in batches:
+                produce(broker, send_notifications, [_event(nid, user, "normal") for nid, user, _ in batch])
+            everything = [nid for batch in batches for nid, _, _ in batch]
+            wait_until(lambda: all(_terminal(nid) for nid in everything), timeout_s=90)
+            took = time.monotonic() - started
+            opened = sandbox.connections()["open"] - open_before
+            requests = {token: len(sandbox.messages(target=token)) for batch in batches for _, _, token in batch}
+        finally:
+            devstack.stop(proc)
+            sandbox.reset()
+
+    # Then every delivery was sent, each token received exactly one request
+    assert {r["status"] for nid in everything for r in get_status(nid)} == {"sent"}
+    assert set(requests.values()) == {1}, {n for n in requests.values() if n != 1}
+    # And the one process sent on several HTTP/2 connections, one per thread that sent (a transport
+    # shared by the threads would be one connection, used by two threads at once); the time is
+    # only reported: the bench measures throughput (`python -m bench --pool threads`)
+    assert opened >= 2, f"{opened} APNs connection(s) from a threads-pool worker of 4 threads"
+    print(f"8 batches x 25 deliveries, 300 ms per answer, one threads-pool process, {opened} connections: "
+          f"{took:.1f}s")
