@@ -275,7 +275,9 @@ def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms:
     for lane, queues, concurrency, nice in (("high", high, args.high_concurrency, 0),
                                             ("low", low, args.low_concurrency, args.low_nice)):
         kw = {"queues": queues, "pool": args.pool, "nice": nice}
-        if args.pool == "solo":  # one process per worker: run as many workers as processes asked for
+        if args.pool in ("solo", "threads"):  # run as many worker processes as asked for
+            if args.pool == "threads":  # each with --threads tasks at once (one HTTP/2 connection each)
+                kw["concurrency"] = args.threads
             for i in range(concurrency):
                 procs[f"{lane}_worker{i}"] = devstack.start_worker(env, logs / f"{lane}{i}.log", name=f"{lane}{i}", **kw)
         else:
@@ -475,9 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--high-concurrency", type=int, default=2, help="processes serving the high lane")
     parser.add_argument("--low-concurrency", type=int, default=2, help="processes serving the low lane")
     parser.add_argument("--batch-size", type=int, default=500, help="bridge batch size")
-    parser.add_argument("--pool", choices=["prefork", "solo"], default="solo",
-                        help="Celery worker pool: solo runs one worker process per --*-concurrency (default), "
-                             "prefork one worker with that many children")
+    parser.add_argument("--pool", choices=["prefork", "solo", "threads"], default="threads",
+                        help="Celery worker pool: threads runs one worker process per --*-concurrency, each "
+                             "running --threads tasks at once (default: the send workers' pool in "
+                             "docker/compose.yaml, several batches in flight per process); solo one task at a "
+                             "time per process; prefork one worker with that many children")
+    parser.add_argument("--threads", type=int, default=2, help="tasks at once per worker process with --pool threads")
     parser.add_argument("--high-rate", type=float, default=200.0,
                         help="high-lane events per second, produced while the low-lane burst drains")
     parser.add_argument("--high-share", type=float, default=0.05, help="share of events in the high lane")

@@ -126,10 +126,13 @@ def register(sub: Any) -> None:
                 "--max-tasks-per-child 1000, --autoscale 8,2.",
                 allow_abbrev=False)  # --pid… must reach Celery, not be read as an abbreviation of ours
     p.add_argument("-Q", "--queues", help="comma-separated queues, e.g. push.high,pipeline.high (default: all)")
-    p.add_argument("-c", "--concurrency", type=int, default=2, help="worker processes (prefork pool)")
-    p.add_argument("-P", "--pool", choices=["prefork", "solo"], default="prefork",
+    p.add_argument("-c", "--concurrency", type=int, default=2,
+                   help="worker processes (prefork pool) or threads (threads pool)")
+    p.add_argument("-P", "--pool", choices=["prefork", "solo", "threads"], default="prefork",
                    help="prefork: child processes; solo: tasks run in this one process, about 1 ms less CPU "
-                        "per task (no hand-off to a child): run several for concurrency")
+                        "per task (no hand-off to a child): run several for concurrency; threads: -c tasks at "
+                        "once in this one process, each thread with its own provider connections (for the "
+                        "send queues: a slow provider's answers are awaited for several batches at once)")
     p.add_argument("-l", "--loglevel", default="INFO", help="log level")
     p.set_defaults(func=_worker, passes_extra=True)
 
