@@ -115,7 +115,11 @@ def test_intake_filter_send_and_webhook_counts_through_real_workers(worker, sand
     wait_until(_terminal(ok, "sent"), message="never sent")
     wait_until(_terminal(off, "suppressed"), message="never suppressed")
     wait_until(_terminal(gone, "failed"), message="dead token never failed")
-    wait_until(_terminal(retried, "scheduled"), timeout_s=60, message="never rescheduled")
+    # (the retry waits `scheduled` for at most NOTIFIER_RETRY_BASE_S, 0.2 s here, before the release
+    # beat puts it back: a busy machine's poll can miss that, and find it sent on its second attempt)
+    wait_until(lambda: _terminal(retried, "scheduled")() or [
+        r for r in get_status(retried) if r["status"] == "sent" and r["attempts"] >= 2
+    ], timeout_s=60, message="never rescheduled")
     wait_until(lambda: sum(bool(_terminal(n, "rate_limited")()) for n in sms) == 1, timeout_s=60,
                message="the sixth SMS was not rate limited")
 
