@@ -272,11 +272,11 @@ def run_pipeline(env: dict, args, sandbox, logs: Path, sandbox_proc, latency_ms:
     high = tuple(q for q in QUEUES if q.endswith(".high"))
     low = tuple(q for q in QUEUES if q.endswith(".low")) + ("scheduler",)
     procs = {}
-    for lane, queues, concurrency, nice in (("high", high, args.high_concurrency, 0),
-                                            ("low", low, args.low_concurrency, args.low_nice)):
-        kw = {"queues": queues, "pool": args.pool, "nice": nice}
-        if args.pool in ("solo", "threads"):  # run as many worker processes as asked for
-            if args.pool == "threads":  # each with --threads tasks at once (one HTTP/2 connection each)
+    for lane, queues, concurrency, nice, pool in (("high", high, args.high_concurrency, 0, args.high_pool),
+                                                  ("low", low, args.low_concurrency, args.low_nice, args.low_pool)):
+        kw = {"queues": queues, "pool": pool, "nice": nice}
+        if pool in ("solo", "threads"):  # run as many worker processes as asked for
+            if pool == "threads":  # each with --threads tasks at once (one HTTP/2 connection each)
                 kw["concurrency"] = args.threads
             for i in range(concurrency):
                 procs[f"{lane}_worker{i}"] = devstack.start_worker(env, logs / f"{lane}{i}.log", name=f"{lane}{i}", **kw)
@@ -477,18 +477,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--high-concurrency", type=int, default=2, help="processes serving the high lane")
     parser.add_argument("--low-concurrency", type=int, default=2, help="processes serving the low lane")
     parser.add_argument("--batch-size", type=int, default=500, help="bridge batch size")
-    parser.add_argument("--pool", choices=["prefork", "solo", "threads"], default="threads",
-                        help="Celery worker pool: threads runs one worker process per --*-concurrency, each "
-                             "running --threads tasks at once (default: the send workers' pool in "
-                             "docker/compose.yaml, several batches in flight per process); solo one task at a "
-                             "time per process; prefork one worker with that many children")
-    parser.add_argument("--threads", type=int, default=2, help="tasks at once per worker process with --pool threads")
+    pools = ["prefork", "solo", "threads"]
+    parser.add_argument("--high-pool", choices=pools, default="solo",
+                        help="the high lane's Celery pool (default solo, as docker/compose.yaml runs it: one task "
+                             "at a time per process, --high-concurrency processes; its batches are small and "
+                             "latency matters)")
+    parser.add_argument("--low-pool", choices=pools, default="threads",
+                        help="the low lane's pool (default threads, as compose's push.low workers: "
+                             "--low-concurrency processes, each running --threads tasks at once, so several "
+                             "send batches are in flight per process while a provider answers); solo: one task "
+                             "at a time per process; prefork: one worker with that many children")
+    parser.add_argument("--threads", type=int, default=2, help="tasks at once per worker process of a threads pool")
     parser.add_argument("--high-rate", type=float, default=200.0,
                         help="high-lane events per second, produced while the low-lane burst drains")
     parser.add_argument("--high-share", type=float, default=0.05, help="share of events in the high lane")
-    parser.add_argument("--low-nice", type=int, default=10,
+    parser.add_argument("--low-nice", type=int, default=19,
                         help="niceness of the low lane's bridge and workers: on one shared machine the kernel "
-                             "then serves the high lane first, as separate machines would (0 = off)")
+                             "then serves the high lane first, as separate machines would (0 = off). 19, not "
+                             "10: a threads-pool low lane computes while it waits, and at 10 it took enough of "
+                             "the two cores to push the high lane's p99 past 1 s under a 100,000-event backlog "
+                             "(docs/scaling.md)")
     parser.add_argument("--batch-ms", type=int, default=50, help="bridge batch window")
     parser.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
                         help="librdkafka consumer setting for the bridge (repeatable)")

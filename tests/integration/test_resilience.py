@@ -330,7 +330,7 @@ def test_a_threads_pool_worker_keeps_several_slow_batches_in_flight_each_sent_on
     assert set(requests.values()) == {1}, {n for n in requests.values() if n != 1}
     # And the one process sent on several HTTP/2 connections, one per thread that sent (a transport
     # shared by the threads would be one connection, used by two threads at once); the time is
-    # only reported: the bench measures throughput (`python -m bench --pool threads`)
+    # only reported: the bench measures throughput (`python -m bench`, whose low lane runs the threads pool)
     assert opened >= 2, f"{opened} APNs connection(s) from a threads-pool worker of 4 threads"
     print(f"8 batches x 25 deliveries, 300 ms per answer, one threads-pool process, {opened} connections: "
           f"{took:.1f}s")
