@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Protocol, Sequence
 
-import orjson
+from notifier.store import json_codec
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +135,5 @@ def retry_after_s(value: str | None) -> float | None:
 
 
 def compact_json(value: Any) -> bytes:
-    """A request body as compact UTF-8 JSON, what json.dumps(separators=(",", ":"), ensure_ascii=False)
-    writes: orjson (an eighth of its CPU, once per delivery), json for what orjson refuses (an integer
-    beyond 64 bits, a lone surrogate: json writes it and the provider call refuses it, per delivery)."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """A request body as compact UTF-8 JSON (json_codec.dumps_compact: orjson, json for what it refuses)."""
+    return json_codec.dumps_compact(value)

@@ -14,17 +14,15 @@ or `on_shard()` around a stage) says that plainly; the engines are SQLAlchemy's,
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
-import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.settings import Settings, get_settings
+from notifier.store import json_codec
 
 
 def database_urls(settings: Settings | None = None) -> list[str]:
@@ -107,21 +105,6 @@ def _tune_sqlite(dbapi_conn, _record) -> None:
 _engines: dict[str, Engine] = {}
 
 
-_LONG_DIGITS = re.compile(r"\d{19}")
-
-
-def _json_loads(text: str) -> object:
-    """JSON columns as psycopg2 reads them (the send stage reads every payload): orjson, a third of json's
-    CPU. json reads what orjson would read differently or refuse: 19 digits in a row may be an integer
-    beyond 64 bits (orjson makes it a float), and a lone surrogate's escape (orjson refuses it)."""
-    if _LONG_DIGITS.search(text):
-        return json.loads(text)
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
 def get_engine(url: str | None = None) -> Engine:
     """Return the process's engine for `url` (default: the current shard's database)."""
     url = url or shard_url(current_shard())
@@ -137,7 +120,7 @@ def get_engine(url: str | None = None) -> Engine:
         # server-side prepared statements, and nothing of ours keeps session state (SET LOCAL only,
         # pg_advisory_xact_lock only, no LISTEN), so the same engine works direct or pooled.
         engine = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True, hide_parameters=True,
-                               json_deserializer=_json_loads)
+                               json_deserializer=json_codec.loads)
     _engines[url] = engine
     return engine
 

@@ -27,6 +27,9 @@ GOOD = {"notification_id": "n-1", "user_id": "u-1", "type": "t", "category": "so
         (json.dumps(GOOD | {"colour": "secret-red"}).encode(), "colour: Extra inputs are not permitted"),
         (json.dumps(GOOD | {"body": "x" * MAX_EVENT_BYTES}).encode(), "MAX_EVENT_BYTES"),
         (json.dumps(GOOD | {"body": "a\u0000b"}).encode(), "body: NUL characters are not allowed"),
+        # Read as json reads it (not as a float): validation refuses the integer, naming where it is
+        (json.dumps(GOOD | {"data": {"n": 2 ** 70}}).encode(), "data.n: integers are 64-bit"),
+        (json.dumps(GOOD | {"title": "a\ud800"}).encode(), "title:"),
         (None, "empty message"),
     ],
 )
