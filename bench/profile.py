@@ -9,6 +9,7 @@ samples are folded into the functions that spend them (self) and the calls that 
 from __future__ import annotations
 
 import shutil
+import sys
 import signal
 import subprocess
 from collections import Counter
@@ -24,7 +25,7 @@ class Profiler:
         self._spies: dict[str, subprocess.Popen] = {}
 
     def start(self) -> None:
-        binary = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
+        binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         self._dir.mkdir(parents=True, exist_ok=True)
         for name, proc in self._procs.items():
             self._spies[name] = subprocess.Popen(

@@ -12,7 +12,7 @@ from typing import Sequence
 import redis
 
 from notifier.intake.events import Priority
-from notifier.store.redis_slots import is_cluster, run_script, tagged
+from notifier.store.redis_slots import run_script, tagged
 
 DAY = 86_400
 WEEK = 7 * DAY
@@ -97,10 +97,8 @@ def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], 
     plan: list[Limit | None] = []
     keys, ttls = [], []
     # A batch asks about a handful of (channel, category, priority) combinations, each delivery once:
-    # the limit of each combination is looked up once, and on one server the key is written out here
-    # (window_key's tagged() form is the same string, at ten times the CPU per delivery).
+    # the limit of each combination is looked up once.
     found: dict[tuple[str, str, str], Limit | None] = {}
-    cluster = is_cluster(r)
     for req in requests:
         combination = (req.channel, req.category, req.priority)
         limit = found[combination] if combination in found else found.setdefault(
@@ -108,11 +106,7 @@ def check(r: redis.Redis, limits: Sequence[Limit], requests: Sequence[Request], 
         plan.append(limit)
         if limit is None:
             continue
-        if cluster:
-            key, ttl = window_key(req, limit, now_s, r)
-        else:
-            key = f"rl:{req.user_id}:{req.channel}:{limit.category}:{limit.window_s}:{int(now_s // limit.window_s)}"
-            ttl = limit.window_s + 60
+        key, ttl = window_key(req, limit, now_s, r)
         keys.append(key)
         ttls.append(ttl)
     counts = iter(run_script(r, _COUNT, [(k,) for k in keys], per_item_args=ttls))

@@ -21,9 +21,10 @@ import jwt
 
 from notifier.intake.events import Priority
 from notifier.providers.base import (
-    Delivery, OnOutcome, compact_json, Outcome, OutcomeKind, classify_safely, printable_ascii, report_outcome, retry_after_s,
+    Delivery, OnOutcome, Outcome, OutcomeKind, classify_safely, printable_ascii, report_outcome, retry_after_s,
 )
 from notifier.settings import Settings, get_settings
+from notifier.store import json_codec
 from notifier.providers.expiry import apns_expiration
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 
@@ -126,7 +127,7 @@ def _full_payload(title: str, body: str, data: dict) -> tuple[dict, dict, bytes]
     aps: dict = {"alert": {"title": title, "body": body}, "sound": "default"}
     if data.get("background"):
         aps = {"content-available": 1}
-    return aps, custom, compact_json({"aps": aps, **custom})
+    return aps, custom, json_codec.dumps_compact({"aps": aps, **custom})
 
 
 def payload_bytes(title: str, body: str, data: dict) -> int:
@@ -145,7 +146,7 @@ def build_payload(d: Delivery) -> bytes:
     cut = body[: max(0, len(body) - excess - 3 - 16)].decode(errors="ignore")
     while True:
         aps["alert"]["body"] = cut + "…"
-        raw = compact_json({"aps": aps, **custom})
+        raw = json_codec.dumps_compact({"aps": aps, **custom})
         if len(raw) <= MAX_PAYLOAD_BYTES or not cut:
             return raw
         cut = cut[: -max(1, len(raw) - MAX_PAYLOAD_BYTES)]

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Protocol, Sequence
 
-from notifier.store import json_codec
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +131,3 @@ def retry_after_s(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
-
-
-def compact_json(value: Any) -> bytes:
-    """A request body as compact UTF-8 JSON (json_codec.dumps_compact: orjson, json for what it refuses)."""
-    return json_codec.dumps_compact(value)

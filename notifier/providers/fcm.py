@@ -30,9 +30,10 @@ from google.oauth2 import service_account
 
 from notifier.intake.events import Priority
 from notifier.providers.base import (
-    Delivery, OnOutcome, compact_json, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
+    Delivery, OnOutcome, Outcome, OutcomeKind, printable_ascii, report_outcome, retry_after_s,
 )
 from notifier.settings import Settings, get_settings
+from notifier.store import json_codec
 from notifier.providers.expiry import apns_expiration, remaining_ttl_s
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 
@@ -352,7 +353,7 @@ def _body(d: Delivery) -> bytes | Outcome:
                        reason="fcm INVALID_ARGUMENT: not sent, the registration token is not printable ASCII "
                               "without spaces")
     try:
-        return compact_json({"message": build_message(d)})
+        return json_codec.dumps_compact({"message": build_message(d)})
     except Exception as exc:  # noqa: BLE001 - one delivery's bad value never fails the batch
         return Outcome.failed(f"fcm: not sent, the message could not be built ({type(exc).__name__})")
 

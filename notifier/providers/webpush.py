@@ -36,10 +36,11 @@ from sqlalchemy import select
 from notifier.intake.events import Priority
 from notifier.providers.expiry import remaining_ttl_s
 from notifier.providers.base import (
-    Delivery, OnOutcome, compact_json, Outcome, OutcomeKind, classify_safely, printable_ascii, report_outcome, retry_after_s,
+    Delivery, OnOutcome, Outcome, OutcomeKind, classify_safely, printable_ascii, report_outcome, retry_after_s,
 )
 from notifier.providers.transport import HttpRequest, HttpResponse, Http2Transport
 from notifier.settings import Settings, get_settings
+from notifier.store import json_codec
 from notifier.store.db import transaction
 from notifier.store.models import DeviceToken
 
@@ -144,7 +145,7 @@ def build_payload(d: Delivery) -> bytes:
     """The JSON the browser's service worker reads (event.data.json()), body shortened to fit the 4 KiB."""
     message = {"notification_id": d.notification_id, "type": d.type, "category": d.category,
                "title": d.title, "body": d.body, "data": d.data}
-    raw = compact_json(message)
+    raw = json_codec.dumps_compact(message)
     excess = len(raw) - MAX_PAYLOAD_BYTES
     if excess <= 0:
         return raw
@@ -152,7 +153,7 @@ def build_payload(d: Delivery) -> bytes:
     cut = body[: max(0, len(body) - excess - 3 - 16)].decode(errors="ignore")
     while True:
         message["body"] = cut + "…"
-        raw = compact_json(message)
+        raw = json_codec.dumps_compact(message)
         if len(raw) <= MAX_PAYLOAD_BYTES or not cut:
             return raw
         cut = cut[: -max(1, len(raw) - MAX_PAYLOAD_BYTES)]

@@ -1,19 +1,18 @@
 """Reading and writing notification_log rows in batches."""
 from __future__ import annotations
 
-import json
 from collections import namedtuple
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-import orjson
 
 from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from notifier.store import callback_outbox, task_context
+from notifier.store import json_codec
 from notifier.store.db import pg_execute
 from notifier.store.models import IdempotencyKey, NotificationLog, Status
 
@@ -146,19 +145,8 @@ def _insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> list[tup
 
 
 def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
-    """A batch of rows (or changes) as one JSON array: orjson (times as ISO 8601 with their offset, as
-    PostgreSQL reads them), json for what orjson refuses (an integer beyond 64 bits in a payload not
-    validated by intake)."""
-    try:
-        return orjson.dumps(rows).decode()
-    except TypeError:
-        return json.dumps(rows, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    """A batch of rows (or changes) as one JSON array; times as ISO 8601 with their offset, as PostgreSQL reads them."""
+    return json_codec.dumps_compact(rows).decode()
 
 
 def set_status(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -32,8 +33,15 @@ def loads(text: str | bytes) -> Any:
 
 def dumps_compact(value: Any) -> bytes:
     """What json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode() writes (floats may
-    be spelled differently: 1e16, not 1e+16), mostly at orjson's cost."""
+    be spelled differently: 1e16, not 1e+16), mostly at orjson's cost; a datetime as orjson writes it
+    either way (ISO 8601 with its offset)."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_isoformat).encode()
+
+
+def _isoformat(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
